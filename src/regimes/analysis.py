@@ -1,0 +1,139 @@
+"""The study's analysis of dw / da curves (SPEC section 2). NumPy only: no torch here.
+
+A curve goes through `sma` (smoothing over ~0.3 epoch), `robust_minmax` (percentile
+normalisation to [0, 1]) and `auc` (its mean). The ratio of the two AUCs, `rho`, says
+how much earlier the activation pattern settled than the weights did.
+"""
+
+from __future__ import annotations
+
+import math
+
+import numpy as np
+
+__all__ = [
+    "sma",
+    "robust_minmax",
+    "auc",
+    "stabilization",
+    "aggregate",
+    "smoothing_window",
+    "normalized_curve",
+    "summarize",
+]
+
+
+def _as_curve(x, name: str = "x") -> np.ndarray:
+    arr = np.asarray(x, dtype=np.float64)
+    if arr.ndim != 1:
+        raise ValueError(f"{name} must be a 1-D curve, got shape {arr.shape}; pass one curve at a time")
+    return arr
+
+
+def smoothing_window(batches_per_epoch: int) -> int:
+    """The study's window: `max(1, round(0.3 * batches_per_epoch))` (round halves to even)."""
+    if batches_per_epoch < 1:
+        raise ValueError(f"batches_per_epoch must be >= 1, got {batches_per_epoch}")
+    return max(1, round(0.3 * batches_per_epoch))
+
+
+def sma(x, window: int) -> np.ndarray:
+    """Simple moving average, uniform window, 'valid' mode: length `T - k + 1`.
+
+    A curve shorter than the window is averaged with `k = T` (one value).
+    """
+    x = _as_curve(x)
+    if window < 1:
+        raise ValueError(f"window must be >= 1, got {window}")
+    if x.size == 0:
+        return x.copy()
+    k = min(int(window), x.size)
+    # Cumulative sums give each window's mean in O(T); exact enough in float64.
+    c = np.concatenate(([0.0], np.cumsum(x)))
+    return (c[k:] - c[:-k]) / k
+
+
+def robust_minmax(x, lo: float = 0.5, hi: float = 99.5) -> np.ndarray:
+    """Clip `(x - p_lo) / (p_hi - p_lo)` to [0, 1]; a flat curve becomes all zeros."""
+    x = _as_curve(x)
+    if x.size == 0:
+        return x.copy()
+    p_lo, p_hi = np.percentile(x, [lo, hi])
+    if p_hi == p_lo:
+        return np.zeros_like(x)
+    return np.clip((x - p_lo) / (p_hi - p_lo), 0.0, 1.0)
+
+
+def auc(x_hat) -> float:
+    """Area under a normalised curve on a unit time axis: its mean."""
+    x_hat = _as_curve(x_hat, "x_hat")
+    if x_hat.size == 0:
+        return math.nan
+    return float(np.mean(x_hat))
+
+
+def stabilization(x_hat, tau: float = 0.1) -> float:
+    """Smallest `i / len(x_hat)` such that `x_hat[j] < tau` for every `j >= i`.
+
+    1.0 means the curve never settled below `tau` (its last value is still >= tau).
+    """
+    x_hat = _as_curve(x_hat, "x_hat")
+    if x_hat.size == 0:
+        return math.nan
+    above = np.flatnonzero(~(x_hat < tau))  # NaN counts as not settled
+    first_settled = 0 if above.size == 0 else above[-1] + 1
+    return first_settled / x_hat.size
+
+
+def aggregate(rhos) -> tuple[float, float, float]:
+    """Mean of rho over runs, with its upper and lower semi-deviations.
+
+    upper = sqrt(mean((rho_k - m)^2)) over the runs above the mean m; lower likewise
+    below it. A side with no runs has semi-deviation 0.
+    """
+    r = _as_curve(rhos, "rhos")
+    if r.size == 0:
+        raise ValueError("aggregate needs at least one rho")
+    m = float(np.mean(r))
+
+    def semi(side: np.ndarray) -> float:
+        return float(np.sqrt(np.mean((side - m) ** 2))) if side.size else 0.0
+
+    return m, semi(r[r > m]), semi(r[r < m])
+
+
+def normalized_curve(x, batches_per_epoch: int) -> np.ndarray:
+    """`robust_minmax(sma(x, window))` with the study's window: the curve the figures show."""
+    return robust_minmax(sma(x, smoothing_window(batches_per_epoch)))
+
+
+def summarize(delta_w, delta_a, batches_per_epoch: int, tau: float = 0.1) -> dict:
+    """The study's numbers for one run: AUC_W, AUC_P, rho and the stabilisation times."""
+    delta_w = _as_curve(delta_w, "delta_w")
+    delta_a = _as_curve(delta_a, "delta_a")
+    if delta_w.shape != delta_a.shape:
+        raise ValueError(
+            f"delta_w and delta_a must have the same length, got {delta_w.size} and {delta_a.size}"
+        )
+    if delta_w.size == 0:
+        raise ValueError("summarize needs at least one recorded step; call tracker.step() after optimizer.step()")
+    window = min(smoothing_window(batches_per_epoch), delta_w.size)
+    w_hat = robust_minmax(sma(delta_w, window))
+    a_hat = robust_minmax(sma(delta_a, window))
+    auc_w, auc_p = auc(w_hat), auc(a_hat)
+    if auc_p > 0:
+        rho = auc_w / auc_p
+    elif auc_w > 0:
+        rho = math.inf
+    else:
+        rho = math.nan  # both curves flat: no evidence either way
+    return {
+        "auc_w": auc_w,
+        "auc_p": auc_p,
+        "rho": rho,
+        "stabilization_w": stabilization(w_hat, tau),
+        "stabilization_p": stabilization(a_hat, tau),
+        "tau": tau,
+        "window": window,
+        "steps": int(delta_w.size),
+    }
