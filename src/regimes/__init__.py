@@ -2,6 +2,7 @@
 
 from regimes import analysis
 from regimes.analysis import summarize
+from regimes.tracker import NoActivationSitesError, ProbeError, Tracker
 
-__all__ = ["analysis", "summarize"]
+__all__ = ["Tracker", "summarize", "analysis", "ProbeError", "NoActivationSitesError"]
 __version__ = "0.1.0"

@@ -81,7 +81,7 @@ def stabilization(x_hat, tau: float = 0.1) -> float:
     if x_hat.size == 0:
         return math.nan
     above = np.flatnonzero(~(x_hat < tau))  # NaN counts as not settled
-    first_settled = 0 if above.size == 0 else above[-1] + 1
+    first_settled = 0 if above.size == 0 else int(above[-1]) + 1
     return first_settled / x_hat.size
 
 

@@ -1,0 +1,210 @@
+"""Finding activation sites in a model, naming them, and capturing them during a probe.
+
+A *site* is one application of an activation during the forward pass: an `nn.ReLU`
+module call, or a functional call (`F.relu`, `torch.relu`, `Tensor.relu` and the
+in-place forms). Sites are named after where they happen:
+
+- `features.1`            the module `features.1` (an `nn.ReLU`) called once
+- `layer1.0.relu#0`, `#1`  one module called twice in a forward, by call order
+- `layers.0.relu()`        a functional relu called inside the module `layers.0`
+- `relu()`                 a functional relu in the top-level forward
+
+Hooks exist only inside `capture(...)` and are removed in a `finally`.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import fnmatch
+from collections.abc import Callable, Iterable, Iterator
+from dataclasses import dataclass
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+from torch.overrides import TorchFunctionMode
+
+__all__ = ["Activation", "ACTIVATIONS", "unwrap_model", "select_sites", "capture", "SiteCall"]
+
+
+@dataclass(frozen=True)
+class Activation:
+    """An activation the tracker can watch.
+
+    A unit is "on" when the activation's output is > 0. For ReLU, GELU and SiLU this
+    is exactly "pre-activation > 0" (each is positive iff its input is), and it reads
+    correctly after an in-place call has overwritten the input.
+    """
+
+    name: str
+    modules: tuple[type[nn.Module], ...]
+    functions: frozenset
+
+
+ACTIVATIONS: dict[str, Activation] = {
+    "relu": Activation(
+        "relu",
+        (nn.ReLU,),
+        frozenset({F.relu, F.relu_, torch.relu, torch.relu_, torch.Tensor.relu, torch.Tensor.relu_}),
+    ),
+    "gelu": Activation("gelu", (nn.GELU,), frozenset({F.gelu})),
+    "silu": Activation("silu", (nn.SiLU,), frozenset({F.silu})),
+}
+
+
+def unwrap_model(model: nn.Module) -> nn.Module:
+    """The module whose forward actually runs: through `torch.compile` and (Distributed)DataParallel."""
+    while True:
+        if hasattr(model, "_orig_mod") and isinstance(model._orig_mod, nn.Module):  # torch.compile
+            model = model._orig_mod
+        elif isinstance(model, (nn.DataParallel, nn.parallel.DistributedDataParallel)):
+            model = model.module
+        else:
+            return model
+
+
+SiteFilter = str | Iterable[str] | Callable[[str], bool] | None
+
+
+def select_sites(names: list[str], which: SiteFilter) -> list[str]:
+    """The names (in their order) that `which` picks: None (all), a name or glob, a list of them, or a predicate."""
+    if which is None:
+        return list(names)
+    if callable(which):
+        chosen = [n for n in names if which(n)]
+        described = "the predicate"
+    else:
+        patterns = [which] if isinstance(which, str) else list(which)
+        chosen = [n for n in names if any(n == p or fnmatch.fnmatchcase(n, p) for p in patterns)]
+        described = f"{patterns!r}"
+    if not chosen:
+        raise ValueError(
+            f"the site filter {described} matches none of the model's {len(names)} activation sites: "
+            f"{names}. Pass names or glob patterns from that list (e.g. sites='*.relu*'), or sites=None for all."
+        )
+    return chosen
+
+
+@dataclass(frozen=True)
+class SiteCall:
+    """One activation call seen during a forward: its base name and call index."""
+
+    base: str
+    index: int
+    module: nn.Module | None  # the activation module, for module sites
+
+
+class _ModuleStack:
+    """Tracks which module's forward is running, with hooks on every module."""
+
+    def __init__(self) -> None:
+        self.stack: list[nn.Module] = []
+
+    def push(self, module, args):
+        self.stack.append(module)
+
+    def pop(self, module, args, output):
+        if self.stack and self.stack[-1] is module:
+            self.stack.pop()
+
+    @property
+    def top(self) -> nn.Module | None:
+        return self.stack[-1] if self.stack else None
+
+
+class _FunctionalActivations(TorchFunctionMode):
+    """Sees every activation function call, whatever called it."""
+
+    def __init__(self, functions: frozenset, on_call: Callable[[object, torch.Tensor], None]):
+        super().__init__()
+        self.functions = functions
+        self.on_call = on_call
+
+    def __torch_function__(self, func, types, args=(), kwargs=None):
+        output = func(*args, **(kwargs or {}))
+        if func in self.functions:
+            self.on_call(func, output)
+        return output
+
+
+@contextlib.contextmanager
+def _fast_paths_disabled() -> Iterator[None]:
+    # In eval mode without gradients, nn.TransformerEncoderLayer may run one fused
+    # kernel that never calls its activation: that site would be silently lost.
+    mha = getattr(torch.backends, "mha", None)
+    if mha is None or not hasattr(mha, "set_fastpath_enabled"):
+        yield
+        return
+    was = mha.get_fastpath_enabled()
+    mha.set_fastpath_enabled(False)
+    try:
+        yield
+    finally:
+        mha.set_fastpath_enabled(was)
+
+
+@contextlib.contextmanager
+def _eval_mode(model: nn.Module) -> Iterator[None]:
+    """Eval mode for the whole model, every submodule's own flag restored afterwards."""
+    states = [(m, m.training) for m in model.modules()]
+    model.eval()
+    try:
+        yield
+    finally:
+        for m, training in states:
+            m.training = training
+
+
+@contextlib.contextmanager
+def capture(
+    model: nn.Module,
+    activation: Activation,
+    module_names: dict[nn.Module, str],
+    on_site: Callable[[SiteCall, torch.Tensor], None],
+    site_modules: list[nn.Module] | None = None,
+) -> Iterator[None]:
+    """Within this context, every activation call of `model` is passed to `on_site(call, output)`.
+
+    With `site_modules`, only those activation modules are hooked (cheap: no per-op
+    dispatch). Without, a TorchFunctionMode sees every functional call as well and a
+    module stack names it after the module it happens in. The model is in eval mode
+    without gradients inside; everything is undone on exit, also after an exception.
+    """
+    calls: dict[str, int] = {}
+
+    def report(base: str, module: nn.Module | None, output: torch.Tensor) -> None:
+        index = calls.get(base, 0)
+        calls[base] = index + 1
+        on_site(SiteCall(base, index, module), output)
+
+    handles = []
+    with contextlib.ExitStack() as undo:
+        undo.callback(lambda: [h.remove() for h in handles])
+        undo.enter_context(_eval_mode(model))
+        undo.enter_context(torch.no_grad())
+        undo.enter_context(_fast_paths_disabled())
+        if site_modules is not None:
+            for module in site_modules:
+                name = module_names[module] or activation.name
+                handles.append(module.register_forward_hook(lambda m, a, out, _n=name: report(_n, m, out)))
+        else:
+            stack = _ModuleStack()
+            for module in model.modules():
+                handles.append(module.register_forward_pre_hook(stack.push))
+                handles.append(module.register_forward_hook(stack.pop, always_call=True))
+
+            def on_function(func, output):
+                inner = stack.top
+                path = module_names.get(inner, type(inner).__name__) if inner is not None else ""
+                if isinstance(inner, activation.modules):
+                    report(path or activation.name, inner, output)
+                else:
+                    report(f"{path}.{activation.name}()" if path else f"{activation.name}()", None, output)
+
+            undo.enter_context(_FunctionalActivations(activation.functions, on_function))
+        yield
+
+
+def site_name(base: str, index: int, calls_per_forward: int) -> str:
+    """Final name: the base name, with `#index` when the site's code runs more than once per forward."""
+    return f"{base}#{index}" if calls_per_forward > 1 else base

@@ -1,0 +1,24 @@
+"""Models the experiments can build, by name: ``create_model("lenet5", num_classes=10)``.
+
+Importing this package registers every built-in family. A family with heavy
+optional dependencies must import them inside its factory, not at module
+level, so that ``list_models()`` works without them installed.
+"""
+
+from regimes.zoo.registry import create_model, describe_models, list_models, register_model
+
+# Importing a family module registers its factories.
+from regimes.zoo.alexnet import AlexNetCIFAR
+from regimes.zoo.lenet import LeNet5
+from regimes.zoo.mlp import MLP, STUDY_DROPOUT
+
+__all__ = [
+    "AlexNetCIFAR",
+    "LeNet5",
+    "MLP",
+    "STUDY_DROPOUT",
+    "create_model",
+    "describe_models",
+    "list_models",
+    "register_model",
+]

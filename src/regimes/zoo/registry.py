@@ -1,0 +1,97 @@
+"""One registry for every model the experiments can build (timm-style).
+
+A model family registers a factory function under a name; the runner, the CLI
+and the presets only ever call ``create_model(name, **kwargs)``. Factories take
+keyword arguments only, so a preset (plain data) can set any of them.
+"""
+
+from __future__ import annotations
+
+import difflib
+import inspect
+from dataclasses import dataclass
+from typing import Callable
+
+import torch.nn as nn
+
+ModelFactory = Callable[..., nn.Module]
+
+
+@dataclass(frozen=True)
+class ModelEntry:
+    name: str
+    factory: ModelFactory
+    description: str
+
+
+_REGISTRY: dict[str, ModelEntry] = {}
+
+
+def register_model(name: str, *, description: str) -> Callable[[ModelFactory], ModelFactory]:
+    """Decorator: register ``factory`` under ``name`` with a one-line description."""
+
+    def decorator(factory: ModelFactory) -> ModelFactory:
+        if name in _REGISTRY:
+            raise ValueError(f"a model named {name!r} is already registered")
+        _REGISTRY[name] = ModelEntry(name=name, factory=factory, description=description)
+        return factory
+
+    return decorator
+
+
+def list_models() -> list[str]:
+    """Names of all registered models, sorted."""
+    return sorted(_REGISTRY)
+
+
+def describe_models() -> dict[str, str]:
+    """``{name: one-line description}`` for every registered model, sorted by name."""
+    return {name: _REGISTRY[name].description for name in list_models()}
+
+
+def create_model(name: str, **kwargs) -> nn.Module:
+    """Build the model registered as ``name``, passing ``kwargs`` to its factory.
+
+    Raises ValueError for an unknown name and TypeError for arguments the
+    factory does not take (both list what is valid and suggest the nearest).
+    """
+    entry = _lookup(name)
+    _check_arguments(entry, kwargs)
+    return entry.factory(**kwargs)
+
+
+def _lookup(name: str) -> ModelEntry:
+    if name in _REGISTRY:
+        return _REGISTRY[name]
+    raise ValueError(
+        f"unknown model {name!r}{_suggestion(name, list_models())}; "
+        f"valid models: {', '.join(list_models())}"
+    )
+
+
+def _check_arguments(entry: ModelEntry, kwargs: dict) -> None:
+    # Checked before building so a typo in a preset gets a readable message
+    # instead of a bare "unexpected keyword argument" from deep in a factory.
+    parameters = inspect.signature(entry.factory).parameters
+    takes_any = any(p.kind is inspect.Parameter.VAR_KEYWORD for p in parameters.values())
+    accepted = [name for name, p in parameters.items() if p.kind is not inspect.Parameter.VAR_KEYWORD]
+    unknown = [key for key in kwargs if key not in parameters]
+    if unknown and not takes_any:
+        raise TypeError(
+            f"unknown argument {unknown[0]!r} for model {entry.name!r}"
+            f"{_suggestion(unknown[0], accepted)}; it takes: {', '.join(accepted)}"
+        )
+    missing = [
+        name
+        for name, p in parameters.items()
+        if p.default is inspect.Parameter.empty
+        and p.kind in (inspect.Parameter.KEYWORD_ONLY, inspect.Parameter.POSITIONAL_OR_KEYWORD)
+        and name not in kwargs
+    ]
+    if missing:
+        raise TypeError(f"model {entry.name!r} needs the argument(s): {', '.join(missing)}")
+
+
+def _suggestion(word: str, choices: list[str]) -> str:
+    nearest = difflib.get_close_matches(word, choices, n=1)
+    return f" (did you mean {nearest[0]!r}?)" if nearest else ""
