@@ -1,0 +1,203 @@
+"""Image data sets: digits (offline MNIST stand-in), MNIST, CIFAR-10 and CIFAR-100.
+
+Pixels are scaled to [0, 1] and normalised per channel. MNIST and CIFAR use
+the usual published training-set constants below; digits uses its own
+training-split statistics. No augmentation.
+"""
+
+from __future__ import annotations
+
+import gzip
+import pickle
+import struct
+from pathlib import Path
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+
+from regimes.data.registry import holdout, make_splits, register
+from regimes.data.sources import fetch
+
+MNIST_MEAN, MNIST_STD = (0.1307,), (0.3081,)
+CIFAR10_MEAN, CIFAR10_STD = (0.4914, 0.4822, 0.4465), (0.2470, 0.2435, 0.2616)
+CIFAR100_MEAN, CIFAR100_STD = (0.5071, 0.4865, 0.4409), (0.2673, 0.2564, 0.2762)
+
+
+def normalise_uint8(images: np.ndarray, mean, std) -> torch.Tensor:
+    """uint8 images [N, C, H, W] -> float32, scaled to [0, 1], then ``(x - mean) / std`` per channel."""
+    x = torch.from_numpy(np.ascontiguousarray(images)).float().div_(255)
+    # In place: CIFAR as float32 is ~600 MB, so no second copy.
+    x.sub_(torch.tensor(mean).view(1, -1, 1, 1)).div_(torch.tensor(std).view(1, -1, 1, 1))
+    return x
+
+
+# ---- digits -----------------------------------------------------------------------
+
+
+@register("digits", "scikit-learn 8x8 digits upsampled to 1x28x28 (offline MNIST stand-in), 10 classes")
+def load_digits(data_dir=None, split_seed: int = 0):
+    """scikit-learn's digits, bilinearly upsampled to 1x28x28 so MNIST models take them.
+
+    Pixels (0..16) are scaled to [0, 1], then normalised with the training
+    split's mean and std; 20% is held out with ``split_seed``.
+    """
+    from sklearn.datasets import load_digits as sklearn_digits
+
+    pixels, labels = sklearn_digits(return_X_y=True)  # [N, 64], values 0..16
+    (x_train, y_train), (x_val, y_val) = holdout(pixels, labels, split_seed)
+    x_train, x_val = _upsample_digits(x_train), _upsample_digits(x_val)
+    mean, std = x_train.mean(), x_train.std()
+    x_train, x_val = (x_train - mean) / std, (x_val - mean) / std
+    return make_splits("digits", (x_train, y_train), (x_val, y_val), 10, "scikit-learn")
+
+
+def _upsample_digits(pixels: np.ndarray) -> torch.Tensor:
+    images = torch.as_tensor(pixels, dtype=torch.float32).view(-1, 1, 8, 8) / 16.0
+    return F.interpolate(images, size=(28, 28), mode="bilinear", align_corners=False)  # [N, 1, 28, 28]
+
+
+# ---- MNIST --------------------------------------------------------------------------
+
+MNIST_FILES = (
+    "train-images-idx3-ubyte", "train-labels-idx1-ubyte",
+    "t10k-images-idx3-ubyte", "t10k-labels-idx1-ubyte",
+)  # fmt: skip
+
+
+@register("mnist", "MNIST handwritten digits (IDX files or hub): 1x28x28, 10 classes")
+def load_mnist(data_dir=None, split_seed: int = 0):
+    """MNIST from the four IDX files (each plain or .gz); the official test set is the validation split."""
+    (train, val), source = fetch(
+        "mnist",
+        data_dir,
+        folders=("MNIST/raw", "MNIST"),  # the second-level names torchvision uses
+        required=MNIST_FILES,
+        read_local=_read_mnist_dir,
+        how_to_get=(
+            "download the four files " + ", ".join(f + ".gz" for f in MNIST_FILES)
+            + " (e.g. from https://ossci-datasets.s3.amazonaws.com/mnist/, the mirror "
+            "torchvision uses) into <root>/mnist/."
+        ),
+        hub_id="ylecun/mnist",
+        read_hub=lambda hub: tuple(_hub_images(hub[s], "image", "label") for s in ("train", "test")),
+    )
+    (x_train, y_train), (x_val, y_val) = train, val
+    x_train, x_val = (normalise_uint8(x, MNIST_MEAN, MNIST_STD) for x in (x_train, x_val))
+    return make_splits("mnist", (x_train, y_train), (x_val, y_val), 10, source)
+
+
+def _read_mnist_dir(directory: Path):
+    images = [read_idx(directory / f) for f in MNIST_FILES]
+    train = images[0][:, None], images[1]  # [N, 28, 28] -> [N, 1, 28, 28]
+    test = images[2][:, None], images[3]
+    return train, test
+
+
+def read_idx(path: Path) -> np.ndarray:
+    """Read an unsigned-byte IDX file (``path`` or ``path.gz``) as a uint8 array of its shape."""
+    if not path.is_file():
+        path = path.with_name(path.name + ".gz")
+    opener = gzip.open if path.suffix == ".gz" else open
+    with opener(path, "rb") as file:
+        data = bytearray(file.read())  # writable, so torch can share it without a copy
+    zeros, dtype_code, ndim = struct.unpack(">HBB", data[:4])
+    if zeros != 0 or dtype_code != 0x08:
+        raise ValueError(f"{path} is not an unsigned-byte IDX file")
+    shape = struct.unpack(f">{ndim}I", data[4 : 4 + 4 * ndim])
+    values = np.frombuffer(data, dtype=np.uint8, offset=4 + 4 * ndim)
+    if values.size != int(np.prod(shape)):
+        raise ValueError(f"{path}: header says shape {shape}, found {values.size} values")
+    return values.reshape(shape)
+
+
+# ---- CIFAR ------------------------------------------------------------------------------
+
+
+@register("cifar10", "CIFAR-10 (python pickles or hub): 3x32x32, 10 classes")
+def load_cifar10(data_dir=None, split_seed: int = 0):
+    """CIFAR-10 from ``cifar-10-batches-py``; the official test batch is the validation split."""
+    batches = [f"data_batch_{i}" for i in range(1, 6)]
+    (train, val), source = fetch(
+        "cifar10",
+        data_dir,
+        folders=("cifar-10-batches-py",),
+        required=(*batches, "test_batch"),
+        read_local=lambda d: (
+            _concat([read_cifar_batch(d / b, b"labels") for b in batches]),
+            read_cifar_batch(d / "test_batch", b"labels"),
+        ),
+        how_to_get=(
+            "download https://www.cs.toronto.edu/~kriz/cifar-10-python.tar.gz and extract it "
+            "so that <root>/cifar-10-batches-py/data_batch_1 exists."
+        ),
+        hub_id="uoft-cs/cifar10",
+        read_hub=lambda hub: tuple(_hub_images(hub[s], "img", "label") for s in ("train", "test")),
+    )
+    return _cifar_splits("cifar10", train, val, 10, CIFAR10_MEAN, CIFAR10_STD, source)
+
+
+@register("cifar100", "CIFAR-100 (python pickles or hub): 3x32x32, 100 fine classes")
+def load_cifar100(data_dir=None, split_seed: int = 0):
+    """CIFAR-100 (fine labels) from ``cifar-100-python``; the official test set is the validation split."""
+    (train, val), source = fetch(
+        "cifar100",
+        data_dir,
+        folders=("cifar-100-python",),
+        required=("train", "test"),
+        read_local=lambda d: tuple(read_cifar_batch(d / s, b"fine_labels") for s in ("train", "test")),
+        how_to_get=(
+            "download https://www.cs.toronto.edu/~kriz/cifar-100-python.tar.gz and extract it "
+            "so that <root>/cifar-100-python/train exists."
+        ),
+        hub_id="uoft-cs/cifar100",
+        read_hub=lambda hub: tuple(_hub_images(hub[s], "img", "fine_label") for s in ("train", "test")),
+    )
+    return _cifar_splits("cifar100", train, val, 100, CIFAR100_MEAN, CIFAR100_STD, source)
+
+
+def _cifar_splits(name, train, val, num_classes, mean, std, source):
+    (x_train, y_train), (x_val, y_val) = train, val
+    x_train, x_val = (normalise_uint8(x, mean, std) for x in (x_train, x_val))
+    return make_splits(name, (x_train, y_train), (x_val, y_val), num_classes, source)
+
+
+def read_cifar_batch(path: Path, label_key: bytes) -> tuple[np.ndarray, np.ndarray]:
+    """One CIFAR python pickle -> (uint8 images [N, 3, 32, 32], int64 labels [N])."""
+    with open(path, "rb") as file:
+        batch = _NumpyOnlyUnpickler(file, encoding="bytes").load()
+    # Each row is 1024 red, then 1024 green, then 1024 blue values, row-major.
+    images = np.asarray(batch[b"data"], dtype=np.uint8).reshape(-1, 3, 32, 32)
+    return images, np.asarray(batch[label_key], dtype=np.int64)
+
+
+class _NumpyOnlyUnpickler(pickle.Unpickler):
+    """Unpickles the CIFAR files but refuses any global except numpy's array
+    rebuilders: a plain pickle.load would run whatever code a file names."""
+
+    _ALLOWED = {
+        ("_codecs", "encode"),  # bytes, as Python 3 writes them at protocol 2
+        ("numpy", "ndarray"),
+        ("numpy", "dtype"),
+        ("numpy.core.multiarray", "_reconstruct"),
+        ("numpy._core.multiarray", "_reconstruct"),
+        ("numpy.core.numeric", "_frombuffer"),
+        ("numpy._core.numeric", "_frombuffer"),
+    }
+
+    def find_class(self, module, name):
+        if (module, name) not in self._ALLOWED:
+            raise pickle.UnpicklingError(f"refusing to load {module}.{name} from a CIFAR file")
+        return super().find_class(module, name)
+
+
+def _concat(parts):
+    images, labels = zip(*parts)
+    return np.concatenate(images), np.concatenate(labels)
+
+
+def _hub_images(table, image_column: str, label_column: str):
+    """A hub split of PIL images -> (uint8 [N, C, H, W], int64 labels [N])."""
+    images = np.stack([np.asarray(image, dtype=np.uint8) for image in table[image_column]])
+    images = images[:, None] if images.ndim == 3 else images.transpose(0, 3, 1, 2)  # HWC -> CHW
+    return images, np.asarray(table[label_column], dtype=np.int64)

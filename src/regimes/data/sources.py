@@ -1,0 +1,122 @@
+"""Where outside data sets come from: local directories first, then the Hugging Face hub.
+
+Nothing here downloads files itself. A data set is read from the first local
+directory that holds all its files; failing that, from the hub through the
+optional ``datasets`` library; failing that, :class:`DataNotFoundError` says
+where it looked and how to get the files.
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+from typing import Callable, Sequence, TypeVar
+
+DATA_ENV_VAR = "REGIMES_DATA"
+T = TypeVar("T")
+
+
+class DataNotFoundError(FileNotFoundError):
+    """A data set is neither on disk nor on the hub; the message says where we looked
+    and how to get it."""
+
+
+def search_roots(data_dir: str | os.PathLike | None = None) -> list[Path]:
+    """Root directories to search, in order: ``data_dir``, ``$REGIMES_DATA``, ``~/.cache/regimes``."""
+    roots = []
+    if data_dir is not None:
+        roots.append(Path(data_dir).expanduser())
+    if os.environ.get(DATA_ENV_VAR):
+        roots.append(Path(os.environ[DATA_ENV_VAR]).expanduser())
+    roots.append(Path.home() / ".cache" / "regimes")
+    return list(dict.fromkeys(roots))  # drop repeats, keep order
+
+
+def find_local(
+    name: str,
+    folders: Sequence[str],
+    required: Sequence[str],
+    data_dir: str | os.PathLike | None = None,
+) -> tuple[Path | None, list[Path]]:
+    """The first directory holding every ``required`` file, and all directories looked at.
+
+    Under each root the candidates are ``<root>/<name>``, ``<root>/<name>/<folder>``
+    and ``<root>/<folder>`` for each published folder name. A required file
+    also counts as present when only its gzipped version (``.gz``) is there.
+    """
+    searched: list[Path] = []
+    for root in search_roots(data_dir):
+        candidates = [root / name, *(root / name / f for f in folders), *(root / f for f in folders)]
+        for directory in candidates:
+            if directory in searched:
+                continue
+            searched.append(directory)
+            if all(_exists_maybe_gzipped(directory / f) for f in required):
+                return directory, searched
+    return None, searched
+
+
+def _exists_maybe_gzipped(path: Path) -> bool:
+    return path.is_file() or path.with_name(path.name + ".gz").is_file()
+
+
+def load_from_hub(hub_id: str, convert: Callable[[object], T]) -> tuple[T | None, str]:
+    """Try the Hugging Face hub: ``(convert(dataset_dict), note)`` or ``(None, why not)``.
+
+    Never raises: no ``datasets`` library, no network, an unknown id or a
+    changed schema all fall through to :class:`DataNotFoundError`, whose
+    message carries the note.
+    """
+    try:
+        import datasets
+    except ImportError:
+        return None, (
+            f"Hugging Face hub id {hub_id!r} was not tried: the `datasets` library "
+            "is not installed (pip install datasets)."
+        )
+    try:
+        return convert(datasets.load_dataset(hub_id)), f"hub: {hub_id}"
+    except Exception as error:  # any failure here means "not available", see docstring
+        return None, f"Hugging Face hub id {hub_id!r} failed: {type(error).__name__}: {error}"
+
+
+def fetch(
+    name: str,
+    data_dir: str | os.PathLike | None,
+    *,
+    folders: Sequence[str],
+    required: Sequence[str],
+    read_local: Callable[[Path], T],
+    how_to_get: str,
+    hub_id: str | None = None,
+    read_hub: Callable[[object], T] | None = None,
+) -> tuple[T, str]:
+    """Read a data set from the first place that has it: ``(data, source)``.
+
+    ``read_local(directory)`` reads the published files; ``read_hub(dataset_dict)``
+    converts the hub copy, if the data set has one (``hub_id``).
+    """
+    directory, searched = find_local(name, folders, required, data_dir)
+    if directory is not None:
+        return read_local(directory), f"local: {directory}"
+    if hub_id is None:
+        hub_note = "This data set is not taken from the Hugging Face hub; only local files are used."
+    else:
+        data, hub_note = load_from_hub(hub_id, read_hub)
+        if data is not None:
+            return data, hub_note
+    raise DataNotFoundError(_not_found_message(name, searched, required, hub_note, how_to_get))
+
+
+def _not_found_message(name, searched, required, hub_note, how_to_get) -> str:
+    lines = [f"Data set {name!r} was not found.", f"Looked for {', '.join(required)} in:"]
+    for directory in searched:
+        note = "  (exists, but files are missing)" if directory.is_dir() else ""
+        lines.append(f"  {directory}{note}")
+    lines += [
+        hub_note,
+        f"To get it: {how_to_get}",
+        f"Put it under a directory named by --data-dir (data_dir=...) or ${DATA_ENV_VAR}, "
+        "or under ~/.cache/regimes.",
+    ]
+    return "\n".join(lines)

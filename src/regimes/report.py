@@ -1,0 +1,320 @@
+"""Tables over many runs: the study's Table II and its aggregate line (SPEC sections 2 and 4).
+
+```python
+runs = load_runs(["runs/"])            # every run directory under runs/
+rows = study_table(runs)
+print(format_table(rows))              # Markdown; fmt="csv" or fmt="latex"
+print(aggregate_line(rows, "markdown"))  # mean rho = 1.62 (+0.31 / -0.20) over 5 runs
+```
+"""
+
+from __future__ import annotations
+
+import csv
+import io
+import math
+import re
+from pathlib import Path
+
+from regimes.analysis import aggregate
+from regimes.records import RunDirectory, is_run_directory
+
+__all__ = [
+    "load_runs",
+    "study_table",
+    "format_table",
+    "aggregate_line",
+    "render",
+    "short_scientific",
+    "model_label",
+    "dataset_label",
+    "COLUMNS",
+    "FORMATS",
+]
+
+FORMATS = ("markdown", "csv", "latex")
+
+# (row key, Markdown header, LaTeX header); the CSV header is the row key.
+COLUMNS = (
+    ("model", "model", "Model"),
+    ("dataset", "dataset", "Dataset"),
+    ("optimizer", "optimizer", "Optimizer"),
+    ("wd", "WD", "WD"),
+    ("lr", "LR", "LR"),
+    ("best_score", "best val score", "Best val.\\ score"),
+    ("stop_epoch", "stop epoch", "Stop epoch"),
+    ("auc_w", "AUC_W", "$\\mathrm{AUC}_W$"),
+    ("auc_p", "AUC_P", "$\\mathrm{AUC}_P$"),
+    ("rho", "rho", "$\\rho$"),
+)
+_TEXT_COLUMNS = {"model", "dataset", "optimizer"}
+
+# The study's names, keyed by the name with case and punctuation removed (see _key).
+_MODELS = {
+    "mlp": "MLP", "lenet5": "LeNet5", "alexnet": "AlexNet", "resnet34": "ResNet34",
+    "efficientnetb0": "EfficientNetB0", "xlnet": "XLNet", "roberta": "RoBERTa", "t5": "T5",
+    "gpt2": "GPT-2", "vitb16": "ViT-B16", "swin": "Swin", "pyramidvit": "PyramidViT",
+}  # fmt: skip
+_DATASETS = {
+    "adult": "Adult", "breastcancer": "Breast Cancer", "har": "HAR", "mnist": "MNIST",
+    "cifar10": "CIFAR10", "cifar100": "CIFAR100", "tinyimagenet": "TinyImageNet",
+    "sst2": "SST-2", "agnews": "AG News", "squad": "SQuAD", "wikitext": "WikiText",
+    "food101": "Food-101", "digits": "Digits", "mnist1d": "MNIST-1D",
+}  # fmt: skip
+_OPTIMIZERS = {"sgd": "SGD", "adam": "Adam", "adamw": "AdamW"}
+# The rows of the study's table, in its order (SPEC section 4).
+_STUDY_ROWS = [
+    ("mlp", "adult"), ("mlp", "breastcancer"), ("mlp", "har"), ("mlp", "mnist"),
+    ("lenet5", "mnist"), ("lenet5", "cifar10"), ("alexnet", "cifar100"),
+    ("resnet34", "cifar100"), ("resnet34", "tinyimagenet"),
+    ("efficientnetb0", "cifar100"), ("efficientnetb0", "tinyimagenet"),
+    ("xlnet", "sst2"), ("roberta", "agnews"), ("t5", "squad"), ("gpt2", "wikitext"),
+    ("vitb16", "cifar100"), ("swin", "food101"), ("pyramidvit", "tinyimagenet"),
+]  # fmt: skip
+
+
+def _key(name) -> str:
+    return re.sub(r"[^0-9a-z]", "", str(name).lower())
+
+
+def model_label(name) -> str:
+    """The study's spelling of a model name ("resnet34" -> "ResNet34"); unknown names as given."""
+    return _MODELS.get(_key(name), str(name))
+
+
+def dataset_label(name) -> str:
+    """The study's spelling of a data set name ("breast-cancer" -> "Breast Cancer")."""
+    return _DATASETS.get(_key(name), str(name))
+
+
+# -- loading ---------------------------------------------------------------------------------
+
+
+def load_runs(paths) -> list[dict]:
+    """Read the runs at `paths`: run directories, or folders searched recursively for them.
+
+    Each run is its summary (a flat dict) plus `path` and `config`. Runs come in the study's
+    row order (model, then data set; rows the study does not have go after its rows of the
+    same model), ties in the order found; a run reached twice is read once.
+    """
+    if isinstance(paths, (str, Path)):
+        paths = [paths]
+    found: list[Path] = []
+    for path in map(Path, paths):
+        if not path.exists():
+            raise FileNotFoundError(f"{path} does not exist")
+        if is_run_directory(path):
+            found.append(path)
+            continue
+        inside = sorted(p.parent for p in path.rglob("summary.json")) if path.is_dir() else []
+        if not inside:
+            raise FileNotFoundError(
+                f"{path} holds no run: no summary.json in it or in any folder under it "
+                "(a run directory is what `regimes run --out DIR` writes)"
+            )
+        found.extend(inside)
+
+    runs, seen = [], set()
+    for path in found:
+        if (resolved := path.resolve()) in seen:
+            continue
+        seen.add(resolved)
+        runs.append(_read_run(path))
+    return sorted(runs, key=_study_order)
+
+
+def _read_run(path: Path) -> dict:
+    directory = RunDirectory(path)
+    try:
+        config = directory.read_config()
+    except FileNotFoundError:
+        config = {}
+    summary = directory.read_summary() or {}
+    run = {k: config[k] for k in ("model", "dataset") if k in config}
+    run.update(summary)
+    run.setdefault("status", "running")
+    run["path"] = str(path)
+    run["config"] = config
+    return run
+
+
+def _study_order(run: dict) -> tuple:
+    model, dataset = _key(run.get("model", "")), _key(run.get("dataset", ""))
+    models = list(dict.fromkeys(m for m, _ in _STUDY_ROWS))
+    model_rank = models.index(model) if model in models else len(models)
+    row_rank = _STUDY_ROWS.index((model, dataset)) if (model, dataset) in _STUDY_ROWS else len(_STUDY_ROWS)
+    return (model_rank, row_rank, model, dataset)
+
+
+# -- the table -------------------------------------------------------------------------------
+
+
+def study_table(runs) -> list[dict]:
+    """One row per run with the study's columns (see COLUMNS); missing numbers are NaN."""
+    rows = []
+    for run in runs:
+        rows.append(
+            {
+                "model": model_label(run.get("model", "?")),
+                "dataset": dataset_label(run.get("dataset", "?")),
+                "optimizer": _optimizer_label(run),
+                "wd": _number(_lookup(run, "weight_decay", "wd")),
+                "lr": _number(_lookup(run, "lr")),
+                "best_score": _number(run.get("best_score")),
+                "stop_epoch": _integer(run.get("stop_epoch")),
+                "auc_w": _number(run.get("auc_w")),
+                "auc_p": _number(run.get("auc_p")),
+                "rho": _number(run.get("rho")),
+            }
+        )
+    return rows
+
+
+def _lookup(run: dict, *names):
+    """The first of `names` found in the summary, then in the config (flat or by section)."""
+    config = run.get("config") or {}
+    for source in [run, config, *(v for v in config.values() if isinstance(v, dict))]:
+        for name in names:
+            if source.get(name) is not None:
+                return source[name]
+    return None
+
+
+def _optimizer_label(run: dict) -> str:
+    name = _lookup(run, "optimizer")
+    if isinstance(name, dict):  # a config section such as [optimizer] name = "sgd"
+        name = name.get("name")
+    label = _OPTIMIZERS.get(_key(name), str(name)) if name is not None else "?"
+    momentum = _number(_lookup(run, "momentum"))
+    if _lookup(run, "nesterov"):
+        label += f", Nesterov {momentum:g}" if momentum > 0 else ", Nesterov"
+    elif momentum > 0:
+        label += f", momentum {momentum:g}"
+    return label
+
+
+def _number(value) -> float:
+    try:
+        return float(value)
+    except (TypeError, ValueError):
+        return math.nan  # summary.json stores NaN and infinities as null
+
+
+def _integer(value) -> int | None:
+    try:
+        return int(value)
+    except (TypeError, ValueError):
+        return None
+
+
+# -- formatting ------------------------------------------------------------------------------
+
+
+def format_table(rows, fmt: str = "markdown") -> str:
+    """The table as Markdown (default), CSV or a LaTeX booktabs tabular."""
+    if fmt not in FORMATS:
+        raise ValueError(f"unknown table format {fmt!r}; choose one of {', '.join(FORMATS)}")
+    cells = [[_cell(row.get(key), key, fmt) for key, _, _ in COLUMNS] for row in rows]
+    if fmt == "csv":
+        out = io.StringIO()
+        writer = csv.writer(out, lineterminator="\n")
+        writer.writerow([key for key, _, _ in COLUMNS])
+        writer.writerows(cells)
+        return out.getvalue()
+    if fmt == "latex":
+        spec = "".join("l" if key in _TEXT_COLUMNS else "r" for key, _, _ in COLUMNS)
+        lines = [
+            f"\\begin{{tabular}}{{{spec}}}",
+            "\\toprule",
+            " & ".join(tex for _, _, tex in COLUMNS) + " \\\\",
+            "\\midrule",
+            *(" & ".join(line) + " \\\\" for line in cells),
+            "\\bottomrule",
+            "\\end{tabular}",
+        ]
+        return "\n".join(lines) + "\n"
+    header = [md for _, md, _ in COLUMNS]
+    widths = [max(len(h), *(len(line[i]) for line in cells)) for i, h in enumerate(header)]
+    right = [key not in _TEXT_COLUMNS for key, _, _ in COLUMNS]
+
+    def line(values):
+        padded = (v.rjust(w) if r else v.ljust(w) for v, w, r in zip(values, widths, right))
+        return "| " + " | ".join(padded) + " |"
+
+    rule = "|" + "|".join("-" * (w + 1) + ":" if r else "-" * (w + 2) for w, r in zip(widths, right)) + "|"
+    return "\n".join([line(header), rule, *(line(c) for c in cells)]) + "\n"
+
+
+def _cell(value, key: str, fmt: str) -> str:
+    if key in _TEXT_COLUMNS:
+        text = "" if value is None else str(value)
+        if fmt == "latex":
+            return _latex_escape(text)
+        return text.replace("|", "\\|") if fmt == "markdown" else text
+    if value is None or (isinstance(value, float) and math.isnan(value)):
+        return {"markdown": "-", "csv": "", "latex": "--"}[fmt]
+    if isinstance(value, float) and math.isinf(value):
+        sign = "-" if value < 0 else ""
+        return {"markdown": f"{sign}inf", "csv": f"{sign}inf", "latex": f"${sign}\\infty$"}[fmt]
+    if key in ("lr", "wd"):
+        return short_scientific(value)
+    if key == "stop_epoch":
+        return str(int(value))
+    if key == "best_score":
+        return _score(value)
+    if key in ("auc_w", "auc_p"):
+        return f"{value:.3f}"
+    if key == "rho":
+        return f"{value:.2f}"
+    return str(value)
+
+
+def short_scientific(x: float) -> str:
+    """1e-4, 2.5e-4, 3e-2: the way learning rates and weight decays are written (0 is 0)."""
+    x = float(x)
+    if x == 0 or not math.isfinite(x):
+        return f"{x:g}"
+    if 1 <= abs(x) < 1000:
+        return f"{x:g}"
+    mantissa, exponent = f"{x:.2e}".split("e")
+    mantissa = mantissa.rstrip("0").rstrip(".")
+    return f"{mantissa}e{int(exponent)}"
+
+
+def _score(x: float) -> str:
+    """Four decimals for scores in [0, 1] (accuracy), four significant digits above (perplexity)."""
+    if abs(x) <= 1:
+        return f"{x:.4f}"
+    return f"{x:.{max(0, 3 - int(math.floor(math.log10(abs(x)))))}f}"
+
+
+def _latex_escape(text: str) -> str:
+    special = {
+        "\\": r"\textbackslash{}", "&": r"\&", "%": r"\%", "$": r"\$", "#": r"\#",
+        "_": r"\_", "{": r"\{", "}": r"\}", "~": r"\textasciitilde{}", "^": r"\textasciicircum{}",
+    }  # fmt: skip
+    return "".join(special.get(c, c) for c in text)
+
+
+def aggregate_line(rows, fmt: str = "markdown") -> str:
+    """`mean rho = m (+u / -l) over n runs` (SPEC section 2), over the rows with a finite rho."""
+    if fmt not in FORMATS:
+        raise ValueError(f"unknown format {fmt!r}; choose one of {', '.join(FORMATS)}")
+    rhos = [r for r in (_number(row.get("rho")) for row in rows) if math.isfinite(r)]
+    skipped = len(rows) - len(rhos)
+    note = f" ({skipped} without a finite rho left out)" if skipped else ""
+    rho = "$\\rho$" if fmt == "latex" else "rho"
+    if not rhos:
+        return f"mean {rho}: no run with a finite rho{note}"
+    m, upper, lower = aggregate(rhos)
+    runs = "run" if len(rhos) == 1 else "runs"
+    return f"mean {rho} = {m:.2f} (+{upper:.2f} / -{lower:.2f}) over {len(rhos)} {runs}{note}"
+
+
+def render(runs, fmt: str = "markdown") -> str:
+    """The table and, except for CSV (which must stay one table), the aggregate line under it."""
+    rows = study_table(runs)
+    text = format_table(rows, fmt)
+    if fmt != "csv":
+        text += "\n" + aggregate_line(rows, fmt) + "\n"
+    return text

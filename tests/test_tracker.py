@@ -1,0 +1,589 @@
+"""The Tracker against slow, obvious references written here.
+
+Each test model records its own pre-activations (`z`, before the ReLU) when asked,
+so the reference patterns never go through the tracker's site discovery: two plain
+forward passes, masks compared elementwise. The weight change is a per-parameter
+Python loop in float64.
+"""
+
+from __future__ import annotations
+
+import warnings
+
+import numpy as np
+import pytest
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+import regimes
+from regimes import bits
+
+# ---------------------------------------------------------------------- models that report their z
+
+
+class Recorder(nn.Module):
+    """Base: when `self.record` is a list, forward appends each ReLU's input to it."""
+
+    record: list | None = None
+
+    def keep(self, z: torch.Tensor) -> torch.Tensor:
+        if self.record is not None:
+            self.record.append(z.detach().clone())
+        return z
+
+
+class MLP(Recorder):
+    def __init__(self):
+        super().__init__()
+        self.fc1, self.bn1 = nn.Linear(12, 32), nn.BatchNorm1d(32)
+        self.fc2, self.bn2 = nn.Linear(32, 16), nn.BatchNorm1d(16)
+        self.act1, self.act2 = nn.ReLU(), nn.ReLU(inplace=True)
+        self.drop = nn.Dropout(0.3)
+        self.head = nn.Linear(16, 3)
+
+    def forward(self, x):
+        x = self.drop(self.act1(self.keep(self.bn1(self.fc1(x)))))
+        x = self.drop(self.act2(self.keep(self.bn2(self.fc2(x)))))
+        return self.head(x)
+
+
+class SharedReLUCNN(Recorder):
+    """One in-place nn.ReLU used twice per block, as torchvision's BasicBlock does."""
+
+    def __init__(self):
+        super().__init__()
+        self.conv1, self.bn1 = nn.Conv2d(3, 8, 3, padding=1), nn.BatchNorm2d(8)
+        self.conv2, self.bn2 = nn.Conv2d(8, 8, 3, padding=1), nn.BatchNorm2d(8)
+        self.relu = nn.ReLU(inplace=True)
+        self.head = nn.Linear(8, 4)
+
+    def forward(self, x):
+        out = self.relu(self.keep(self.bn1(self.conv1(x))))
+        out = self.relu(self.keep(self.bn2(self.conv2(out)) + out))
+        return self.head(out.mean((2, 3)))
+
+
+class FunctionalNet(Recorder):
+    """Every functional spelling of ReLU, in-place ones included."""
+
+    def __init__(self):
+        super().__init__()
+        self.layers = nn.ModuleList(nn.Linear(10, 10) for _ in range(6))
+        self.head = nn.Linear(10, 2)
+
+    def forward(self, x):
+        a, b, c, d, e, f = self.layers
+        x = F.relu(self.keep(a(x)))
+        x = torch.relu(self.keep(b(x)))
+        x = self.keep(c(x)).relu()
+        x = F.relu(self.keep(d(x)), inplace=True)
+        x = torch.relu_(self.keep(e(x)))
+        x = self.keep(f(x)).relu_()
+        return self.head(x)
+
+
+class TokenModel(Recorder):
+    """Hugging Face style: keyword inputs with an attention mask."""
+
+    def __init__(self):
+        super().__init__()
+        self.embed = nn.Embedding(50, 16)
+        self.up, self.down = nn.Linear(16, 24), nn.Linear(24, 16)
+        self.act = nn.ReLU()
+        self.head = nn.Linear(16, 2)
+
+    def forward(self, input_ids, attention_mask):
+        h = self.embed(input_ids)  # [B, T, C]
+        h = h + self.down(self.act(self.keep(self.up(h))))
+        m = attention_mask.unsqueeze(-1).float()
+        return self.head((h * m).sum(1) / m.sum(1))
+
+
+def transformer_encoder():
+    layer = nn.TransformerEncoderLayer(16, 2, 32, dropout=0.1, batch_first=True)
+    return nn.TransformerEncoder(layer, 2, enable_nested_tensor=False)
+
+
+def reference_patterns_recorder(model: Recorder, probe) -> list[torch.Tensor]:
+    states = [(m, m.training) for m in model.modules()]
+    model.eval()
+    model.record = []
+    try:
+        with torch.no_grad():
+            model(**probe) if isinstance(probe, dict) else model(probe)
+        return [z > 0 for z in model.record]
+    finally:
+        model.record = None
+        for m, t in states:
+            m.training = t
+
+
+def reference_patterns_transformer(model: nn.TransformerEncoder, probe) -> list[torch.Tensor]:
+    """The FFN pre-activations are linear1's outputs; with gradients on, no fused fast path runs."""
+    zs, handles = [], [layer.linear1.register_forward_hook(lambda m, a, out: zs.append(out.detach().clone()))
+                       for layer in model.layers]
+    states = [(m, m.training) for m in model.modules()]
+    model.eval()
+    try:
+        with torch.enable_grad():
+            model(probe)
+        return [z > 0 for z in zs]
+    finally:
+        for h in handles:
+            h.remove()
+        for m, t in states:
+            m.training = t
+
+
+def reference_patterns(model, probe):
+    if isinstance(model, nn.TransformerEncoder):
+        return reference_patterns_transformer(model, probe)
+    return reference_patterns_recorder(model, probe)
+
+
+def reference_weight_change(before: dict, after: dict) -> tuple[float, dict]:
+    total, count, per_tensor = 0.0, 0, {}
+    for name in after:
+        diff = (after[name].double() - before[name].double()).abs()
+        per_tensor[name] = diff.sum().item() / diff.numel()
+        total += diff.sum().item()
+        count += diff.numel()
+    return total / count, per_tensor
+
+
+def snapshot(model):
+    return {n: p.detach().clone() for n, p in model.named_parameters() if p.requires_grad}
+
+
+def make_case(name):
+    torch.manual_seed(0)
+    if name == "mlp":
+        model, probe = MLP(), torch.randn(7, 12)
+        data = lambda: (torch.randn(32, 12), torch.randint(0, 3, (32,)))
+        loss_fn = lambda out, y: F.cross_entropy(out, y)
+    elif name == "cnn_shared_inplace":
+        model, probe = SharedReLUCNN(), torch.randn(5, 3, 8, 8)
+        data = lambda: (torch.randn(16, 3, 8, 8), torch.randint(0, 4, (16,)))
+        loss_fn = lambda out, y: F.cross_entropy(out, y)
+    elif name == "functional":
+        model, probe = FunctionalNet(), torch.randn(9, 10)
+        data = lambda: (torch.randn(16, 10), torch.randint(0, 2, (16,)))
+        loss_fn = lambda out, y: F.cross_entropy(out, y)
+    elif name == "transformer":
+        model, probe = transformer_encoder(), torch.randn(3, 6, 16)
+        data = lambda: (torch.randn(8, 6, 16), None)
+        loss_fn = lambda out, y: out.pow(2).mean()
+    elif name == "dict_attention_mask":
+        model = TokenModel()
+        mask = torch.tensor([[1, 1, 1, 1, 1], [1, 1, 1, 0, 0], [1, 0, 0, 0, 0]])
+        probe = {"input_ids": torch.randint(0, 50, (3, 5)), "attention_mask": mask}
+        data = lambda: ({"input_ids": torch.randint(0, 50, (8, 5)), "attention_mask": torch.ones(8, 5, dtype=torch.long)},
+                        torch.randint(0, 2, (8,)))
+        loss_fn = lambda out, y: F.cross_entropy(out, y)
+    else:
+        raise KeyError(name)
+    return model, probe, data, loss_fn
+
+
+CASES = ["mlp", "cnn_shared_inplace", "functional", "transformer", "dict_attention_mask"]
+
+
+def run_forward(model, x):
+    return model(**x) if isinstance(x, dict) else model(x)
+
+
+def unit_weights(name, probe, patterns):
+    """Which positions count as units: all, except padding for the dict model."""
+    if name == "dict_attention_mask":
+        valid = probe["attention_mask"].bool().unsqueeze(-1)
+        return [valid.expand_as(p) for p in patterns]
+    return [torch.ones_like(p) for p in patterns]
+
+
+@pytest.mark.parametrize("name", CASES)
+@pytest.mark.parametrize("optimizer", ["sgd", "adam"])
+def test_matches_reference(name, optimizer):
+    model, probe, data, loss_fn = make_case(name)
+    opt = (torch.optim.SGD(model.parameters(), lr=0.5, momentum=0.9) if optimizer == "sgd"
+           else torch.optim.Adam(model.parameters(), lr=0.05))
+    tracker = regimes.Tracker(model, probe)
+    previous_patterns = reference_patterns(model, probe)
+    previous_weights = snapshot(model)
+    assert len(tracker.sites) == len(previous_patterns)
+    expected_dw, expected_da, expected_layers, expected_tensors = [], [], [], []
+    for _ in range(6):
+        x, y = data()
+        opt.zero_grad()
+        loss_fn(run_forward(model, x), y).backward()
+        opt.step()
+        tracker.step()
+        patterns = reference_patterns(model, probe)
+        weights = snapshot(model)
+        dw, per_tensor = reference_weight_change(previous_weights, weights)
+        units = unit_weights(name, probe, patterns)
+        layers = [((p != q) & u).sum().item() / u.sum().item() for p, q, u in zip(patterns, previous_patterns, units)]
+        expected_dw.append(dw)
+        expected_layers.append(layers)
+        expected_da.append(np.mean(layers))
+        expected_tensors.append([per_tensor[n] for n in tracker.parameter_names])
+        previous_patterns, previous_weights = patterns, weights
+
+    np.testing.assert_allclose(tracker.delta_w, expected_dw, rtol=1e-5)
+    np.testing.assert_allclose(tracker.delta_a_layers, expected_layers, rtol=1e-6, atol=1e-9)
+    np.testing.assert_allclose(tracker.delta_a, expected_da, rtol=1e-6, atol=1e-9)
+    np.testing.assert_allclose(tracker.delta_w_tensors, expected_tensors, rtol=1e-5, atol=1e-12)
+    assert sorted(tracker.parameter_names) == sorted(previous_weights)
+    assert tracker.delta_a.max() > 0, "the test should move the pattern"
+    np.testing.assert_array_equal(tracker.iterations, np.arange(1, 7))
+    # The stored pattern is the reference pattern, bit for bit (padding stored as off).
+    for site, pattern, unit in zip(tracker.sites, previous_patterns, unit_weights(name, probe, previous_patterns)):
+        assert torch.equal(tracker.pattern(site), pattern & unit)
+    tracker.close()
+
+
+def test_site_names():
+    assert regimes.Tracker(MLP(), torch.randn(2, 12)).sites == ["act1", "act2"]
+    assert regimes.Tracker(SharedReLUCNN(), torch.randn(2, 3, 4, 4)).sites == ["relu#0", "relu#1"]
+    functional = regimes.Tracker(FunctionalNet(), torch.randn(2, 10)).sites
+    assert functional == ["relu()#0", "relu()#1", "relu()#2", "relu()#3", "relu()#4", "relu()#5"]
+    encoder = regimes.Tracker(transformer_encoder(), torch.randn(2, 3, 16)).sites
+    assert encoder == ["layers.0.relu()", "layers.1.relu()"]
+
+
+def test_module_only_models_skip_the_function_mode():
+    """Models whose sites are all nn.ReLU modules take the hook-only path; mixed ones take the mode."""
+    assert regimes.Tracker(SharedReLUCNN(), torch.randn(2, 3, 4, 4))._site_modules is not None
+    assert regimes.Tracker(FunctionalNet(), torch.randn(2, 10))._site_modules is None
+
+
+def test_both_capture_paths_agree():
+    model, probe, data, loss_fn = make_case("cnn_shared_inplace")
+    fast = regimes.Tracker(model, probe)
+    slow = regimes.Tracker(model, probe)
+    slow._site_modules = None  # force the TorchFunctionMode path
+    opt = torch.optim.SGD(model.parameters(), lr=0.5)
+    for _ in range(4):
+        x, y = data()
+        opt.zero_grad()
+        loss_fn(model(x), y).backward()
+        opt.step()
+        fast.step()
+        slow.step()
+    np.testing.assert_array_equal(fast.delta_a_layers, slow.delta_a_layers)
+    assert fast.delta_a.max() > 0
+
+
+def test_site_filter():
+    model = transformer_encoder()
+    probe = torch.randn(2, 3, 16)
+    assert regimes.Tracker(model, probe, sites="layers.1.*").sites == ["layers.1.relu()"]
+    assert regimes.Tracker(model, probe, sites=["layers.0.relu()"]).sites == ["layers.0.relu()"]
+    assert regimes.Tracker(model, probe, sites=lambda n: n.startswith("layers.1")).sites == ["layers.1.relu()"]
+    with pytest.raises(ValueError, match=r"matches none.*layers\.0\.relu\(\)"):
+        regimes.Tracker(model, probe, sites="attention*")
+
+
+def test_filtered_sites_match_reference_columns():
+    model, probe, data, loss_fn = make_case("functional")
+    full = regimes.Tracker(model, probe)
+    part = regimes.Tracker(model, probe, sites=["relu()#1", "relu()#4"])
+    opt = torch.optim.SGD(model.parameters(), lr=0.5)
+    for _ in range(3):
+        x, y = data()
+        opt.zero_grad()
+        loss_fn(model(x), y).backward()
+        opt.step()
+        full.step()
+        part.step()
+    np.testing.assert_array_equal(part.delta_a_layers, full.delta_a_layers[:, [1, 4]])
+    np.testing.assert_allclose(part.delta_a, full.delta_a_layers[:, [1, 4]].mean(1))
+
+
+def test_train_eval_state_is_restored():
+    model = MLP()
+    model.train()
+    model.bn2.eval()  # a mixed state must survive exactly
+    tracker = regimes.Tracker(model, torch.randn(4, 12))
+    tracker.step()
+    assert model.training and model.bn1.training and model.drop.training
+    assert not model.bn2.training
+
+
+def test_probe_does_not_change_training():
+    """Same seeds with and without the tracker give the same weights: the probe draws no RNG and touches no BN stats."""
+
+    def train(with_tracker):
+        model, probe, data, loss_fn = make_case("mlp")
+        opt = torch.optim.SGD(model.parameters(), lr=0.1)
+        tracker = regimes.Tracker(model, probe) if with_tracker else None
+        torch.manual_seed(1)
+        for _ in range(5):
+            x, y = data()
+            opt.zero_grad()
+            loss_fn(model(x), y).backward()
+            opt.step()
+            if tracker:
+                tracker.step()
+        return model.state_dict()
+
+    plain, tracked = train(False), train(True)
+    for key in plain:
+        assert torch.equal(plain[key], tracked[key]), key
+
+
+def all_hooks(model):
+    return [h for m in model.modules() for h in (*m._forward_hooks.values(), *m._forward_pre_hooks.values())]
+
+
+@pytest.mark.parametrize("name", CASES)
+def test_hooks_never_leak(name):
+    model, probe, data, _ = make_case(name)
+    model.eval()
+    with torch.no_grad():
+        before = run_forward(model, probe)
+    with regimes.Tracker(model, probe) as tracker:
+        assert all_hooks(model) == []
+        tracker.step()
+        assert all_hooks(model) == []
+    assert all_hooks(model) == []
+    with torch.no_grad():
+        after = run_forward(model, probe)
+    assert torch.equal(before, after)
+    assert torch.backends.mha.get_fastpath_enabled()
+
+
+class Exploding(nn.Module):
+    def __init__(self):
+        super().__init__()
+        self.fc, self.relu, self.out = nn.Linear(4, 4), nn.ReLU(), nn.Linear(4, 2)
+        self.explode = False
+
+    def forward(self, x):
+        h = self.relu(self.fc(x)) + F.relu(x)  # both capture paths are active
+        if self.explode:
+            raise RuntimeError("boom")
+        return self.out(h)
+
+
+def test_exception_inside_probe_removes_hooks_and_restores_state():
+    model = Exploding().train()
+    tracker = regimes.Tracker(model, torch.randn(3, 4))
+    model.explode = True
+    with pytest.raises(regimes.ProbeError, match="boom"):
+        tracker.step()
+    assert all_hooks(model) == []
+    assert model.training and model.fc.training
+    assert torch.backends.mha.get_fastpath_enabled()
+    from torch.overrides import _get_current_function_mode_stack
+    assert _get_current_function_mode_stack() == []
+    model.explode = False
+    model(torch.randn(3, 4))  # still a working model
+
+
+def test_every_k_steps():
+    model, probe, data, loss_fn = make_case("mlp")
+    opt = torch.optim.SGD(model.parameters(), lr=0.5)
+    tracker = regimes.Tracker(model, probe, every=3)
+    start_w, start_p = snapshot(model), reference_patterns(model, probe)
+    expected_dw, expected_da = [], []
+    for i in range(1, 10):
+        x, y = data()
+        opt.zero_grad()
+        loss_fn(model(x), y).backward()
+        opt.step()
+        tracker.step()
+        if i % 3 == 0:
+            w, p = snapshot(model), reference_patterns(model, probe)
+            expected_dw.append(reference_weight_change(start_w, w)[0])
+            expected_da.append(np.mean([(a != b).float().mean().item() for a, b in zip(p, start_p)]))
+            start_w, start_p = w, p
+    np.testing.assert_array_equal(tracker.iterations, [3, 6, 9])
+    np.testing.assert_allclose(tracker.delta_w, expected_dw, rtol=1e-5)
+    np.testing.assert_allclose(tracker.delta_a, expected_da, rtol=1e-6)
+
+
+def test_results_cross_sync_batches():
+    """Reading back every 2 measurements gives the same arrays as reading back once."""
+    model, probe, data, loss_fn = make_case("functional")
+    a = regimes.Tracker(model, probe, sync_every=2)
+    b = regimes.Tracker(model, probe, sync_every=1000)
+    opt = torch.optim.SGD(model.parameters(), lr=0.5)
+    for _ in range(5):
+        x, y = data()
+        opt.zero_grad()
+        loss_fn(model(x), y).backward()
+        opt.step()
+        a.step()
+        b.step()
+    assert len(b._pending) == 5 and len(a._pending) == 1
+    np.testing.assert_array_equal(a.delta_w, b.delta_w)
+    np.testing.assert_array_equal(a.delta_a_layers, b.delta_a_layers)
+
+
+def test_step_makes_no_host_sync(monkeypatch):
+    """Nothing in the per-step path reads a tensor back to the host."""
+    model, probe, data, loss_fn = make_case("functional")
+    tracker = regimes.Tracker(model, probe, sync_every=1000)
+    opt = torch.optim.SGD(model.parameters(), lr=0.5)
+    x, y = data()
+    opt.zero_grad()
+    loss_fn(model(x), y).backward()
+    opt.step()
+
+    def forbidden(*args, **kwargs):
+        raise AssertionError("host-device synchronisation in Tracker.step()")
+
+    for name in ["item", "tolist", "cpu", "numpy", "__bool__", "__int__", "__float__", "nonzero"]:
+        monkeypatch.setattr(torch.Tensor, name, forbidden)
+    tracker.step()
+    monkeypatch.undo()
+    assert tracker.delta_w.shape == (1,)
+
+
+def test_nonfinite_parameters_warn_once_and_record_nan():
+    model, probe, data, loss_fn = make_case("mlp")
+    tracker = regimes.Tracker(model, probe)
+    with torch.no_grad():
+        model.fc1.weight[0, 0] = float("nan")
+    with pytest.warns(UserWarning, match="non-finite parameters at iteration 1"):
+        tracker.step()
+        tracker.step()
+        _ = tracker.delta_w
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        tracker.step()
+        dw = tracker.delta_w
+    assert np.isnan(dw).all() and dw.shape == (3,)
+    assert np.isfinite(tracker.delta_a).all()
+
+
+def test_resume_from_state_dict_gives_the_same_records():
+    def train(steps, tracker, model, opt, data, loss_fn):
+        for _ in range(steps):
+            x, y = data()
+            opt.zero_grad()
+            loss_fn(model(x), y).backward()
+            opt.step()
+            tracker.step()
+
+    model, probe, data, loss_fn = make_case("cnn_shared_inplace")
+    opt = torch.optim.SGD(model.parameters(), lr=0.5)
+    torch.manual_seed(3)
+    whole = regimes.Tracker(model, probe)
+    model_state, opt_state = {k: v.clone() for k, v in model.state_dict().items()}, None
+    train(6, whole, model, opt, data, loss_fn)
+
+    model.load_state_dict(model_state)
+    opt = torch.optim.SGD(model.parameters(), lr=0.5)
+    torch.manual_seed(3)
+    first = regimes.Tracker(model, probe)
+    train(3, first, model, opt, data, loss_fn)
+    saved = first.state_dict()
+    first.close()
+    second = regimes.Tracker(model, probe)  # a fresh process would build a new tracker
+    second.load_state_dict(saved)
+    train(3, second, model, opt, data, loss_fn)
+    np.testing.assert_allclose(second.delta_w, whole.delta_w, rtol=1e-6)
+    np.testing.assert_array_equal(second.delta_a_layers, whole.delta_a_layers)
+    np.testing.assert_array_equal(second.iterations, np.arange(1, 7))
+
+
+def test_low_precision_model_diffs_in_float32():
+    model = nn.Sequential(nn.Linear(8, 16), nn.ReLU(), nn.Linear(16, 2)).to(torch.bfloat16)
+    probe = torch.randn(4, 8)  # float32 probe: cast to the model's dtype
+    tracker = regimes.Tracker(model, probe)
+    before = snapshot(model)
+    with torch.no_grad():
+        for p in model.parameters():
+            p.add_(torch.randn_like(p) * 1e-2)
+    tracker.step()
+    expected, _ = reference_weight_change(before, snapshot(model))
+    np.testing.assert_allclose(tracker.delta_w, [expected], rtol=1e-5)
+
+
+def test_compiled_and_data_parallel_wrappers_probe_the_module():
+    model = MLP()
+    compiled = torch.compile(model)  # lazy: never compiled here, only unwrapped
+    assert regimes.Tracker(compiled, torch.randn(3, 12)).module is model
+    wrapped = nn.DataParallel(model)
+    tracker = regimes.Tracker(wrapped, torch.randn(3, 12))
+    assert tracker.module is model and tracker.sites == ["act1", "act2"]
+
+
+def test_distributed_data_parallel(tmp_path):
+    import torch.distributed as dist
+
+    dist.init_process_group("gloo", init_method=f"file://{tmp_path / 'store'}", rank=0, world_size=1)
+    try:
+        model = MLP()
+        ddp = nn.parallel.DistributedDataParallel(model)
+        tracker = regimes.Tracker(ddp, torch.randn(3, 12))
+        opt = torch.optim.SGD(ddp.parameters(), lr=0.1)
+        F.cross_entropy(ddp(torch.randn(8, 12)), torch.randint(0, 3, (8,))).backward()
+        opt.step()
+        tracker.step()
+        assert tracker.module is model and tracker.delta_w[0] > 0
+    finally:
+        dist.destroy_process_group()
+
+
+def test_gelu_activation_option():
+    model = nn.Sequential(nn.Linear(6, 8), nn.GELU(), nn.Linear(8, 8), nn.ReLU())
+    tracker = regimes.Tracker(model, torch.randn(5, 6), activation="gelu")
+    assert tracker.sites == ["1"]
+    z = model[0](tracker._args[0])
+    assert torch.equal(tracker.pattern("1"), z > 0)
+
+
+# ---------------------------------------------------------------------- errors
+
+
+def test_errors_name_the_cause():
+    with pytest.raises(regimes.NoActivationSitesError, match="found no relu.*activation="):
+        regimes.Tracker(nn.Sequential(nn.Linear(3, 3), nn.Tanh()), torch.randn(2, 3))
+    with pytest.raises(regimes.ProbeError, match="could not run the probe.*model\\(\\*\\*probe\\)"):
+        regimes.Tracker(MLP(), torch.randn(2, 5))
+    with pytest.raises(ValueError, match="batch dimension of 0"):
+        regimes.Tracker(MLP(), torch.randn(0, 12))
+    with pytest.raises(TypeError, match="probe must be a Tensor"):
+        regimes.Tracker(MLP(), "not a probe")
+    with pytest.raises(ValueError, match="unknown activation"):
+        regimes.Tracker(MLP(), torch.randn(2, 12), activation="tanh")
+    tracker = regimes.Tracker(MLP(), torch.randn(2, 12))
+    tracker.close()
+    with pytest.raises(RuntimeError, match="after close"):
+        tracker.step()
+    frozen = MLP().requires_grad_(False)
+    with pytest.raises(ValueError, match="no trainable parameter"):
+        regimes.Tracker(frozen, torch.randn(2, 12))
+
+
+# ---------------------------------------------------------------------- packed bits
+
+
+@pytest.mark.parametrize("n", [1, 7, 8, 9, 63, 64, 65, 1000])
+def test_pack_matches_numpy_packbits(n):
+    torch.manual_seed(n)
+    b = torch.rand(n) > 0.5
+    packed = bits.pack(b)
+    np.testing.assert_array_equal(packed.numpy(), np.packbits(b.numpy(), bitorder="little"))
+    assert torch.equal(bits.unpack(packed, n), b)
+
+
+def test_segment_flips_against_elementwise_count():
+    torch.manual_seed(0)
+    sizes = [5, 64, 130, 1]
+    old = [torch.rand(s) > 0.5 for s in sizes]
+    new = [torch.rand(s) > 0.5 for s in sizes]
+    pack_all = lambda masks: torch.cat([bits.pack(m) for m in masks])
+    ends = torch.tensor(np.cumsum([(s + 7) // 8 for s in sizes]))
+    flips = bits.segment_flips(pack_all(old), pack_all(new), ends)
+    assert flips.tolist() == [(a != b).sum().item() for a, b in zip(old, new)]
+
+
+def test_patterns_are_stored_at_one_bit_per_unit():
+    model = SharedReLUCNN()
+    tracker = regimes.Tracker(model, torch.randn(5, 3, 8, 8))
+    units = sum(int(np.prod(s.shape)) for s in tracker._site_table.values())
+    assert tracker._previous_pattern.numel() * tracker._previous_pattern.element_size() == units / 8
