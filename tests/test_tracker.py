@@ -416,7 +416,7 @@ def test_results_cross_sync_batches():
         opt.step()
         a.step()
         b.step()
-    assert len(b._pending) == 5 and len(a._pending) == 1
+    assert len(b._pending_iterations) == 5 and len(a._pending_iterations) == 1
     np.testing.assert_array_equal(a.delta_w, b.delta_w)
     np.testing.assert_array_equal(a.delta_a_layers, b.delta_a_layers)
 
@@ -571,14 +571,15 @@ def test_pack_matches_numpy_packbits(n):
     assert torch.equal(bits.unpack(packed, n), b)
 
 
-def test_segment_flips_against_elementwise_count():
+def test_cumulative_flips_against_elementwise_count():
     torch.manual_seed(0)
     sizes = [5, 64, 130, 1]
     old = [torch.rand(s) > 0.5 for s in sizes]
     new = [torch.rand(s) > 0.5 for s in sizes]
     pack_all = lambda masks: torch.cat([bits.pack(m) for m in masks])
-    ends = torch.tensor(np.cumsum([(s + 7) // 8 for s in sizes]))
-    flips = bits.segment_flips(pack_all(old), pack_all(new), ends)
+    ends = torch.tensor(np.cumsum([(s + 7) // 8 for s in sizes]) - 1)
+    cumulative = bits.cumulative_flips(pack_all(old), pack_all(new), ends)
+    flips = np.diff(cumulative.numpy(), prepend=0)
     assert flips.tolist() == [(a != b).sum().item() for a, b in zip(old, new)]
 
 
@@ -586,4 +587,4 @@ def test_patterns_are_stored_at_one_bit_per_unit():
     model = SharedReLUCNN()
     tracker = regimes.Tracker(model, torch.randn(5, 3, 8, 8))
     units = sum(int(np.prod(s.shape)) for s in tracker._site_table.values())
-    assert tracker._previous_pattern.numel() * tracker._previous_pattern.element_size() == units / 8
+    assert tracker._previous_pattern.numel() * tracker._previous_pattern.element_size() == -(-units // 64) * 8

@@ -31,8 +31,8 @@ def pack_into(out: torch.Tensor, bits: torch.Tensor) -> None:
         bits = torch.cat([bits, bits.new_zeros(8 - n % 8)])
     # bool -> uint8 is a free reinterpretation; eight bytes -> one int64 likewise.
     words = bits.view(torch.uint8).view(torch.int64)
-    # The cast in copy_ keeps the low byte, i.e. the gathered bits (C++ modular conversion).
-    out.copy_(torch.bitwise_right_shift(words * _GATHER_BITS, 56))
+    # Writing int64 into uint8 keeps the low byte, i.e. the gathered bits (modular conversion).
+    torch.bitwise_right_shift(words * _GATHER_BITS, 56, out=out)
 
 
 def pack(bits: torch.Tensor) -> torch.Tensor:
@@ -54,13 +54,12 @@ def popcount(packed: torch.Tensor) -> torch.Tensor:
     return _popcount_table(packed.device)[packed.int()]
 
 
-def segment_flips(previous: torch.Tensor, current: torch.Tensor, segment_ends: torch.Tensor) -> torch.Tensor:
-    """Bits that differ between two packed buffers, summed over consecutive segments.
+def cumulative_flips(previous: torch.Tensor, current: torch.Tensor, segment_ends: torch.Tensor) -> torch.Tensor:
+    """Bits that differ between two packed buffers, counted from the start up to each segment's end.
 
-    `segment_ends` holds each segment's end byte (exclusive, increasing, int64 on the
-    buffers' device); returns an int64 tensor with one count per segment.
+    `segment_ends` (int64, on the buffers' device) holds each segment's last byte index,
+    increasing. The per-segment counts are the differences of consecutive values (the
+    caller takes them on the host, which saves kernels on every step).
     """
     per_byte = popcount(torch.bitwise_xor(previous, current))
-    running = torch.cumsum(per_byte, 0, dtype=torch.int64)
-    at_ends = running[segment_ends - 1]
-    return torch.diff(at_ends, prepend=at_ends.new_zeros(1))
+    return torch.cumsum(per_byte, 0, dtype=torch.int64)[segment_ends]

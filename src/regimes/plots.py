@@ -21,7 +21,7 @@ from pathlib import Path
 import numpy as np
 
 from regimes.analysis import normalized_curve, smoothing_window
-from regimes.records import RunDirectory, _atomic_write
+from regimes.records import RunDirectory, atomic_write
 from regimes.report import dataset_label, model_label
 
 __all__ = ["plot_run", "plot_grid", "save_run_figure", "FIGURE_SUFFIXES"]
@@ -29,7 +29,8 @@ __all__ = ["plot_run", "plot_grid", "save_run_figure", "FIGURE_SUFFIXES"]
 FIGURE_SUFFIXES = (".png", ".svg", ".pdf")
 
 _COLORS = {"train": "tab:blue", "val": "tab:orange", "dw": "tab:green", "da": "tab:red"}
-_PANEL_SIZE = (4.6, 3.2)  # inches per panel
+_PANEL_SIZE = (4.6, 3.2)  # inches per panel of a grid
+_FIGURE_SIZE = (5.0, 4.2)  # a single panel with its legend below
 
 
 def _pyplot():
@@ -46,35 +47,36 @@ def _pyplot():
     return plt
 
 
-def _resolve(run) -> dict:
-    """A run as a dict with its summary keys plus `epochs` and `steps` (dw and da only).
+def _resolve(run) -> tuple[dict, list[dict], dict]:
+    """A run's summary, epoch rows and step records (dw and da only).
 
-    `run` is a run directory, or a dict (from report.load_runs, or built live by a runner)
-    that holds `epochs` and `steps` itself or a `path` to read them from.
+    `run` is a run directory, or a dict (from report.load_runs, or a runner's live state)
+    with the summary's keys and either a `path` to read the records from or the records
+    themselves under `epoch_records` (rows as in epochs.parquet) and `step_records`.
     """
     if isinstance(run, (str, Path)):
         run = {"path": str(run)}
-    out = dict(run)
-    directory = RunDirectory(out["path"]) if out.get("path") else None
-    if directory is not None:
-        if "model" not in out:
-            config = directory.read_config() if directory.config_path.is_file() else {}
-            out = {**config, **(directory.read_summary() or {}), **out}
-        if "epochs" not in out:
-            out["epochs"] = directory.read_epochs()
-        if "steps" not in out:
-            out["steps"] = directory.read_steps(columns=["iteration", "epoch", "dw", "da"])
-    out.setdefault("epochs", [])
-    out.setdefault("steps", {})
-    return out
+    info = dict(run)
+    directory = RunDirectory(info["path"]) if info.get("path") else None
+    if directory is not None and "status" not in info:  # a bare path: read the summary
+        config = directory.read_config() if directory.config_path.is_file() else {}
+        info = {"config": config, **{k: config[k] for k in ("model", "dataset") if k in config},
+                **(directory.read_summary() or {}), **info}  # fmt: skip
+    epochs = info.get("epoch_records")
+    if epochs is None:
+        epochs = directory.read_epochs() if directory is not None else []
+    steps = info.get("step_records")
+    if steps is None:
+        steps = directory.read_steps(columns=["iteration", "epoch", "dw", "da"]) if directory is not None else {}
+    return info, list(epochs), steps
 
 
-def _batches_per_epoch(run: dict) -> int:
-    bpe = run.get("batches_per_epoch") or (run.get("config") or {}).get("batches_per_epoch")
+def _batches_per_epoch(info: dict, steps: dict) -> int:
+    bpe = info.get("batches_per_epoch")
     if bpe:
         return int(bpe)
-    epochs = np.asarray(run["steps"].get("epoch", []))
-    if epochs.size:  # older or partial records: the length of the first full epoch
+    epochs = np.asarray(steps.get("epoch", []))
+    if epochs.size:  # no summary yet: the length of the first epoch
         return max(1, int(np.sum(epochs == epochs.min())))
     return 1
 
@@ -86,24 +88,23 @@ def plot_run(run, ax=None, legend: bool = True):
     iterations j+1 .. j+k and is drawn at the end of its window, (j + k) / batches_per_epoch
     epochs. Returns `(fig, ax)` with `ax` the left (score) axis; the right one is `ax.right_ax`.
     """
-    run = _resolve(run)
+    run, epochs, steps = _resolve(run)
     if ax is None:
-        fig, ax = _pyplot().subplots(figsize=_PANEL_SIZE, layout="constrained")
+        fig, ax = _pyplot().subplots(figsize=_FIGURE_SIZE if legend else _PANEL_SIZE, layout="constrained")
     else:
         fig = ax.figure
     right = ax.twinx()
     ax.right_ax = right  # so callers (and tests) can reach the curves' axis
 
-    epochs = run["epochs"]
     x = [row["epoch"] for row in epochs]
     for key, label in (("train", "train score"), ("val", "validation score")):
         y = [np.nan if row.get(f"{key}_score") is None else row[f"{key}_score"] for row in epochs]
         ax.plot(x, y, color=_COLORS[key], marker="o", markersize=2.5, linewidth=1.4, label=label)
 
-    bpe = _batches_per_epoch(run)
+    bpe = _batches_per_epoch(run, steps)
     last_epoch = max(x, default=0)
     for key, label in (("dw", "weight change (norm.)"), ("da", "pattern change (norm.)")):
-        curve = np.asarray(run["steps"].get(key, []), dtype=np.float64)
+        curve = np.asarray(steps.get(key, []), dtype=np.float64)
         if curve.size == 0:
             continue
         k = min(smoothing_window(bpe), curve.size)
@@ -116,7 +117,7 @@ def plot_run(run, ax=None, legend: bool = True):
     if best:
         ax.axvline(best, color="0.5", linestyle=":", linewidth=1.0, label=f"best epoch ({best})")
 
-    higher = run.get("higher_is_better", True)
+    higher = run.get("higher_is_better") is not False  # unknown: treat as accuracy-like
     name = run.get("score_name") or ("score" if higher else "perplexity")
     ax.set_ylabel(f"{name} ({'higher' if higher else 'lower'} is better)")
     ax.set_xlabel("epoch")
@@ -130,8 +131,10 @@ def plot_run(run, ax=None, legend: bool = True):
     ax.set_title(title, fontsize="medium")
     if legend:
         handles, labels = _legend_entries(ax)
-        ax.legend(handles, labels, fontsize="x-small", loc="center right", framealpha=0.85)
-    if not epochs and len(run["steps"].get("dw", [])) == 0:
+        # Below the panel: inside it would cover curves on one axis or the other.
+        ax.legend(handles, labels, fontsize="x-small", loc="upper center", bbox_to_anchor=(0.5, -0.17),
+                  ncols=2, frameon=False)  # fmt: skip
+    if not epochs and len(steps.get("dw", [])) == 0:
         ax.text(0.5, 0.5, "no records yet", transform=ax.transAxes, ha="center", va="center")
     return fig, ax
 
@@ -186,7 +189,7 @@ def save_run_figure(run_dir) -> Path:
     from matplotlib.figure import Figure
 
     directory = RunDirectory(run_dir)
-    fig = Figure(figsize=_PANEL_SIZE, layout="constrained")
+    fig = Figure(figsize=_FIGURE_SIZE, layout="constrained")
     plot_run(directory.path, ax=fig.add_subplot())
     _save(fig, directory.figure_path)
     return directory.figure_path
@@ -198,4 +201,4 @@ def _save(fig, path) -> None:
     buffer = io.BytesIO()
     fig.savefig(buffer, format=fmt, dpi=150)
     path.parent.mkdir(parents=True, exist_ok=True)
-    _atomic_write(path, buffer.getvalue())
+    atomic_write(path, buffer.getvalue())

@@ -26,7 +26,7 @@ import os
 import re
 import shutil
 import sys
-import tempfile
+import uuid
 from importlib import metadata
 from pathlib import Path
 
@@ -39,7 +39,7 @@ if sys.version_info >= (3, 11):
 else:  # pragma: no cover
     import tomli as tomllib
 
-__all__ = ["RunDirectory", "is_run_directory", "software_versions", "STATUSES"]
+__all__ = ["RunDirectory", "is_run_directory", "software_versions", "atomic_write", "STATUSES"]
 
 STATUSES = ("running", "finished", "diverged", "interrupted")
 
@@ -138,7 +138,7 @@ class RunDirectory:
         import tomli_w
 
         text = tomli_w.dumps(_toml_ready(config))
-        _atomic_write(self.config_path, text.encode("utf-8"))
+        atomic_write(self.config_path, text.encode("utf-8"))
 
     def read_config(self) -> dict:
         with open(self.config_path, "rb") as f:
@@ -181,7 +181,7 @@ class RunDirectory:
         else:
             self.steps_dir.mkdir(parents=True, exist_ok=True)
             number = 1
-        _atomic_write(self.steps_dir / f"part-{number:05d}.parquet", _parquet_bytes(table))
+        atomic_write(self.steps_dir / f"part-{number:05d}.parquet", _parquet_bytes(table))
 
     def truncate_steps(self, after_iteration: int) -> None:
         """Drop every record with `iteration > after_iteration` (a resume rewinds to its checkpoint)."""
@@ -194,7 +194,7 @@ class RunDirectory:
             elif iterations.size and iterations.max() > after_iteration:
                 table = pq.read_table(path)
                 kept = table.filter(pa.array(iterations <= after_iteration))
-                _atomic_write(path, _parquet_bytes(kept))
+                atomic_write(path, _parquet_bytes(kept))
             else:
                 break  # chunks are written in iteration order: the older ones are all kept
 
@@ -233,7 +233,7 @@ class RunDirectory:
         fields = [pa.field(n, _EPOCH_COLUMNS.get(n, _infer_type(rows, n))) for n in names]
         data = {n: [_plain(row.get(n)) for row in rows] for n in names}
         table = pa.table(data, schema=pa.schema(fields))
-        _atomic_write(self.epochs_path, _parquet_bytes(table))
+        atomic_write(self.epochs_path, _parquet_bytes(table))
 
     def read_epochs(self) -> list[dict]:
         if not self.epochs_path.is_file():
@@ -248,7 +248,7 @@ class RunDirectory:
         if status is not None and status not in STATUSES:
             raise ValueError(f"status must be one of {STATUSES}, got {status!r}")
         text = json.dumps(_json_ready(summary), indent=2, allow_nan=False) + "\n"
-        _atomic_write(self.summary_path, text.encode("utf-8"))
+        atomic_write(self.summary_path, text.encode("utf-8"))
 
     def read_summary(self) -> dict | None:
         """The summary, or None when the run has not written one yet."""
@@ -281,18 +281,22 @@ def software_versions() -> dict:
 # -- helpers ---------------------------------------------------------------------------------
 
 
-def _atomic_write(path: Path, data: bytes) -> None:
-    """Write `data` to `path` through a hidden temporary file in the same folder."""
+def atomic_write(path: Path, data: bytes) -> None:
+    """Write `data` to `path` through a hidden temporary file in the same folder, then rename.
+
+    A reader (or a crash) sees the old file or the new one, never a part of one.
+    """
     path = Path(path)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    # Not tempfile.mkstemp: its files are private (0600); this one gets the umask's mode.
+    tmp = path.parent / f".{path.name}.{os.getpid()}.{uuid.uuid4().hex[:8]}.tmp"
     try:
-        with os.fdopen(fd, "wb") as f:
+        with open(tmp, "xb") as f:
             f.write(data)
             f.flush()
             os.fsync(f.fileno())
         os.replace(tmp, path)
     except BaseException:
-        Path(tmp).unlink(missing_ok=True)
+        tmp.unlink(missing_ok=True)
         raise
 
 

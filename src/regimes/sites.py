@@ -9,14 +9,13 @@ in-place forms). Sites are named after where they happen:
 - `layers.0.relu()`        a functional relu called inside the module `layers.0`
 - `relu()`                 a functional relu in the top-level forward
 
-Hooks exist only inside `capture(...)` and are removed in a `finally`.
+Hooks exist only inside `with capture(...)` and are removed in a `finally`.
 """
 
 from __future__ import annotations
 
-import contextlib
 import fnmatch
-from collections.abc import Callable, Iterable, Iterator
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 
 import torch
@@ -127,82 +126,94 @@ class _FunctionalActivations(TorchFunctionMode):
         return output
 
 
-@contextlib.contextmanager
-def _fast_paths_disabled() -> Iterator[None]:
+def _set_fastpath(enabled: bool) -> bool:
+    """Switch PyTorch's fused Transformer fast path; returns the previous setting."""
     # In eval mode without gradients, nn.TransformerEncoderLayer may run one fused
     # kernel that never calls its activation: that site would be silently lost.
     mha = getattr(torch.backends, "mha", None)
     if mha is None or not hasattr(mha, "set_fastpath_enabled"):
-        yield
-        return
+        return enabled
     was = mha.get_fastpath_enabled()
-    mha.set_fastpath_enabled(False)
-    try:
-        yield
-    finally:
-        mha.set_fastpath_enabled(was)
+    mha.set_fastpath_enabled(enabled)
+    return was
 
 
-@contextlib.contextmanager
-def _eval_mode(model: nn.Module) -> Iterator[None]:
-    """Eval mode for the whole model, every submodule's own flag restored afterwards."""
-    states = [(m, m.training) for m in model.modules()]
-    model.eval()
-    try:
-        yield
-    finally:
-        for m, training in states:
-            m.training = training
-
-
-@contextlib.contextmanager
-def capture(
-    model: nn.Module,
-    activation: Activation,
-    module_names: dict[nn.Module, str],
-    on_site: Callable[[SiteCall, torch.Tensor], None],
-    site_modules: list[nn.Module] | None = None,
-) -> Iterator[None]:
+class capture:
     """Within this context, every activation call of `model` is passed to `on_site(call, output)`.
 
     With `site_modules`, only those activation modules are hooked (cheap: no per-op
-    dispatch). Without, a TorchFunctionMode sees every functional call as well and a
-    module stack names it after the module it happens in. The model is in eval mode
-    without gradients inside; everything is undone on exit, also after an exception.
+    dispatch). Without, a TorchFunctionMode sees every functional call as well, and a
+    module stack names it after the module it happens in. Inside, every module is in
+    eval mode and gradients are off; `__exit__` undoes all of it, also after an
+    exception. A plain class rather than a generator: this runs on every probe.
     """
-    calls: dict[str, int] = {}
 
-    def report(base: str, module: nn.Module | None, output: torch.Tensor) -> None:
-        index = calls.get(base, 0)
-        calls[base] = index + 1
-        on_site(SiteCall(base, index, module), output)
+    def __init__(
+        self,
+        model: nn.Module,
+        activation: Activation,
+        module_names: dict[nn.Module, str],  # every module of `model`, with its dotted path
+        on_site: Callable[[SiteCall, torch.Tensor], None],
+        site_modules: list[nn.Module] | None = None,
+    ) -> None:
+        self.model, self.activation, self.module_names = model, activation, module_names
+        self.on_site, self.site_modules = on_site, site_modules
 
-    handles = []
-    with contextlib.ExitStack() as undo:
-        undo.callback(lambda: [h.remove() for h in handles])
-        undo.enter_context(_eval_mode(model))
-        undo.enter_context(torch.no_grad())
-        undo.enter_context(_fast_paths_disabled())
-        if site_modules is not None:
-            for module in site_modules:
-                name = module_names[module] or activation.name
-                handles.append(module.register_forward_hook(lambda m, a, out, _n=name: report(_n, m, out)))
+    def _report(self, base: str, module: nn.Module | None, output: torch.Tensor) -> None:
+        index = self.calls.get(base, 0)
+        self.calls[base] = index + 1
+        self.on_site(SiteCall(base, index, module), output)
+
+    def _on_function(self, func, output) -> None:
+        inner = self.stack.top
+        path = self.module_names.get(inner, type(inner).__name__) if inner is not None else ""
+        name = self.activation.name
+        if isinstance(inner, self.activation.modules):
+            self._report(path or name, inner, output)
         else:
-            stack = _ModuleStack()
-            for module in model.modules():
-                handles.append(module.register_forward_pre_hook(stack.push))
-                handles.append(module.register_forward_hook(stack.pop, always_call=True))
+            self._report(f"{path}.{name}()" if path else f"{name}()", None, output)
 
-            def on_function(func, output):
-                inner = stack.top
-                path = module_names.get(inner, type(inner).__name__) if inner is not None else ""
-                if isinstance(inner, activation.modules):
-                    report(path or activation.name, inner, output)
-                else:
-                    report(f"{path}.{activation.name}()" if path else f"{activation.name}()", None, output)
+    def __enter__(self) -> capture:
+        self.calls: dict[str, int] = {}
+        self.handles = []
+        self.mode = None
+        # The flags are set directly, as nn.Module.train() sets them, but without its
+        # recursion and __setattr__, which cost more than the rest of the bookkeeping.
+        self.training = [(m.__dict__, m.training) for m in self.module_names]
+        for attributes, _ in self.training:
+            attributes["training"] = False
+        self.grad_was = torch.is_grad_enabled()
+        torch.set_grad_enabled(False)
+        self.fastpath_was = _set_fastpath(False)
+        try:
+            if self.site_modules is not None:
+                for module in self.site_modules:
+                    name = self.module_names[module] or self.activation.name
+                    hook = lambda m, args, out, _name=name: self._report(_name, m, out)  # noqa: E731
+                    self.handles.append(module.register_forward_hook(hook))
+            else:
+                self.stack = _ModuleStack()
+                for module in self.module_names:
+                    self.handles.append(module.register_forward_pre_hook(self.stack.push))
+                    self.handles.append(module.register_forward_hook(self.stack.pop, always_call=True))
+                self.mode = _FunctionalActivations(self.activation.functions, self._on_function)
+                self.mode.__enter__()
+        except BaseException:
+            self.__exit__(None, None, None)
+            raise
+        return self
 
-            undo.enter_context(_FunctionalActivations(activation.functions, on_function))
-        yield
+    def __exit__(self, *exc) -> None:
+        try:
+            if self.mode is not None:
+                self.mode.__exit__(None, None, None)
+        finally:
+            for handle in self.handles:
+                handle.remove()
+            _set_fastpath(self.fastpath_was)
+            torch.set_grad_enabled(self.grad_was)
+            for attributes, training in self.training:
+                attributes["training"] = training
 
 
 def site_name(base: str, index: int, calls_per_forward: int) -> str:

@@ -39,10 +39,18 @@ class NoActivationSitesError(ValueError):
 class _Site:
     name: str
     shape: tuple[int, ...]  # of the site's output, probe batch included
-    start: int  # byte range of the site's packed pattern in the flat buffer
-    stop: int
+    start: int  # first bit of the site's pattern in the flat buffer (a multiple of 8)
     units: int  # units counted (padding excluded)
     valid: torch.Tensor | None  # bool, broadcastable to the site's output; None: every position counts
+
+    @property
+    def numel(self) -> int:
+        return int(np.prod(self.shape))
+
+    @property
+    def stop(self) -> int:
+        """End of the site's bits, rounded up to a whole byte so sites never share one."""
+        return self.start + (self.numel + 7) // 8 * 8
 
 
 class Tracker:
@@ -96,7 +104,7 @@ class Tracker:
             raise ValueError("the model has no trainable parameter (requires_grad=True): there is no weight change to measure")
         self.parameter_names = [n for n, _ in named]
         self._params = [p for _, p in named]
-        self._param_sizes = torch.tensor([p.numel() for p in self._params], dtype=torch.float32, device=self.device)
+        self._param_sizes = np.array([p.numel() for p in self._params], dtype=np.float64)
         self._previous_weights = [p.detach().to(torch.float32, copy=True) for p in self._params]
 
         if attention_mask is None and isinstance(self._kwargs.get("attention_mask"), torch.Tensor):
@@ -107,12 +115,16 @@ class Tracker:
 
         self._site_table, self._site_modules = self._discover_sites(sites)
         self.sites = [s.name for s in self._site_table.values()]
-        self._units = torch.tensor([s.units for s in self._site_table.values()], dtype=torch.float32, device=self.device)
-        self._segment_ends = torch.tensor([s.stop for s in self._site_table.values()], device=self.device)
-        self._pattern_bytes = max(s.stop for s in self._site_table.values())
+        self._units = np.array([s.units for s in self._site_table.values()], dtype=np.float64)
+        site_ends = [s.stop for s in self._site_table.values()]
+        self._segment_ends = torch.tensor(site_ends, device=self.device) // 8 - 1  # last byte of each site
+        self._pattern_bits = -(-site_ends[-1] // 64) * 64  # whole int64 words, for packing
+        # Bits between sites (rounding up to bytes and words) must read as off.
+        self._pattern_has_gaps = sum(s.numel for s in self._site_table.values()) != self._pattern_bits
 
         self.iteration = 0
-        self._pending: list[torch.Tensor] = []
+        self._pending_sums: list[torch.Tensor] = []  # P scalars per measurement
+        self._pending_flips: list[torch.Tensor] = []
         self._pending_iterations: list[int] = []
         self._chunks: list[np.ndarray] = []
         self._iteration_chunks: list[np.ndarray] = []
@@ -157,9 +169,9 @@ class Tracker:
             numel = int(np.prod(shape))
             valid = self._valid_positions(shape)
             units = numel if valid is None else int(valid.sum()) * numel // valid.numel()
-            stop = offset + (numel + 7) // 8
-            table[(call.base, call.index)] = _Site(name, tuple(shape), offset, stop, units, valid)
-            offset = stop
+            site = _Site(name, tuple(shape), offset, units, valid)
+            table[(call.base, call.index)] = site
+            offset = site.stop
         by_module = [call.module for call, name in zip((c for c, _ in seen), names) if name in chosen]
         # Module hooks alone suffice (and skip per-op dispatch) when every site is a module call.
         site_modules = list(dict.fromkeys(by_module)) if all(m is not None for m in by_module) else None
@@ -179,21 +191,26 @@ class Tracker:
 
     def _probe_pattern(self) -> torch.Tensor:
         """Run the probe and pack every tracked site's on/off pattern into one flat buffer."""
-        pattern = torch.zeros(self._pattern_bytes, dtype=torch.uint8, device=self.device)
+        # Each site writes its on/off bits straight into its slice of one bool buffer
+        # (one kernel per site); the whole buffer is then packed at once.
+        make = torch.zeros if self._pattern_has_gaps else torch.empty
+        on = make(self._pattern_bits, dtype=torch.bool, device=self.device)
         filled = []
 
         def on_site(call, output):
             site = self._site_table.get((call.base, call.index))
             if site is None or not isinstance(output, torch.Tensor):
                 return
-            on = output > 0
+            site_on = on[site.start : site.start + site.numel].view(site.shape)
+            torch.gt(output, 0, out=site_on)
             if site.valid is not None:
-                on &= site.valid
-            bits.pack_into(pattern[site.start : site.stop], on.reshape(-1))
+                site_on &= site.valid
             filled.append(site.name)
 
         with capture(self.module, self.activation, self._module_names, on_site, self._site_modules):
             self._run_probe()
+        pattern = torch.empty(self._pattern_bits // 8, dtype=torch.uint8, device=self.device)
+        bits.pack_into(pattern, on)
         if len(filled) != len(self._site_table) and not self._warned_missing:
             self._warned_missing = True
             missing = sorted(set(self.sites) - set(filled))
@@ -206,13 +223,13 @@ class Tracker:
 
     # ------------------------------------------------------------------ steps
 
-    def _weight_change(self) -> torch.Tensor:
-        """Sum of |w_i - w_{i-1}| per parameter tensor (float32, on the device), in fused kernels."""
+    def _weight_change(self) -> list[torch.Tensor]:
+        """Sum of |w_i - w_{i-1}| per parameter tensor (float32 scalars on the device), in fused kernels."""
         current = [p.detach() if p.dtype == torch.float32 else p.detach().float() for p in self._params]
         torch._foreach_sub_(self._previous_weights, current)  # previous := previous - current
         sums = torch._foreach_norm(self._previous_weights, 1)
         torch._foreach_copy_(self._previous_weights, current)
-        return torch.stack(sums)
+        return sums
 
     def step(self) -> None:
         """Record the change since the last measurement. Call right after `optimizer.step()`."""
@@ -221,25 +238,28 @@ class Tracker:
         self.iteration += 1
         if self.iteration % self.every:
             return
-        abs_sums = self._weight_change()
-        dw = abs_sums.sum() / self._param_sizes.sum()
+        # Raw sums and counts are queued as they are: stacking, differences and
+        # divisions happen once per read-back, not once per step.
+        self._pending_sums.extend(self._weight_change())
         pattern = self._probe_pattern()
-        flips = bits.segment_flips(self._previous_pattern, pattern, self._segment_ends)
-        da_sites = flips / self._units
+        self._pending_flips.append(bits.cumulative_flips(self._previous_pattern, pattern, self._segment_ends))
         self._previous_pattern = pattern
-        row = torch.cat([dw.view(1), da_sites.mean().view(1), da_sites, abs_sums / self._param_sizes])
-        self._pending.append(row)
         self._pending_iterations.append(self.iteration)
-        if len(self._pending) >= self.sync_every:
+        if len(self._pending_iterations) >= self.sync_every:
             self._flush()
 
     def _flush(self) -> None:
-        if not self._pending:
+        if not self._pending_iterations:
             return
-        rows = torch.stack(self._pending).cpu().double().numpy()
+        steps = len(self._pending_iterations)
+        abs_sums = torch.stack(self._pending_sums).view(steps, -1).cpu().double().numpy()  # [N, P]
+        cumulative = torch.stack(self._pending_flips).cpu().double().numpy()  # [N, L]
+        da_layers = np.diff(cumulative, axis=1, prepend=0.0) / self._units
+        dw = abs_sums.sum(1) / self._param_sizes.sum()
+        rows = np.column_stack([dw, da_layers.mean(1), da_layers, abs_sums / self._param_sizes])
         self._chunks.append(rows)
         self._iteration_chunks.append(np.array(self._pending_iterations, dtype=np.int64))
-        self._pending, self._pending_iterations = [], []
+        self._pending_sums, self._pending_flips, self._pending_iterations = [], [], []
         if not self._warned_nonfinite and not np.isfinite(rows[:, 0]).all():
             self._warned_nonfinite = True
             first = self._iteration_chunks[-1][~np.isfinite(rows[:, 0])][0]
@@ -292,8 +312,8 @@ class Tracker:
         if site not in self.sites:
             raise KeyError(f"unknown site {site!r}; the tracked sites are {self.sites}")
         entry = next(s for s in self._site_table.values() if s.name == site)
-        packed = self._previous_pattern[entry.start : entry.stop]
-        return bits.unpack(packed, int(np.prod(entry.shape))).view(entry.shape)
+        packed = self._previous_pattern[entry.start // 8 : entry.stop // 8]
+        return bits.unpack(packed, entry.numel).view(entry.shape)
 
     # ------------------------------------------------------------------ lifecycle
 
@@ -320,7 +340,7 @@ class Tracker:
         self.iteration = int(state["iteration"])
         self._previous_weights = [w.to(self.device, torch.float32) for w in state["previous_weights"]]
         self._previous_pattern = state["previous_pattern"].to(self.device)
-        self._pending, self._pending_iterations = [], []
+        self._pending_sums, self._pending_flips, self._pending_iterations = [], [], []
         self._chunks = [np.asarray(state["records"], dtype=np.float64)]
         self._iteration_chunks = [np.asarray(state["iterations"], dtype=np.int64)]
 
@@ -341,7 +361,7 @@ class Tracker:
     def __repr__(self) -> str:
         return (
             f"Tracker({type(self.module).__name__}, probe of {self.probe_size}, {len(self.sites)} sites, "
-            f"{sum(int(n) for n in self._param_sizes.tolist())} parameters, iteration {self.iteration})"
+            f"{int(self._param_sizes.sum())} parameters, iteration {self.iteration})"
         )
 
 

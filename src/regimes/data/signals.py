@@ -38,7 +38,10 @@ def load_mnist1d(data_dir=None, split_seed: int = 0):
 
 
 def _generate(seed: int) -> dict[str, np.ndarray]:
-    from mnist1d.data import get_dataset_args, make_dataset
+    try:
+        from mnist1d.data import get_dataset_args, make_dataset
+    except ImportError as error:
+        raise ImportError("the mnist1d data set needs the mnist1d package: pip install mnist1d") from error
 
     args = get_dataset_args()
     args.seed = seed

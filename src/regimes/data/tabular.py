@@ -154,7 +154,7 @@ def _adult_rows_from_hub(hub, split_seed: int):
     """The hub copy (columns 'education.num' etc., one 'train' split) as raw rows, 20% held out."""
     table = hub["train"]
     by_name = {name.replace(".", "-").replace("_", "-"): name for name in table.column_names}
-    columns = [[str(v).strip() for v in table[by_name[c]]] for c in ADULT_COLUMNS]
+    columns = [["?" if v is None else str(v).strip() for v in table[by_name[c]]] for c in ADULT_COLUMNS]
     rows = [list(row) for row in zip(*columns) if "?" not in row]
     for row in rows:
         row[-1] = row[-1].rstrip(".")
