@@ -201,9 +201,17 @@ def unit_weights(name, probe, patterns):
     return [torch.ones_like(p) for p in patterns]
 
 
+@pytest.fixture(params=["numpy", "torch"])
+def bit_backend(request, monkeypatch):
+    """The CPU runs the bit work in NumPy; the torch kernels (used on GPUs) are tested here too."""
+    if request.param == "torch":
+        monkeypatch.setattr(bits, "_HAS_BITWISE_COUNT", False)
+    return request.param
+
+
 @pytest.mark.parametrize("name", CASES)
 @pytest.mark.parametrize("optimizer", ["sgd", "adam"])
-def test_matches_reference(name, optimizer):
+def test_matches_reference(name, optimizer, bit_backend):
     model, probe, data, loss_fn = make_case(name)
     opt = (torch.optim.SGD(model.parameters(), lr=0.5, momentum=0.9) if optimizer == "sgd"
            else torch.optim.Adam(model.parameters(), lr=0.05))
@@ -422,7 +430,8 @@ def test_results_cross_sync_batches():
 
 
 def test_step_makes_no_host_sync(monkeypatch):
-    """Nothing in the per-step path reads a tensor back to the host."""
+    """Nothing in the per-step path reads a tensor back to the host (the torch kernels, as on a GPU)."""
+    monkeypatch.setattr(bits, "_HAS_BITWISE_COUNT", False)
     model, probe, data, loss_fn = make_case("functional")
     tracker = regimes.Tracker(model, probe, sync_every=1000)
     opt = torch.optim.SGD(model.parameters(), lr=0.5)
@@ -563,15 +572,16 @@ def test_errors_name_the_cause():
 
 
 @pytest.mark.parametrize("n", [1, 7, 8, 9, 63, 64, 65, 1000])
-def test_pack_matches_numpy_packbits(n):
+def test_pack_matches_numpy_packbits(n, bit_backend):
     torch.manual_seed(n)
     b = torch.rand(n) > 0.5
     packed = bits.pack(b)
     np.testing.assert_array_equal(packed.numpy(), np.packbits(b.numpy(), bitorder="little"))
     assert torch.equal(bits.unpack(packed, n), b)
+    assert torch.equal(bits.pack(b.view(1, n)), packed)
 
 
-def test_cumulative_flips_against_elementwise_count():
+def test_cumulative_flips_against_elementwise_count(bit_backend):
     torch.manual_seed(0)
     sizes = [5, 64, 130, 1]
     old = [torch.rand(s) > 0.5 for s in sizes]

@@ -17,6 +17,7 @@ from __future__ import annotations
 import fnmatch
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass
+from typing import NamedTuple
 
 import torch
 import torch.nn.functional as F
@@ -84,8 +85,7 @@ def select_sites(names: list[str], which: SiteFilter) -> list[str]:
     return chosen
 
 
-@dataclass(frozen=True)
-class SiteCall:
+class SiteCall(NamedTuple):  # a tuple: one is made per site per probe
     """One activation call seen during a forward: its base name and call index."""
 
     base: str

@@ -39,13 +39,10 @@ class NoActivationSitesError(ValueError):
 class _Site:
     name: str
     shape: tuple[int, ...]  # of the site's output, probe batch included
+    numel: int  # bits in its pattern: the output's element count
     start: int  # first bit of the site's pattern in the flat buffer (a multiple of 8)
     units: int  # units counted (padding excluded)
     valid: torch.Tensor | None  # bool, broadcastable to the site's output; None: every position counts
-
-    @property
-    def numel(self) -> int:
-        return int(np.prod(self.shape))
 
     @property
     def stop(self) -> int:
@@ -169,7 +166,7 @@ class Tracker:
             numel = int(np.prod(shape))
             valid = self._valid_positions(shape)
             units = numel if valid is None else int(valid.sum()) * numel // valid.numel()
-            site = _Site(name, tuple(shape), offset, units, valid)
+            site = _Site(name, tuple(shape), numel, offset, units, valid)
             table[(call.base, call.index)] = site
             offset = site.stop
         by_module = [call.module for call, name in zip((c for c, _ in seen), names) if name in chosen]
@@ -209,8 +206,7 @@ class Tracker:
 
         with capture(self.module, self.activation, self._module_names, on_site, self._site_modules):
             self._run_probe()
-        pattern = torch.empty(self._pattern_bits // 8, dtype=torch.uint8, device=self.device)
-        bits.pack_into(pattern, on)
+        pattern = bits.pack(on)
         if len(filled) != len(self._site_table) and not self._warned_missing:
             self._warned_missing = True
             missing = sorted(set(self.sites) - set(filled))
