@@ -1,0 +1,149 @@
+"""A run's configuration: plain data, saved with every run (nanoGPT-style).
+
+`RunConfig` holds what defines a run's numbers. Where it runs (device, data
+directory, output folder) is not part of it, so a run can resume elsewhere.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import difflib
+import sys
+from dataclasses import dataclass, field
+from pathlib import Path
+
+if sys.version_info >= (3, 11):
+    import tomllib
+else:  # pragma: no cover
+    import tomli as tomllib
+
+OPTIMIZERS = ("sgd", "adam", "adamw")
+
+
+class ConfigError(ValueError):
+    """A config key or value that is not valid; the message says which and what is."""
+
+
+@dataclass
+class RunConfig:
+    model: str
+    dataset: str
+    model_args: dict = field(default_factory=dict)  # passed to regimes.zoo.create_model
+    task: str = "classification"  # how batches become losses and scores (regimes.experiment.tasks)
+    optimizer: str = "sgd"  # sgd | adam | adamw
+    lr: float = 1e-2
+    weight_decay: float = 0.0
+    momentum: float = 0.0  # SGD only
+    nesterov: bool = False  # SGD only, needs momentum > 0
+    batch_size: int = 64
+    max_epochs: int = 30
+    patience: int = 0  # epochs without improvement before stopping; 0: a third of max_epochs
+    min_delta: float = 0.01  # improvement that counts: 0.01 (MLPs, CNNs), 0 (Transformers)
+    probe_fraction: float = 0.2  # |S| = round(probe_fraction * batch_size), at least 1
+    track_every: int = 1  # measure dw/da every this many optimizer steps
+    sites: list = field(default_factory=list)  # site names or globs to track; empty: all
+    seed: int = 0
+    preset: str = ""  # the preset this config came from, if any
+    description: str = ""
+
+    def __post_init__(self) -> None:
+        self.validate()
+
+    @property
+    def early_stopping_patience(self) -> int:
+        return self.patience or max(1, round(self.max_epochs / 3))
+
+    @property
+    def probe_size(self) -> int:
+        return max(1, round(self.probe_fraction * self.batch_size))
+
+    def validate(self) -> None:
+        for f in dataclasses.fields(self):
+            value = getattr(self, f.name)
+            expected = {"str": str, "int": int, "float": (int, float), "bool": bool, "dict": dict, "list": list}[f.type]
+            if isinstance(value, bool) and f.type in ("int", "float") or not isinstance(value, expected):
+                raise ConfigError(f"{f.name} must be a {f.type}, got {value!r} ({type(value).__name__})")
+        if self.optimizer not in OPTIMIZERS:
+            raise ConfigError(f"optimizer must be one of {', '.join(OPTIMIZERS)}, got {self.optimizer!r}{_nearest(self.optimizer, OPTIMIZERS)}")
+        checks = [
+            (self.lr > 0, "lr must be > 0"),
+            (self.weight_decay >= 0, "weight_decay must be >= 0"),
+            (0 <= self.momentum < 1, "momentum must be in [0, 1)"),
+            (not self.nesterov or (self.optimizer == "sgd" and self.momentum > 0), "nesterov needs optimizer = 'sgd' and momentum > 0"),
+            (self.batch_size >= 1, "batch_size must be >= 1"),
+            (self.max_epochs >= 1, "max_epochs must be >= 1"),
+            (self.patience >= 0, "patience must be >= 0 (0: a third of max_epochs)"),
+            (self.min_delta >= 0, "min_delta must be >= 0"),
+            (0 < self.probe_fraction <= 1, "probe_fraction must be in (0, 1]"),
+            (self.track_every >= 1, "track_every must be >= 1"),
+        ]
+        for ok, message in checks:
+            if not ok:
+                raise ConfigError(message)
+
+    def to_dict(self) -> dict:
+        return dataclasses.asdict(self)
+
+    @classmethod
+    def from_dict(cls, data: dict) -> RunConfig:
+        known = [f.name for f in dataclasses.fields(cls)]
+        for key in data:
+            if key not in known:
+                raise ConfigError(f"unknown config key {key!r}{_nearest(key, known)}; valid keys: {', '.join(known)}")
+        for key in ("model", "dataset"):
+            if key not in data:
+                raise ConfigError(f"the config needs a {key!r} key")
+        values = dict(data)
+        for key in ("lr", "weight_decay", "momentum", "min_delta", "probe_fraction"):
+            if isinstance(values.get(key), int) and not isinstance(values.get(key), bool):
+                values[key] = float(values[key])  # TOML's 0 is an int
+        return cls(**values)
+
+    def replace(self, **changes) -> RunConfig:
+        return RunConfig.from_dict({**self.to_dict(), **changes})
+
+
+def load_toml(path) -> RunConfig:
+    path = Path(path)
+    try:
+        data = tomllib.loads(path.read_text())
+    except tomllib.TOMLDecodeError as error:
+        raise ConfigError(f"{path} is not valid TOML: {error}") from error
+    return RunConfig.from_dict(data)
+
+
+def dump_toml(config: RunConfig) -> str:
+    import tomli_w
+
+    return tomli_w.dumps(config.to_dict())
+
+
+def parse_override(text: str) -> tuple[str, object]:
+    """`key=value` from the command line; the value is read as TOML (`lr=1e-3`, `sites=["a*"]`), else as a string."""
+    if "=" not in text:
+        raise ConfigError(f"--set expects key=value, got {text!r}")
+    key, raw = (part.strip() for part in text.split("=", 1))
+    try:
+        value = tomllib.loads(f"v = {raw}")["v"]
+    except tomllib.TOMLDecodeError:
+        value = raw
+    if "." in key:  # model_args.hidden=[64, 32]
+        outer, inner = key.split(".", 1)
+        return outer, {inner: value}
+    return key, value
+
+
+def apply_overrides(config: RunConfig, overrides: list[str]) -> RunConfig:
+    data = config.to_dict()
+    for text in overrides:
+        key, value = parse_override(text)
+        if isinstance(value, dict) and isinstance(data.get(key), dict):
+            data[key] = {**data[key], **value}
+        else:
+            data[key] = value
+    return RunConfig.from_dict(data)
+
+
+def _nearest(word: str, choices) -> str:
+    match = difflib.get_close_matches(word, list(choices), n=1)
+    return f" (did you mean {match[0]!r}?)" if match else ""
