@@ -93,7 +93,12 @@ def train_run(
     if resume and (previous := run_dir.read_summary() or {}).get("status") in ("finished", "diverged"):
         return previous  # nothing left to do
     if not resume:
-        run_dir.create(config.to_dict(), force=force)
+        run_dir.create(config.to_dict(), force=force)  # refuses a different run unless force
+        if not force and (existing := run_dir.read_summary()) is not None:
+            raise FileExistsError(
+                f"{run_dir.path} already holds this run ({existing.get('status')}, {existing.get('stop_epoch')} "
+                "epochs): use --resume to continue it, --force to start it again, or choose another --out"
+            )
     device = torch.device(device)
     task = get_task(config.task)
 
