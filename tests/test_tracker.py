@@ -193,6 +193,17 @@ def run_forward(model, x):
     return model(**x) if isinstance(x, dict) else model(x)
 
 
+def train(model, data, loss_fn, opt, steps, *trackers):
+    """`steps` plain optimizer steps, each followed by every tracker's step()."""
+    for _ in range(steps):
+        x, y = data()
+        opt.zero_grad()
+        loss_fn(run_forward(model, x), y).backward()
+        opt.step()
+        for tracker in trackers:
+            tracker.step()
+
+
 def unit_weights(name, probe, patterns):
     """Which positions count as units: all, except padding for the dict model."""
     if name == "dict_attention_mask":
@@ -271,13 +282,7 @@ def test_both_capture_paths_agree():
     slow = regimes.Tracker(model, probe)
     slow._site_modules = None  # force the TorchFunctionMode path
     opt = torch.optim.SGD(model.parameters(), lr=0.5)
-    for _ in range(4):
-        x, y = data()
-        opt.zero_grad()
-        loss_fn(model(x), y).backward()
-        opt.step()
-        fast.step()
-        slow.step()
+    train(model, data, loss_fn, opt, 4, fast, slow)
     np.testing.assert_array_equal(fast.delta_a_layers, slow.delta_a_layers)
     assert fast.delta_a.max() > 0
 
@@ -297,13 +302,7 @@ def test_filtered_sites_match_reference_columns():
     full = regimes.Tracker(model, probe)
     part = regimes.Tracker(model, probe, sites=["relu()#1", "relu()#4"])
     opt = torch.optim.SGD(model.parameters(), lr=0.5)
-    for _ in range(3):
-        x, y = data()
-        opt.zero_grad()
-        loss_fn(model(x), y).backward()
-        opt.step()
-        full.step()
-        part.step()
+    train(model, data, loss_fn, opt, 3, full, part)
     np.testing.assert_array_equal(part.delta_a_layers, full.delta_a_layers[:, [1, 4]])
     np.testing.assert_allclose(part.delta_a, full.delta_a_layers[:, [1, 4]].mean(1))
 
@@ -321,21 +320,15 @@ def test_train_eval_state_is_restored():
 def test_probe_does_not_change_training():
     """Same seeds with and without the tracker give the same weights: the probe draws no RNG and touches no BN stats."""
 
-    def train(with_tracker):
+    def train_mlp(with_tracker):
         model, probe, data, loss_fn = make_case("mlp")
         opt = torch.optim.SGD(model.parameters(), lr=0.1)
-        tracker = regimes.Tracker(model, probe) if with_tracker else None
+        trackers = [regimes.Tracker(model, probe)] if with_tracker else []
         torch.manual_seed(1)
-        for _ in range(5):
-            x, y = data()
-            opt.zero_grad()
-            loss_fn(model(x), y).backward()
-            opt.step()
-            if tracker:
-                tracker.step()
+        train(model, data, loss_fn, opt, 5, *trackers)
         return model.state_dict()
 
-    plain, tracked = train(False), train(True)
+    plain, tracked = train_mlp(False), train_mlp(True)
     for key in plain:
         assert torch.equal(plain[key], tracked[key]), key
 
@@ -417,13 +410,7 @@ def test_results_cross_sync_batches():
     a = regimes.Tracker(model, probe, sync_every=2)
     b = regimes.Tracker(model, probe, sync_every=1000)
     opt = torch.optim.SGD(model.parameters(), lr=0.5)
-    for _ in range(5):
-        x, y = data()
-        opt.zero_grad()
-        loss_fn(model(x), y).backward()
-        opt.step()
-        a.step()
-        b.step()
+    train(model, data, loss_fn, opt, 5, a, b)
     assert len(b._pending_iterations) == 5 and len(a._pending_iterations) == 1
     np.testing.assert_array_equal(a.delta_w, b.delta_w)
     np.testing.assert_array_equal(a.delta_a_layers, b.delta_a_layers)
@@ -468,31 +455,23 @@ def test_nonfinite_parameters_warn_once_and_record_nan():
 
 
 def test_resume_from_state_dict_gives_the_same_records():
-    def train(steps, tracker, model, opt, data, loss_fn):
-        for _ in range(steps):
-            x, y = data()
-            opt.zero_grad()
-            loss_fn(model(x), y).backward()
-            opt.step()
-            tracker.step()
-
     model, probe, data, loss_fn = make_case("cnn_shared_inplace")
     opt = torch.optim.SGD(model.parameters(), lr=0.5)
     torch.manual_seed(3)
     whole = regimes.Tracker(model, probe)
-    model_state, opt_state = {k: v.clone() for k, v in model.state_dict().items()}, None
-    train(6, whole, model, opt, data, loss_fn)
+    model_state = {k: v.clone() for k, v in model.state_dict().items()}
+    train(model, data, loss_fn, opt, 6, whole)
 
     model.load_state_dict(model_state)
     opt = torch.optim.SGD(model.parameters(), lr=0.5)
     torch.manual_seed(3)
     first = regimes.Tracker(model, probe)
-    train(3, first, model, opt, data, loss_fn)
+    train(model, data, loss_fn, opt, 3, first)
     saved = first.state_dict()
     first.close()
     second = regimes.Tracker(model, probe)  # a fresh process would build a new tracker
     second.load_state_dict(saved)
-    train(3, second, model, opt, data, loss_fn)
+    train(model, data, loss_fn, opt, 3, second)
     np.testing.assert_allclose(second.delta_w, whole.delta_w, rtol=1e-6)
     np.testing.assert_array_equal(second.delta_a_layers, whole.delta_a_layers)
     np.testing.assert_array_equal(second.iterations, np.arange(1, 7))
