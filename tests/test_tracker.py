@@ -577,3 +577,20 @@ def test_patterns_are_stored_at_one_bit_per_unit():
     tracker = regimes.Tracker(model, torch.randn(5, 3, 8, 8))
     units = sum(int(np.prod(s.shape)) for s in tracker._site_table.values())
     assert tracker._previous_pattern.numel() * tracker._previous_pattern.element_size() == -(-units // 64) * 8
+
+
+def test_fused_transformer_fast_path_is_prevented():
+    """With an nn.ReLU module as activation, only module hooks run, and the fused eval kernel would skip it.
+
+    Recent PyTorch also declines the fast path when hooks are attached; the tracker
+    switches it off during the probe regardless, for the versions that do not.
+    """
+    layer = nn.TransformerEncoderLayer(16, 2, 32, activation=nn.ReLU(), batch_first=True)
+    model = nn.TransformerEncoder(layer, 2, enable_nested_tensor=False)
+    probe = torch.randn(3, 5, 16)
+    tracker = regimes.Tracker(model, probe)
+    assert tracker.sites == ["layers.0.activation", "layers.1.activation"]
+    assert tracker._site_modules is not None  # the hook-only path, where the fast path could strike
+    tracker.step()
+    for site, pattern in zip(tracker.sites, reference_patterns_transformer(model, probe)):
+        assert torch.equal(tracker.pattern(site), pattern)
