@@ -23,7 +23,10 @@ from regimes.data.images import CIFAR10_MEAN, CIFAR10_STD, CIFAR100_MEAN, CIFAR1
 from regimes.data.images import MNIST_MEAN, MNIST_STD, read_cifar_batch, read_idx
 from regimes.data.tabular import ADULT_CATEGORIES, ADULT_CONTINUOUS, ADULT_FEATURES
 
-ALL_DATASETS = ["adult", "breast-cancer", "cifar10", "cifar100", "digits", "har", "mnist", "mnist1d"]
+ALL_DATASETS = [
+    "adult", "ag_news", "breast-cancer", "cifar10", "cifar100", "digits", "food101", "har", "mnist", "mnist1d",
+    "squad", "sst2", "tinyimagenet", "wikitext103", "wikitext2",
+]  # fmt: skip  (the text and large image sets are tested in test_study_transformers.py)
 EXTERNAL_DATASETS = ["adult", "cifar10", "cifar100", "har", "mnist"]
 
 
@@ -67,7 +70,7 @@ def assert_same(a, b):
 # ---- registry ---------------------------------------------------------------------
 
 
-def test_list_datasets_names_all_eight_sorted():
+def test_list_datasets_names_all_sorted():
     assert list_datasets() == ALL_DATASETS
 
 

@@ -14,7 +14,7 @@ from regimes.experiment import ConfigError, EarlyStopping, RunConfig, apply_over
 from regimes.experiment.presets import _PRESETS
 from regimes.experiment.training import batches_per_epoch
 from regimes.records import RunDirectory
-from regimes.zoo import create_model
+from regimes.zoo import create_model, list_models
 
 OFFLINE = ["mlp-breast-cancer", "mlp-digits", "lenet5-digits", "mlp-mnist1d"]
 
@@ -49,12 +49,18 @@ def test_presets_hold_the_winning_configuration(preset, optimizer, wd, lr):
     assert config.min_delta == 0.01
 
 
+# Built at full size here; the Transformer and large-CNN presets are built at tiny
+# sizes in test_study_transformers.py (full size costs seconds each and needs transformers).
+BUILT_HERE = ("mlp", "lenet5", "alexnet")
+
+
 @pytest.mark.parametrize("preset", list(_PRESETS))
-def test_every_preset_builds_its_model(preset):
+def test_every_preset_names_a_registered_model(preset):
     config = get_preset(preset)
-    model = create_model(config.model, **config.model_args)
-    assert sum(p.numel() for p in model.parameters()) > 0
-    assert preset in list_presets()
+    assert config.model in list_models() and preset in list_presets()
+    if config.model in BUILT_HERE:
+        model = create_model(config.model, **config.model_args)
+        assert sum(p.numel() for p in model.parameters()) > 0
 
 
 @pytest.mark.parametrize("preset", OFFLINE)

@@ -2,13 +2,15 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
+from typing import Callable
 
 import pytest
 import torch
 import torch.nn as nn
 
-from regimes.zoo import STUDY_DROPOUT, create_model, describe_models, list_models, register_model
+import regimes
+from regimes.zoo import STUDY_DROPOUT, create_model, describe_models, list_models, model_sites, register_model
 from regimes.zoo import registry
 
 
@@ -20,6 +22,25 @@ class ModelCase:
     input_shape: tuple[int, ...]  # one example, without the batch dimension
     num_classes: int
     num_relus: int
+    # Models that take more than a float tensor: inputs(batch) -> Tensor or dict of keyword inputs.
+    inputs: Callable[[int], object] | None = None
+    logits_shape: tuple[int, ...] = ()  # per example; () means (num_classes,)
+    num_sites: int | None = None  # sites the tracker tracks with the registered filter; None: num_relus
+    needs: tuple[str, ...] = field(default_factory=tuple)  # optional packages (skipped without them)
+
+
+def _tokens(batch: int, length: int = 6, vocab: int = 40, **extra) -> dict:
+    mask = torch.ones(batch, length, dtype=torch.long)
+    mask[0, -2:] = 0  # one padded example
+    return {"input_ids": torch.randint(3, vocab, (batch, length)), "attention_mask": mask, **extra}
+
+
+def _seq2seq(batch: int) -> dict:
+    return _tokens(batch, decoder_input_ids=torch.randint(3, 40, (batch, 3)))
+
+
+_HF = ("transformers",)
+_TEXT = dict(vocab_size=40, hidden_size=16, num_layers=2, num_heads=2, intermediate_size=32)
 
 
 # A newly registered model must add its case here (test_every_model_has_a_case).
@@ -27,7 +48,36 @@ MODEL_CASES = {
     "mlp": ModelCase(dict(input_size=784, num_classes=10), (1, 28, 28), 10, num_relus=2),
     "lenet5": ModelCase(dict(in_channels=1, num_classes=10, input_size=28), (1, 28, 28), 10, num_relus=4),
     "alexnet": ModelCase(dict(in_channels=3, num_classes=100), (3, 32, 32), 100, num_relus=7),
-}
+    # Hugging Face models at tiny sizes. CNNs: every ReLU is a site (ResNet: stem + 2 per basic block).
+    "resnet34": ModelCase(
+        dict(num_classes=5, depths=[1, 1], hidden_sizes=[8, 16], embedding_size=8), (3, 32, 32), 5, num_relus=5, needs=_HF
+    ),
+    "efficientnet_b0": ModelCase(  # stem + top + per MBConv block: expand (not block 1), depthwise, squeeze-excite
+        dict(num_classes=5, width_coefficient=0.25, depth_coefficient=0.3), (3, 32, 32), 5, num_relus=25, needs=_HF
+    ),
+    # Transformers: one site per feed-forward, nothing else is a ReLU.
+    "vit": ModelCase(
+        dict(num_classes=5, image_size=16, patch_size=8, hidden_size=16, num_layers=2, num_heads=2, intermediate_size=32),
+        (3, 32, 32), 5, num_relus=2, needs=_HF,
+    ),
+    "swin": ModelCase(
+        dict(num_classes=5, image_size=16, patch_size=2, embed_dim=8, depths=[1, 2], num_heads=[1, 2], window_size=4),
+        (3, 32, 32), 5, num_relus=3, needs=_HF,
+    ),
+    "pvt": ModelCase(
+        dict(num_classes=5, image_size=16, depths=[1, 2], hidden_sizes=[8, 16], num_heads=[1, 2], mlp_ratios=[2, 2],
+             sequence_reduction_ratios=[2, 1], patch_sizes=[4, 2]),
+        (3, 32, 32), 5, num_relus=3, needs=_HF,
+    ),
+    "xlnet": ModelCase(dict(num_classes=3, **_TEXT), (6,), 3, num_relus=2, inputs=_tokens, needs=_HF),
+    "roberta": ModelCase(dict(num_classes=3, max_length=8, **_TEXT), (6,), 3, num_relus=2, inputs=_tokens, needs=_HF),
+    "gpt2": ModelCase(
+        dict(_TEXT, max_length=8), (6,), 40, num_relus=2, inputs=_tokens, logits_shape=(6, 40), needs=_HF
+    ),
+    "t5": ModelCase(  # 2 encoder + 2 decoder feed-forwards
+        dict(_TEXT, head_size=8), (6,), 40, num_relus=4, inputs=_seq2seq, logits_shape=(3, 40), needs=_HF
+    ),
+}  # fmt: skip
 
 BATCH = 4  # > 1: BatchNorm needs more than one example per batch in training
 
@@ -39,9 +89,25 @@ def _case(name: str) -> ModelCase:
 
 
 def _build(name: str) -> tuple[nn.Module, ModelCase]:
-    torch.manual_seed(0)
     case = _case(name)
+    for package in case.needs:
+        pytest.importorskip(package)
+    torch.manual_seed(0)
     return create_model(name, **case.kwargs), case
+
+
+def _inputs(case: ModelCase, batch: int = None):
+    batch = batch or BATCH
+    return case.inputs(batch) if case.inputs else torch.randn(batch, *case.input_shape)
+
+
+def _forward(model: nn.Module, inputs) -> torch.Tensor:
+    return model(**inputs) if isinstance(inputs, dict) else model(inputs)
+
+
+def _loss(logits: torch.Tensor) -> torch.Tensor:
+    targets = torch.randint(logits.shape[-1], logits.shape[:-1])
+    return nn.functional.cross_entropy(logits.reshape(-1, logits.shape[-1]), targets.reshape(-1))
 
 
 def _num_parameters(model: nn.Module) -> int:
@@ -117,8 +183,8 @@ def test_a_registered_factory_is_built_with_its_kwargs(monkeypatch):
 def test_forward_gives_one_logit_per_class(name):
     model, case = _build(name)
     model.eval()
-    logits = model(torch.randn(BATCH, *case.input_shape))
-    assert logits.shape == (BATCH, case.num_classes)
+    logits = _forward(model, _inputs(case))
+    assert logits.shape == (BATCH, *(case.logits_shape or (case.num_classes,)))
     assert logits.dtype == torch.float32
     assert torch.isfinite(logits).all()
 
@@ -130,17 +196,32 @@ def test_one_sgd_step_changes_every_parameter(name):
     before = {key: p.detach().clone() for key, p in model.named_parameters()}
     optimizer = torch.optim.SGD(model.parameters(), lr=0.1)
 
-    inputs = torch.randn(BATCH, *case.input_shape)
-    targets = torch.randint(case.num_classes, (BATCH,))
-    loss = nn.functional.cross_entropy(model(inputs), targets)
+    loss = _loss(_forward(model, _inputs(case)))
     loss.backward()
     optimizer.step()
 
     assert torch.isfinite(loss)
-    # Every parameter must be reached by the gradient: a layer left out of
-    # forward() would stay unchanged.
-    unchanged = [key for key, p in model.named_parameters() if torch.equal(p, before[key])]
+    # Every trainable parameter must be reached by the gradient: a layer left out
+    # of forward() would stay unchanged.
+    unchanged = [key for key, p in model.named_parameters() if p.requires_grad and torch.equal(p, before[key])]
     assert not unchanged
+
+
+@pytest.mark.parametrize("name", list_models())
+def test_the_tracker_finds_the_registered_sites_and_rides_a_training_step(name):
+    model, case = _build(name)
+    probe = _inputs(case, batch=3)
+    optimizer = torch.optim.SGD(model.parameters(), lr=0.1)
+    with regimes.Tracker(model, probe, sites=model_sites(name)) as tracker:
+        model.train()
+        _loss(_forward(model, _inputs(case))).backward()
+        optimizer.step()
+        tracker.step()
+    assert len(tracker.sites) == (case.num_sites if case.num_sites is not None else case.num_relus)
+    assert not [s for s in tracker.sites if "attn" in s.lower() or "attention" in s.lower()]
+    assert tracker.delta_w.shape == (1,) and tracker.delta_w[0] > 0
+    assert tracker.delta_a_layers.shape == (1, len(tracker.sites))
+    assert 0 <= tracker.delta_a[0] <= 1
 
 
 @pytest.mark.parametrize("name", list_models())

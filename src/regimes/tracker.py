@@ -65,7 +65,8 @@ class Tracker:
         activation: what counts as an activation: "relu" (default), "gelu" or "silu".
             A unit is on when the activation's output is > 0, i.e. its input is > 0.
         attention_mask: [B, T] mask (nonzero = token) of the probe's positions; padded
-            positions are not units. Defaults to the probe dict's `attention_mask`.
+            positions are not units. Defaults to the probe dict's `attention_mask`. A probe
+            dict's `decoder_attention_mask` masks the sites whose [B, T] is the decoder's.
         sync_every: read results back to the host every this many measurements.
     """
 
@@ -106,9 +107,11 @@ class Tracker:
 
         if attention_mask is None and isinstance(self._kwargs.get("attention_mask"), torch.Tensor):
             attention_mask = self._kwargs["attention_mask"]
-        if attention_mask is not None and attention_mask.dim() != 2:
-            attention_mask = None  # 4-D additive masks and the like: no per-position reading
-        self._attention_mask = None if attention_mask is None else attention_mask.to(self.device).bool()
+        # An encoder-decoder's decoder sites read the decoder's mask; a site takes the
+        # first mask whose [B, T] matches its leading dimensions.
+        masks = [attention_mask, self._kwargs.get("decoder_attention_mask")]
+        # 4-D additive masks and the like: no per-position reading
+        self._masks = [m.to(self.device).bool() for m in masks if isinstance(m, torch.Tensor) and m.dim() == 2]
 
         self._site_table, self._site_modules = self._discover_sites(sites)
         self.sites = [s.name for s in self._site_table.values()]
@@ -176,14 +179,14 @@ class Tracker:
 
     def _valid_positions(self, shape: torch.Size) -> torch.Tensor | None:
         """The attention mask shaped to broadcast over a site's output, when its leading dims are [B, T]."""
-        mask = self._attention_mask
-        if mask is None or len(shape) < 2:
+        if len(shape) < 2:
             return None
         trailing = (1,) * (len(shape) - 2)
-        if tuple(shape[:2]) == tuple(mask.shape):
-            return mask.view(*mask.shape, *trailing).expand(shape)
-        if tuple(shape[:2]) == tuple(mask.shape[::-1]):  # sequence-first layouts [T, B, ...]
-            return mask.t().reshape(*mask.shape[::-1], *trailing).expand(shape)
+        for mask in self._masks:
+            if tuple(shape[:2]) == tuple(mask.shape):
+                return mask.view(*mask.shape, *trailing).expand(shape)
+            if tuple(shape[:2]) == tuple(mask.shape[::-1]):  # sequence-first layouts [T, B, ...]
+                return mask.t().reshape(*mask.shape[::-1], *trailing).expand(shape)
         return None
 
     def _probe_pattern(self) -> torch.Tensor:

@@ -12,7 +12,7 @@ is installed, from the Hugging Face hub.
 """
 
 # Importing the family modules registers their loaders.
-from regimes.data import images, signals, tabular  # noqa: F401
+from regimes.data import hub_images, images, signals, tabular, text  # noqa: F401
 from regimes.data.registry import Splits, describe_dataset, list_datasets, load_dataset
 from regimes.data.sources import DataNotFoundError
 

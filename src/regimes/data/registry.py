@@ -21,14 +21,26 @@ HOLDOUT_FRACTION = 0.2  # for data sets without an official test split
 
 @dataclass
 class Splits:
-    """A data set ready for training: float32 inputs and int64 labels."""
+    """A data set ready for training: float32 inputs and int64 labels.
+
+    Other layouts (the task that reads them says how):
+    - large image sets: uint8 images [N, C, H, W] with ``pixel_mean`` and
+      ``pixel_std``; they are normalised batch by batch on the device.
+    - text classification: (input_ids [N, T], attention_mask [N, T], labels [N]).
+    - language modelling: (input_ids [N, T],) blocks of a token stream.
+    - sequence to sequence: (input_ids [N, T], attention_mask [N, T], target_ids [N, T_out]).
+    Token ids are below ``vocab_size``; 0 is padding.
+    """
 
     name: str
     train: TensorDataset  # (inputs [N, *input_shape] float32, labels [N] int64)
     val: TensorDataset
     input_shape: tuple[int, ...]  # per sample, e.g. (30,), (1, 28, 28), (3, 32, 32)
-    num_classes: int
+    num_classes: int  # language models: the vocabulary size
     source: str  # e.g. "scikit-learn", "local: /path", "hub: uoft-cs/cifar10"
+    vocab_size: int = 0  # text: the tokenizer's vocabulary size; 0 for other data
+    pixel_mean: tuple[float, ...] | None = None  # uint8 images: per-channel mean and std
+    pixel_std: tuple[float, ...] | None = None  # of pixels scaled to [0, 1]
 
 
 Loader = Callable[[str | os.PathLike | None, int], Splits]
@@ -65,7 +77,7 @@ def describe_dataset(name: str) -> str:
 
 
 def load_dataset(
-    name: str, data_dir: str | os.PathLike | None = None, split_seed: int = 0
+    name: str, data_dir: str | os.PathLike | None = None, split_seed: int = 0, **options
 ) -> Splits:
     """Load a registered data set as train and validation tensors.
 
@@ -80,8 +92,12 @@ def load_dataset(
     if the ``datasets`` library is installed; if all fail,
     :class:`~regimes.data.DataNotFoundError` says where it looked and how to
     get the files. Nothing is ever downloaded except through ``datasets``.
+
+    ``options`` go to the loader (a run config's ``data_args``): for text, the
+    tokenizer's ``vocab_size`` and the sequence lengths; for large images,
+    ``image_size``.
     """
-    return _entry(name).loader(data_dir, split_seed)
+    return _entry(name).loader(data_dir, split_seed, **options)
 
 
 def _entry(name: str) -> _Entry:

@@ -60,7 +60,7 @@ def _exists_maybe_gzipped(path: Path) -> bool:
     return path.is_file() or path.with_name(path.name + ".gz").is_file()
 
 
-def load_from_hub(hub_id: str, convert: Callable[[object], T]) -> tuple[T | None, str]:
+def load_from_hub(hub_id: str, convert: Callable[[object], T], config: str | None = None) -> tuple[T | None, str]:
     """Try the Hugging Face hub: ``(convert(dataset_dict), note)`` or ``(None, why not)``.
 
     Never raises: no ``datasets`` library, no network, an unknown id or a
@@ -75,7 +75,9 @@ def load_from_hub(hub_id: str, convert: Callable[[object], T]) -> tuple[T | None
             "is not installed (pip install datasets)."
         )
     try:
-        return convert(datasets.load_dataset(hub_id)), f"hub: {hub_id}"
+        name = hub_id if config is None else f"{hub_id} ({config})"
+        table = datasets.load_dataset(hub_id) if config is None else datasets.load_dataset(hub_id, config)
+        return convert(table), f"hub: {name}"
     except Exception as error:  # any failure here means "not available", see docstring
         return None, f"Hugging Face hub id {hub_id!r} failed: {type(error).__name__}: {error}"
 
@@ -90,11 +92,13 @@ def fetch(
     how_to_get: str,
     hub_id: str | None = None,
     read_hub: Callable[[object], T] | None = None,
+    hub_config: str | None = None,
 ) -> tuple[T, str]:
     """Read a data set from the first place that has it: ``(data, source)``.
 
     ``read_local(directory)`` reads the published files; ``read_hub(dataset_dict)``
-    converts the hub copy, if the data set has one (``hub_id``).
+    converts the hub copy, if the data set has one (``hub_id``, with its
+    configuration name ``hub_config`` where it has several).
     """
     directory, searched = find_local(name, folders, required, data_dir)
     if directory is not None:
@@ -102,7 +106,7 @@ def fetch(
     if hub_id is None:
         hub_note = "This data set is not taken from the Hugging Face hub; only local files are used."
     else:
-        data, hub_note = load_from_hub(hub_id, read_hub)
+        data, hub_note = load_from_hub(hub_id, read_hub, hub_config)
         if data is not None:
             return data, hub_note
     raise DataNotFoundError(_not_found_message(name, searched, required, hub_note, how_to_get))

@@ -18,6 +18,7 @@ else:  # pragma: no cover
     import tomli as tomllib
 
 OPTIMIZERS = ("sgd", "adam", "adamw")
+PRECISIONS = ("fp32", "bf16")
 
 
 class ConfigError(ValueError):
@@ -29,6 +30,7 @@ class RunConfig:
     model: str
     dataset: str
     model_args: dict = field(default_factory=dict)  # passed to regimes.zoo.create_model
+    data_args: dict = field(default_factory=dict)  # passed to regimes.data.load_dataset (vocab_size, max_length, ...)
     task: str = "classification"  # how batches become losses and scores (regimes.experiment.tasks)
     optimizer: str = "sgd"  # sgd | adam | adamw
     lr: float = 1e-2
@@ -41,7 +43,8 @@ class RunConfig:
     min_delta: float = 0.01  # improvement that counts: 0.01 (MLPs, CNNs), 0 (Transformers)
     probe_fraction: float = 0.2  # |S| = round(probe_fraction * batch_size), at least 1
     track_every: int = 1  # measure dw/da every this many optimizer steps
-    sites: list = field(default_factory=list)  # site names or globs to track; empty: all
+    sites: list = field(default_factory=list)  # site names or globs to track; empty: the model's registered sites, else all
+    precision: str = "fp32"  # fp32 | bf16 (torch.autocast around forward passes and the probe)
     seed: int = 0
     preset: str = ""  # the preset this config came from, if any
     description: str = ""
@@ -65,6 +68,8 @@ class RunConfig:
                 raise ConfigError(f"{f.name} must be a {f.type}, got {value!r} ({type(value).__name__})")
         if self.optimizer not in OPTIMIZERS:
             raise ConfigError(f"optimizer must be one of {', '.join(OPTIMIZERS)}, got {self.optimizer!r}{_nearest(self.optimizer, OPTIMIZERS)}")
+        if self.precision not in PRECISIONS:
+            raise ConfigError(f"precision must be one of {', '.join(PRECISIONS)}, got {self.precision!r}{_nearest(self.precision, PRECISIONS)}")
         checks = [
             (self.lr > 0, "lr must be > 0"),
             (self.weight_decay >= 0, "weight_decay must be >= 0"),

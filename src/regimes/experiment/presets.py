@@ -1,8 +1,9 @@
 """Presets: every row of the study's Table II with the configuration that won its sweep,
 plus offline stand-ins that need no download (SPEC section 4).
 
-The study did not publish batch sizes; the ones here are ordinary choices for
-each data set, and part of the preset so that `regimes show` states them.
+The study did not publish batch sizes, sequence lengths or vocabularies; the
+ones here are ordinary choices for each data set, and part of the preset so
+that `regimes show` states them.
 """
 
 from __future__ import annotations
@@ -16,6 +17,9 @@ from regimes.zoo import STUDY_DROPOUT
 def _mlp(input_size, num_classes, hidden, dropout):
     return {"input_size": input_size, "num_classes": num_classes, "hidden": list(hidden), "dropout": dropout}
 
+
+# The study's protocol for Transformers: up to 50 epochs, any improvement counts.
+_TRANSFORMER = dict(max_epochs=50, min_delta=0.0, precision="bf16")
 
 _PRESETS: dict[str, dict] = {
     # The study's rows (Table II), MLPs and CNNs: up to 30 epochs; AlexNet up to 200.
@@ -53,6 +57,73 @@ _PRESETS: dict[str, dict] = {
         description="CIFAR AlexNet (five 3x3 convs) on CIFAR-100; SGD, lr 1e-3, wd 1e-3; up to 200 epochs (GPU)",
         model="alexnet", model_args={"in_channels": 3, "num_classes": 100}, dataset="cifar100",
         optimizer="sgd", lr=1e-3, weight_decay=1e-3, batch_size=128, max_epochs=200,
+    ),
+    # ResNet34 and EfficientNetB0 (Hugging Face configs, every activation ReLU and tracked):
+    # up to 200 epochs, min improvement 0.01; bf16 autocast (GPU work).
+    "resnet34-cifar100": dict(
+        description="ResNet34 (basic blocks 3-4-6-3) on CIFAR-100; Adam, lr 1e-2, wd 1e-4; up to 200 epochs, bf16 (GPU)",
+        model="resnet34", model_args={"num_classes": 100}, dataset="cifar100",
+        optimizer="adam", lr=1e-2, weight_decay=1e-4, batch_size=128, max_epochs=200, precision="bf16",
+    ),
+    "resnet34-tinyimagenet": dict(
+        description="ResNet34 on TinyImageNet (64x64); SGD with Nesterov momentum 0.9, lr 1e-3, wd 5e-3; up to 200 epochs, bf16 (GPU)",
+        model="resnet34", model_args={"num_classes": 200}, dataset="tinyimagenet",
+        optimizer="sgd", momentum=0.9, nesterov=True, lr=1e-3, weight_decay=5e-3, batch_size=128, max_epochs=200,
+        precision="bf16",
+    ),
+    "efficientnetb0-cifar100": dict(
+        description="EfficientNetB0 with ReLU on CIFAR-100; AdamW, lr 2e-2, wd 1e-3; up to 200 epochs, bf16 (GPU)",
+        model="efficientnet_b0", model_args={"num_classes": 100}, dataset="cifar100",
+        optimizer="adamw", lr=2e-2, weight_decay=1e-3, batch_size=128, max_epochs=200, precision="bf16",
+    ),
+    "efficientnetb0-tinyimagenet": dict(
+        description="EfficientNetB0 with ReLU on TinyImageNet (64x64); AdamW, lr 2e-2, wd 1e-3; up to 200 epochs, bf16 (GPU)",
+        model="efficientnet_b0", model_args={"num_classes": 200}, dataset="tinyimagenet",
+        optimizer="adamw", lr=2e-2, weight_decay=1e-3, batch_size=128, max_epochs=200, precision="bf16",
+    ),
+    # Transformers with ReLU feed-forwards, only those sites tracked (the model's registered
+    # sites): base sizes, up to 50 epochs, min improvement 0, bf16 autocast (GPU work).
+    # Text: a byte-level BPE trained on the training split (data_args.vocab_size).
+    "xlnet-sst2": dict(
+        description="XLNet-base on SST-2 (BPE 8192, 64 tokens); AdamW, lr 2e-5, wd 1e-2; score: accuracy",
+        model="xlnet", model_args={"num_classes": 2, "vocab_size": 8192}, dataset="sst2",
+        data_args={"vocab_size": 8192, "max_length": 64}, task="text-classification",
+        optimizer="adamw", lr=2e-5, weight_decay=1e-2, batch_size=32, **_TRANSFORMER,
+    ),
+    "roberta-ag-news": dict(
+        description="RoBERTa-base on AG News (BPE 16384, 128 tokens); AdamW, lr 2e-5, wd 1e-2; score: accuracy",
+        model="roberta", model_args={"num_classes": 4, "vocab_size": 16384, "max_length": 128}, dataset="ag_news",
+        data_args={"vocab_size": 16384, "max_length": 128}, task="text-classification",
+        optimizer="adamw", lr=2e-5, weight_decay=1e-2, batch_size=32, **_TRANSFORMER,
+    ),
+    "t5-squad": dict(
+        description="T5-base on SQuAD v1.1, question+context -> answer (BPE 16384, 384/32 tokens); AdamW, lr 1e-4, "
+        "wd 1e-2; score: token accuracy of the answer under teacher forcing",
+        model="t5", model_args={"vocab_size": 16384}, dataset="squad",
+        data_args={"vocab_size": 16384, "max_length": 384, "target_length": 32}, task="seq2seq",
+        optimizer="adamw", lr=1e-4, weight_decay=1e-2, batch_size=16, **_TRANSFORMER,
+    ),
+    "gpt2-wikitext": dict(
+        description="GPT-2 (124M shape) on WikiText-2 raw (BPE 16384, blocks of 512); AdamW, lr 3e-4, wd 1e-2; "
+        "score: perplexity (lower is better)",
+        model="gpt2", model_args={"vocab_size": 16384, "max_length": 512}, dataset="wikitext2",
+        data_args={"vocab_size": 16384, "max_length": 512}, task="causal-lm",
+        optimizer="adamw", lr=3e-4, weight_decay=1e-2, batch_size=8, **_TRANSFORMER,
+    ),
+    "vitb16-cifar100": dict(
+        description="ViT-B/16 on CIFAR-100 resized to 224x224; AdamW, lr 1e-4, wd 5e-2; score: accuracy",
+        model="vit", model_args={"num_classes": 100}, dataset="cifar100",
+        optimizer="adamw", lr=1e-4, weight_decay=5e-2, batch_size=128, **_TRANSFORMER,
+    ),
+    "swin-food101": dict(
+        description="Swin-B on Food-101 (224x224); AdamW, lr 1e-4, wd 5e-2; score: accuracy",
+        model="swin", model_args={"num_classes": 101}, dataset="food101", data_args={"image_size": 224},
+        optimizer="adamw", lr=1e-4, weight_decay=5e-2, batch_size=64, **_TRANSFORMER,
+    ),
+    "pvt-tinyimagenet": dict(
+        description="PVT-Small on TinyImageNet resized to 224x224; AdamW, lr 5e-4, wd 5e-2; score: accuracy",
+        model="pvt", model_args={"num_classes": 200}, dataset="tinyimagenet",
+        optimizer="adamw", lr=5e-4, weight_decay=5e-2, batch_size=128, **_TRANSFORMER,
     ),
     # Offline stand-ins: no download, for newcomers and the tests.
     "mlp-digits": dict(

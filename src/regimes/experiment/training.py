@@ -9,6 +9,7 @@ continues to the same numbers as an uninterrupted run.
 
 from __future__ import annotations
 
+import contextlib
 import io
 import math
 import random
@@ -25,7 +26,7 @@ from regimes.data import load_dataset
 from regimes.experiment.config import RunConfig
 from regimes.experiment.tasks import get_task
 from regimes.records import RunDirectory, atomic_write, software_versions
-from regimes.zoo import create_model
+from regimes.zoo import create_model, model_sites
 
 
 class RunDiverged(RuntimeError):
@@ -103,7 +104,9 @@ def train_run(
     task = get_task(config.task)
 
     seed_everything(config.seed)
-    splits = load_dataset(config.dataset, data_dir)
+    splits = load_dataset(config.dataset, data_dir, **config.data_args)
+    task.setup(splits)
+    _check_vocabulary(config, splits)
     train_tensors, val_tensors = splits.train.tensors, splits.val.tensors
     n_train = len(train_tensors[0])
     steps_per_epoch = batches_per_epoch(n_train, config.batch_size)
@@ -118,7 +121,9 @@ def train_run(
     start_epoch = 1
     started = time.time()
 
-    tracker = regimes.Tracker(model, probe, every=config.track_every, sites=config.sites or None)
+    autocast = _autocast(config.precision, device)
+    with autocast():  # the probe runs at the training's precision
+        tracker = regimes.Tracker(model, probe, every=config.track_every, sites=config.sites or model_sites(config.model))
     if checkpoint is not None:
         model.load_state_dict(checkpoint["model"])
         optimizer.load_state_dict(checkpoint["optimizer"])
@@ -148,18 +153,21 @@ def train_run(
             permutation = torch.randperm(n_train, generator=order)[: steps_per_epoch * config.batch_size]
             for indices in permutation.split(config.batch_size):
                 batch = task.batch(train_tensors, indices, device)
-                loss, batch_correct, count = task.loss(model, batch)
+                with autocast():
+                    loss, batch_correct, count = task.loss(model, batch)
                 optimizer.zero_grad(set_to_none=True)
                 loss.backward()
                 optimizer.step()
-                tracker.step()
+                with autocast():
+                    tracker.step()
                 loss_sum += loss.detach() * count
                 correct += batch_correct
                 seen += count
             train_loss = loss_sum.item() / seen  # one host sync per epoch
             if not math.isfinite(train_loss):
                 status = "diverged"
-            val_loss, val_score = evaluate(model, task, val_tensors, device)
+            with autocast():
+                val_loss, val_score = evaluate(model, task, val_tensors, device, task.eval_batch_size or config.batch_size)
             row = {
                 "epoch": epoch,
                 "train_loss": train_loss,
@@ -195,14 +203,32 @@ def evaluate(model, task, tensors, device, batch_size: int = 1024) -> tuple[floa
     model.eval()
     loss_sum = torch.zeros((), device=device)
     correct = torch.zeros((), device=device)
+    seen = 0  # predictions: samples, or tokens for language models
     n = len(tensors[0])
     for start in range(0, n, batch_size):
         indices = torch.arange(start, min(start + batch_size, n))
         loss, batch_correct, count = task.loss(model, task.batch(tensors, indices, device))
         loss_sum += loss * count
         correct += batch_correct
+        seen += count
     model.train(was_training)
-    return loss_sum.item() / n, task.score(loss_sum.item(), correct.item(), n)
+    return loss_sum.item() / seen, task.score(loss_sum.item(), correct.item(), seen)
+
+
+def _autocast(precision: str, device: torch.device):
+    """A context factory: bf16 autocast for precision "bf16", else nothing."""
+    if precision == "bf16":
+        return lambda: torch.autocast(device.type, dtype=torch.bfloat16)
+    return contextlib.nullcontext
+
+
+def _check_vocabulary(config: RunConfig, splits) -> None:
+    vocab = config.model_args.get("vocab_size")
+    if splits.vocab_size and vocab is not None and vocab < splits.vocab_size:
+        raise ValueError(
+            f"model_args.vocab_size = {vocab} is smaller than the tokenizer's vocabulary ({splits.vocab_size}) "
+            f"for {config.dataset}: set model_args.vocab_size = data_args.vocab_size"
+        )
 
 
 # ---------------------------------------------------------------------- records
@@ -241,6 +267,7 @@ def _summary(config, splits, task, stopper, epochs, tracker, steps_per_epoch, st
         "weight_decay": config.weight_decay,
         "lr": config.lr,
         "batch_size": config.batch_size,
+        "precision": config.precision,
         "seed": config.seed,
         "score_name": task.score_name,
         "higher_is_better": task.higher_is_better,

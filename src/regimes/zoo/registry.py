@@ -22,18 +22,26 @@ class ModelEntry:
     name: str
     factory: ModelFactory
     description: str
+    sites: tuple[str, ...] | None = None  # the sites the study tracks (globs); None: every activation
 
 
 _REGISTRY: dict[str, ModelEntry] = {}
 
 
-def register_model(name: str, *, description: str) -> Callable[[ModelFactory], ModelFactory]:
-    """Decorator: register ``factory`` under ``name`` with a one-line description."""
+def register_model(
+    name: str, *, description: str, sites: tuple[str, ...] | list[str] | None = None
+) -> Callable[[ModelFactory], ModelFactory]:
+    """Decorator: register ``factory`` under ``name`` with a one-line description.
+
+    ``sites``: name globs of the activation sites the study tracks in this model
+    (the Tracker's ``sites=`` filter), e.g. only the feed-forward ReLUs of a
+    Transformer; None tracks every activation.
+    """
 
     def decorator(factory: ModelFactory) -> ModelFactory:
         if name in _REGISTRY:
             raise ValueError(f"a model named {name!r} is already registered")
-        _REGISTRY[name] = ModelEntry(name=name, factory=factory, description=description)
+        _REGISTRY[name] = ModelEntry(name, factory, description, None if sites is None else tuple(sites))
         return factory
 
     return decorator
@@ -47,6 +55,12 @@ def list_models() -> list[str]:
 def describe_models() -> dict[str, str]:
     """``{name: one-line description}`` for every registered model, sorted by name."""
     return {name: _REGISTRY[name].description for name in list_models()}
+
+
+def model_sites(name: str) -> list[str] | None:
+    """The site globs registered with model ``name`` (None: track every activation)."""
+    sites = _lookup(name).sites
+    return None if sites is None else list(sites)
 
 
 def create_model(name: str, **kwargs) -> nn.Module:
