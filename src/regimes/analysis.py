@@ -17,6 +17,7 @@ __all__ = [
     "auc",
     "stabilization",
     "aggregate",
+    "bootstrap_interval",
     "smoothing_window",
     "normalized_curve",
     "summarize",
@@ -100,6 +101,19 @@ def aggregate(rhos) -> tuple[float, float, float]:
         return float(np.sqrt(np.mean((side - m) ** 2))) if side.size else 0.0
 
     return m, semi(r[r > m]), semi(r[r < m])
+
+
+def bootstrap_interval(values, confidence: float = 0.95, resamples: int = 10_000, seed: int = 0) -> tuple[float, float]:
+    """Percentile bootstrap interval of the mean of `values`, from a fixed generator (the same
+    values give the same interval). Fewer than two values: (NaN, NaN)."""
+    x = np.asarray(values, dtype=np.float64)
+    if x.size < 2:
+        return math.nan, math.nan
+    rng = np.random.default_rng(seed)
+    means = x[rng.integers(0, x.size, size=(resamples, x.size))].mean(axis=1)
+    tail = 100 * (1 - confidence) / 2
+    low, high = np.percentile(means, [tail, 100 - tail])
+    return float(low), float(high)
 
 
 def normalized_curve(x, batches_per_epoch: int) -> np.ndarray:

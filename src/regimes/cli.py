@@ -5,6 +5,7 @@
     regimes presets                               the presets, one line each
     regimes show mlp-mnist > my.toml              a preset as TOML, to copy and edit
     regimes report runs/ --figure grid.png        the study's table over any number of runs
+    regimes sweep mlp-breast-cancer --seeds 5     the study's grid, the best config, 5 seeds
 
 Errors print one line; REGIMES_DEBUG=1 shows the traceback.
 """
@@ -126,6 +127,111 @@ def cmd_report(args) -> int:
     return 0
 
 
+def cmd_sweep(args) -> int:
+    import signal
+
+    from regimes.experiment.engines import make_engine
+    from regimes.experiment.grids import resolve_grid
+    from regimes.experiment.sweep import run_sweep
+
+    if args.seeds < 0:
+        raise ValueError(f"--seeds must be >= 0, got {args.seeds}")
+    base = _config_for(args)
+    grid = resolve_grid(args.grid, base)
+    swept = set(grid.axes) | {k for v in grid.axes.get("optimizer", []) if isinstance(v, dict) for k in v}
+    overridden = [text.split("=", 1)[0].strip().split(".")[0] for text in args.set or []]
+    if clash := [k for k in overridden if k in swept]:
+        raise ValueError(f"--set {clash[0]} changes a key the grid sweeps over; use a grid file (--grid FILE) to change its values")
+    if fixed := {k: v for k, v in grid.fixed.items() if k in overridden}:  # --set wins over the grid's fixed values
+        grid.fixed = {k: v for k, v in grid.fixed.items() if k not in fixed}
+    out = Path(args.out or Path("sweeps") / (base.preset or Path(args.preset).stem))
+    engine = make_engine(args.engine, workers=args.workers, threads=args.threads, device=args.device,
+                         data_dir=args.data_dir, address=args.address, gpus_per_trial=args.gpus_per_trial)  # fmt: skip
+    progress = _SweepProgress(args.quiet)
+    if not args.quiet:
+        print(f"sweep {base.preset or args.preset}: {len(grid)} trials of the {grid.name} grid"
+              f"{f', then {args.seeds} seeds' if args.seeds else ''}, into {out} ({engine!r})")  # fmt: skip
+
+    def stop(signum, frame):
+        raise KeyboardInterrupt
+
+    previous = signal.signal(signal.SIGTERM, stop)  # `kill` stops as gently as Ctrl-C
+    try:
+        selected = run_sweep(base, grid, out, engine, seeds=args.seeds, force=args.force, events=progress)
+    except KeyboardInterrupt:
+        progress.close()
+        print(f"\ninterrupted: every finished epoch is kept in {out}; the same command continues the sweep",
+              file=sys.stderr)  # fmt: skip
+        return 130
+    finally:
+        signal.signal(signal.SIGTERM, previous)
+    progress.close()
+    if not args.quiet:
+        _print_sweep(selected, out)
+    if selected.get("trial") is None:
+        return 3
+    return 0 if not selected.get("failed") else 4  # 4: selected, but some trials failed
+
+
+class _SweepProgress:
+    """One line per finished trial over an overall bar per phase (the grid, then the seeds)."""
+
+    def __init__(self, quiet: bool):
+        self.quiet, self.bar = quiet, None
+
+    def __call__(self, kind, **info):
+        if self.quiet:
+            return
+        from tqdm.auto import tqdm
+
+        if kind == "phase":
+            self.close()
+            skipped = f" ({info['done']} already done)" if info["done"] else ""
+            self.bar = tqdm(total=info["total"], initial=info["done"], desc=info["name"] + skipped,
+                            unit="trial", dynamic_ncols=True)  # fmt: skip
+        elif kind == "result":
+            row = info["row"]
+            self.bar.write(_trial_line(row))
+            self.bar.update(1)
+
+    def close(self):
+        if self.bar is not None:
+            self.bar.close()
+            self.bar = None
+
+
+def _trial_line(row: dict) -> str:
+    def fmt(value, spec):
+        return "-" if value is None or (isinstance(value, float) and math.isnan(value)) else format(value, spec)
+
+    if row["status"] == "failed":
+        return f"  {row['trial']:<28} failed    {row.get('error') or ''}"
+    return (f"  {row['trial']:<28} {row['status']:<9} {row.get('score_name') or 'score'} {fmt(row['best_score'], '.4f')}"
+            f"  epoch {fmt(row.get('stop_epoch'), 'd')}  rho {fmt(row['rho'], '.2f')}  {fmt(row['seconds'], '.1f')} s")  # fmt: skip
+
+
+def _print_sweep(selected: dict, out: Path) -> None:
+    from regimes.report import short_scientific
+
+    if selected.get("trial") is None:
+        print(f"no trial finished; see {out / 'trials.csv'}", file=sys.stderr)
+        return
+    row = selected["row"]
+    print(f"selected  {selected['trial']}: {row['score_name']} {row['best_score']:.4f} at epoch {row['best_epoch']}, "
+          f"rho {row['rho']:.2f}  ({out / 'selected.json'})")  # fmt: skip
+    config = selected["config"]
+    print(f"          optimizer {config['optimizer']}, lr {short_scientific(config['lr'])}, "
+          f"weight decay {short_scientific(config['weight_decay'])}")  # fmt: skip
+    if selected.get("failed"):
+        print(f"          {len(selected['failed'])} trial(s) did not finish: {', '.join(selected['failed'])}")
+    seeds = selected.get("seeds")
+    if seeds:
+        interval = (f", 95% interval [{seeds['rho_low']:.2f}, {seeds['rho_high']:.2f}]"
+                    if seeds.get("rho_low") is not None and math.isfinite(seeds["rho_low"]) else "")  # fmt: skip
+        print(f"seeds     {seeds['seeds']}: rho {seeds['rho']:.2f}{interval} "
+              f"(+{seeds['rho_upper']:.2f} / -{seeds['rho_lower']:.2f}), mean {row['score_name']} {seeds['best_score']:.4f}")  # fmt: skip
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="regimes", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     commands = parser.add_subparsers(dest="command", required=True)
@@ -154,6 +260,24 @@ def build_parser() -> argparse.ArgumentParser:
     report.add_argument("--format", choices=["markdown", "csv", "latex"], default="markdown")
     report.add_argument("--figure", help="also draw the grid figure to this file (.png, .svg, .pdf)")
     report.set_defaults(func=cmd_report)
+
+    sweep = commands.add_parser("sweep", help="the study's sweep: a grid, the best config, several seeds")
+    sweep.add_argument("preset", help="a preset name (`regimes presets`) or a TOML config file: the base config")
+    sweep.add_argument("--grid", help="a family (small, cnn, transformer) or a TOML grid file (default: the model's family)")
+    sweep.add_argument("--seeds", type=int, default=0, metavar="N", help="rerun the selected config with N seeds (rho's interval)")
+    sweep.add_argument("--engine", choices=["local", "ray"], default="local", help="local worker processes (default) or Ray Tune")
+    sweep.add_argument("--workers", type=int, help="local: parallel trials (default: one per GPU, or cores / threads on CPU)")
+    sweep.add_argument("--threads", type=int, help="torch threads (ray: CPUs) per trial (default: 1, or cores / --workers)")
+    sweep.add_argument("--address", help="ray: the cluster (auto, or an address; default: start Ray here)")
+    sweep.add_argument("--gpus-per-trial", type=float, help="ray: GPUs per trial, a fraction shares one (default: 1 with --device cuda)")
+    sweep.add_argument("--out", help="sweep directory (default: sweeps/<preset>)")
+    sweep.add_argument("--seed", type=int, help="the base seed (the grid's trials; seeds count up from it)")
+    sweep.add_argument("--device", help="cpu, cuda, ... (default: cuda if present; cuda spreads workers over every GPU)")
+    sweep.add_argument("--set", action="append", metavar="KEY=VALUE", help="change the base config (TOML syntax), repeatable")
+    sweep.add_argument("--data-dir", help="where the data sets are (default: $REGIMES_DATA, then ~/.cache/regimes)")
+    sweep.add_argument("--force", action="store_true", help="start again in an --out that holds another sweep (removes its runs)")
+    sweep.add_argument("--quiet", action="store_true", help="no progress, no result lines")
+    sweep.set_defaults(func=cmd_sweep)
     return parser
 
 
@@ -161,11 +285,13 @@ def main(argv=None) -> int:
     args = build_parser().parse_args(argv)
     from regimes.data import DataNotFoundError
     from regimes.experiment import ConfigError
+    from regimes.experiment.engines import EngineError
     from regimes.tracker import ProbeError
 
     try:
         return args.func(args)
-    except (ConfigError, DataNotFoundError, FileExistsError, FileNotFoundError, ProbeError, TypeError, ValueError) as error:
+    except (ConfigError, DataNotFoundError, EngineError, FileExistsError, FileNotFoundError, ProbeError, TypeError,
+            ValueError) as error:  # fmt: skip
         if os.environ.get("REGIMES_DEBUG"):
             raise
         print(f"regimes: error: {error}", file=sys.stderr)

@@ -6,21 +6,30 @@ rows = study_table(runs)
 print(format_table(rows))              # Markdown; fmt="csv" or fmt="latex"
 print(aggregate_line(rows, "markdown"))  # mean rho = 1.62 (+0.31 / -0.20) over 5 runs
 ```
+
+A sweep directory (`regimes sweep`) is one row: its selected configuration, and with
+several seeds the means over the seeds, rho with its 95% bootstrap interval.
 """
 
 from __future__ import annotations
 
 import csv
 import io
+import json
 import math
 import re
 from pathlib import Path
 
-from regimes.analysis import aggregate
+import numpy as np
+
+from regimes.analysis import aggregate, bootstrap_interval
 from regimes.records import RunDirectory, is_run_directory
 
 __all__ = [
     "load_runs",
+    "is_sweep_directory",
+    "seed_statistics",
+    "bootstrap_interval",
     "study_table",
     "format_table",
     "aggregate_line",
@@ -47,6 +56,12 @@ COLUMNS = (
     ("auc_p", "AUC_P", "$\\mathrm{AUC}_P$"),
     ("rho", "rho", "$\\rho$"),
 )
+# Added after rho when a row comes from a sweep with several seeds (rho is then their mean).
+SEED_COLUMNS = {
+    "markdown": (("rho_ci", "rho 95% CI", ""), ("seeds", "seeds", "")),
+    "latex": (("rho_ci", "", "95\\% CI"), ("seeds", "", "Seeds")),
+    "csv": (("rho_low", "", ""), ("rho_high", "", ""), ("seeds", "", "")),
+}
 _TEXT_COLUMNS = {"model", "dataset", "optimizer"}
 
 # The study's names, keyed by the name with case and punctuation removed (see _key).
@@ -91,11 +106,12 @@ def dataset_label(name) -> str:
 
 
 def load_runs(paths) -> list[dict]:
-    """Read the runs at `paths`: run directories, or folders searched recursively for them.
+    """Read the runs at `paths`: run or sweep directories, or folders searched recursively for them.
 
-    Each run is its summary (a flat dict) plus `path` and `config`. Runs come in the study's
-    row order (model, then data set; rows the study does not have go after its rows of the
-    same model), ties in the order found; a run reached twice is read once.
+    Each run is its summary (a flat dict) plus `path` and `config`; a sweep is its selected
+    run, with the seeds' statistics when it has seeds (see `seed_statistics`). Runs come in
+    the study's row order (model, then data set; rows the study does not have go after its
+    rows of the same model), ties in the order found; a run reached twice is read once.
     """
     if isinstance(paths, (str, Path)):
         paths = [paths]
@@ -103,10 +119,15 @@ def load_runs(paths) -> list[dict]:
     for path in map(Path, paths):
         if not path.exists():
             raise FileNotFoundError(f"{path} does not exist")
-        if is_run_directory(path):
+        if is_sweep_directory(path) or is_run_directory(path):
             found.append(path)
             continue
-        inside = sorted(p.parent for p in path.rglob("summary.json")) if path.is_dir() else []
+        inside = []
+        if path.is_dir():
+            sweeps = sorted(p.parent for p in path.rglob("sweep.json"))
+            runs = sorted(p.parent for p in path.rglob("summary.json")
+                          if not any(s in p.parents for s in sweeps))  # fmt: skip
+            inside = sorted(sweeps + runs)
         if not inside:
             raise FileNotFoundError(
                 f"{path} holds no run: no summary.json in it or in any folder under it "
@@ -119,8 +140,64 @@ def load_runs(paths) -> list[dict]:
         if (resolved := path.resolve()) in seen:
             continue
         seen.add(resolved)
-        runs.append(_read_run(path))
+        runs.append(_read_sweep(path) if is_sweep_directory(path) else _read_run(path))
     return sorted(runs, key=_study_order)
+
+
+def is_sweep_directory(path) -> bool:
+    """True when `path` is a folder that `regimes sweep` wrote (it holds sweep.json)."""
+    return (Path(path) / "sweep.json").is_file()
+
+
+def _read_sweep(path: Path) -> dict:
+    """The sweep's row: its selected trial, or the seeds' means when it has seeds."""
+    description = json.loads((path / "sweep.json").read_text())
+    selected_path = path / "selected.json"
+    selected = json.loads(selected_path.read_text()) if selected_path.is_file() else {}
+    if selected.get("path"):
+        run = _read_run(path / selected["path"])
+    else:  # nothing finished yet: a row with the sweep's model and data set, no numbers
+        run = {"model": description.get("model"), "dataset": description.get("dataset"),
+               "status": selected.get("status", "running"), "path": str(path), "config": description.get("base", {})}  # fmt: skip
+    run["sweep"] = str(path)
+    run["trials"] = selected.get("trials")
+    seed_runs = (selected.get("seeds") or {}).get("runs") or []  # the seeds of the current selection
+    if seed_runs:
+        summaries = [RunDirectory(path / name).read_summary() or {} for name in seed_runs]
+        run.update(seed_statistics(summaries))
+    return run
+
+
+def seed_statistics(runs, confidence: float = 0.95, resamples: int = 10_000) -> dict:
+    """Means over the finished runs of one configuration (several seeds), with rho's
+    bootstrap interval (`bootstrap_interval`) and semi-deviations (SPEC section 2).
+
+    Keys: seeds, best_score, stop_epoch (rounded mean), auc_w, auc_p, rho, rho_low,
+    rho_high, rho_upper, rho_lower, rhos (each run's, in order).
+    """
+    finished = [r for r in runs if r.get("status") == "finished"]
+
+    def mean(key):
+        values = [v for v in (_number(r.get(key)) for r in finished) if math.isfinite(v)]
+        return float(np.mean(values)) if values else math.nan
+
+    rhos = [v for v in (_number(r.get("rho")) for r in finished) if math.isfinite(v)]
+    m, upper, lower = aggregate(rhos) if rhos else (math.nan, math.nan, math.nan)
+    low, high = bootstrap_interval(rhos, confidence, resamples)
+    stop = mean("stop_epoch")
+    return {
+        "seeds": len(finished),
+        "best_score": mean("best_score"),
+        "stop_epoch": round(stop) if math.isfinite(stop) else None,
+        "auc_w": mean("auc_w"),
+        "auc_p": mean("auc_p"),
+        "rho": m,
+        "rho_low": low,
+        "rho_high": high,
+        "rho_upper": upper,
+        "rho_lower": lower,
+        "rhos": rhos,
+    }
 
 
 def _read_run(path: Path) -> dict:
@@ -167,6 +244,9 @@ def study_table(runs) -> list[dict]:
                 "rho": _number(run.get("rho")),
             }
         )
+        if run.get("seeds"):  # a sweep rerun with several seeds
+            rows[-1].update(rho_low=_number(run.get("rho_low")), rho_high=_number(run.get("rho_high")),
+                            seeds=int(run["seeds"]))  # fmt: skip
     return rows
 
 
@@ -214,28 +294,30 @@ def format_table(rows, fmt: str = "markdown") -> str:
     """The table as Markdown (default), CSV or a LaTeX booktabs tabular."""
     if fmt not in FORMATS:
         raise ValueError(f"unknown table format {fmt!r}; choose one of {', '.join(FORMATS)}")
-    cells = [[_cell(row.get(key), key, fmt) for key, _, _ in COLUMNS] for row in rows]
+    columns = COLUMNS + (SEED_COLUMNS[fmt] if any(row.get("seeds") for row in rows) else ())
+    cells = [[_cell(row.get(key), key, fmt) if key != "rho_ci" else _interval(row, fmt) for key, _, _ in columns]
+             for row in rows]  # fmt: skip
     if fmt == "csv":
         out = io.StringIO()
         writer = csv.writer(out, lineterminator="\n")
-        writer.writerow([key for key, _, _ in COLUMNS])
+        writer.writerow([key for key, _, _ in columns])
         writer.writerows(cells)
         return out.getvalue()
     if fmt == "latex":
-        spec = "".join("l" if key in _TEXT_COLUMNS else "r" for key, _, _ in COLUMNS)
+        spec = "".join("l" if key in _TEXT_COLUMNS else "r" for key, _, _ in columns)
         lines = [
             f"\\begin{{tabular}}{{{spec}}}",
             "\\toprule",
-            " & ".join(tex for _, _, tex in COLUMNS) + " \\\\",
+            " & ".join(tex for _, _, tex in columns) + " \\\\",
             "\\midrule",
             *(" & ".join(line) + " \\\\" for line in cells),
             "\\bottomrule",
             "\\end{tabular}",
         ]
         return "\n".join(lines) + "\n"
-    header = [md for _, md, _ in COLUMNS]
+    header = [md for _, md, _ in columns]
     widths = [max(len(h), *(len(line[i]) for line in cells)) for i, h in enumerate(header)]
-    right = [key not in _TEXT_COLUMNS for key, _, _ in COLUMNS]
+    right = [key not in _TEXT_COLUMNS for key, _, _ in columns]
 
     def line(values):
         padded = (v.rjust(w) if r else v.ljust(w) for v, w, r in zip(values, widths, right))
@@ -264,9 +346,18 @@ def _cell(value, key: str, fmt: str) -> str:
         return _score(value)
     if key in ("auc_w", "auc_p"):
         return f"{value:.3f}"
-    if key == "rho":
+    if key in ("rho", "rho_low", "rho_high"):
         return f"{value:.2f}"
+    if key == "seeds":
+        return str(int(value))
     return str(value)
+
+
+def _interval(row: dict, fmt: str) -> str:
+    low, high = _number(row.get("rho_low")), _number(row.get("rho_high"))
+    if not (math.isfinite(low) and math.isfinite(high)):
+        return {"markdown": "-", "csv": "", "latex": "--"}[fmt]
+    return f"[{low:.2f}, {high:.2f}]"
 
 
 def short_scientific(x: float) -> str:
