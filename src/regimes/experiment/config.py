@@ -108,13 +108,17 @@ class RunConfig:
         return RunConfig.from_dict({**self.to_dict(), **changes})
 
 
-def load_toml(path) -> RunConfig:
+def read_toml(path) -> dict:
+    """A TOML file as a dict; a syntax error becomes a ConfigError naming the file."""
     path = Path(path)
     try:
-        data = tomllib.loads(path.read_text())
+        return tomllib.loads(path.read_text())
     except tomllib.TOMLDecodeError as error:
         raise ConfigError(f"{path} is not valid TOML: {error}") from error
-    return RunConfig.from_dict(data)
+
+
+def load_toml(path) -> RunConfig:
+    return RunConfig.from_dict(read_toml(path))
 
 
 def dump_toml(config: RunConfig) -> str:

@@ -20,16 +20,10 @@ from __future__ import annotations
 import dataclasses
 import itertools
 import re
-import sys
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from regimes.experiment.config import ConfigError, RunConfig
-
-if sys.version_info >= (3, 11):
-    import tomllib
-else:  # pragma: no cover
-    import tomli as tomllib
+from regimes.experiment.config import ConfigError, RunConfig, read_toml
 
 __all__ = ["Grid", "FAMILIES", "STUDY_GRIDS", "family_of", "study_grid", "load_grid", "resolve_grid", "trial_name"]
 
@@ -123,12 +117,7 @@ def study_grid(family: str) -> Grid:
 
 
 def load_grid(path) -> Grid:
-    path = Path(path)
-    try:
-        data = tomllib.loads(path.read_text())
-    except tomllib.TOMLDecodeError as error:
-        raise ConfigError(f"{path} is not valid TOML: {error}") from error
-    return grid_from_dict(data, name=str(path))
+    return grid_from_dict(read_toml(path), name=str(path))
 
 
 def resolve_grid(spec: str | None, config: RunConfig) -> Grid:
