@@ -594,3 +594,34 @@ def test_fused_transformer_fast_path_is_prevented():
     tracker.step()
     for site, pattern in zip(tracker.sites, reference_patterns_transformer(model, probe)):
         assert torch.equal(tracker.pattern(site), pattern)
+
+
+class EncoderDecoder(nn.Module):
+    """T5-like keyword inputs: encoder and decoder sequences of the same length, padded differently."""
+
+    def __init__(self):
+        super().__init__()
+        self.embed = nn.Embedding(30, 8)
+        self.encoder = nn.Sequential(nn.Linear(8, 12), nn.ReLU())
+        self.decoder = nn.Sequential(nn.Linear(8, 12), nn.ReLU())
+
+    def forward(self, input_ids, attention_mask, decoder_input_ids, decoder_attention_mask):
+        memory = self.encoder(self.embed(input_ids))  # [B, T, 12]
+        return self.decoder(self.embed(decoder_input_ids) + memory[..., :8]).sum()
+
+
+def test_decoder_sites_read_the_decoder_mask_even_at_equal_lengths():
+    torch.manual_seed(0)
+    model = EncoderDecoder()
+    encoder_mask = torch.tensor([[1, 1, 1, 0], [1, 1, 1, 1]])
+    decoder_mask = torch.tensor([[1, 0, 0, 0], [1, 1, 0, 0]])
+    probe = {
+        "input_ids": torch.randint(0, 30, (2, 4)), "attention_mask": encoder_mask,
+        "decoder_input_ids": torch.randint(0, 30, (2, 4)), "decoder_attention_mask": decoder_mask,
+    }  # fmt: skip
+    tracker = regimes.Tracker(model, probe)
+    assert tracker.sites == ["encoder.1", "decoder.1"]
+    units = {s.name: s.units for s in tracker._site_table.values()}
+    assert units == {"encoder.1": 7 * 12, "decoder.1": 3 * 12}
+    assert not tracker.pattern("decoder.1")[decoder_mask == 0].any()
+    assert not tracker.pattern("encoder.1")[encoder_mask == 0].any()

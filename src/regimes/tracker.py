@@ -107,11 +107,12 @@ class Tracker:
 
         if attention_mask is None and isinstance(self._kwargs.get("attention_mask"), torch.Tensor):
             attention_mask = self._kwargs["attention_mask"]
-        # An encoder-decoder's decoder sites read the decoder's mask; a site takes the
-        # first mask whose [B, T] matches its leading dimensions.
-        masks = [attention_mask, self._kwargs.get("decoder_attention_mask")]
-        # 4-D additive masks and the like: no per-position reading
-        self._masks = [m.to(self.device).bool() for m in masks if isinstance(m, torch.Tensor) and m.dim() == 2]
+        # An encoder-decoder's decoder sites read the decoder's mask: a site takes a mask
+        # whose [B, T] matches its leading dimensions, the decoder's first for sites
+        # named "*decoder*" (when both lengths are equal, the shape cannot tell).
+        # 4-D additive masks and the like have no per-position reading.
+        masks = {"encoder": attention_mask, "decoder": self._kwargs.get("decoder_attention_mask")}
+        self._masks = {k: m.to(self.device).bool() for k, m in masks.items() if isinstance(m, torch.Tensor) and m.dim() == 2}
 
         self._site_table, self._site_modules = self._discover_sites(sites)
         self.sites = [s.name for s in self._site_table.values()]
@@ -167,7 +168,7 @@ class Tracker:
             if name not in chosen:
                 continue
             numel = int(np.prod(shape))
-            valid = self._valid_positions(shape)
+            valid = self._valid_positions(shape, decoder="decoder" in name)
             units = numel if valid is None else int(valid.sum()) * numel // valid.numel()
             site = _Site(name, tuple(shape), numel, offset, units, valid)
             table[(call.base, call.index)] = site
@@ -177,12 +178,13 @@ class Tracker:
         site_modules = list(dict.fromkeys(by_module)) if all(m is not None for m in by_module) else None
         return table, site_modules
 
-    def _valid_positions(self, shape: torch.Size) -> torch.Tensor | None:
+    def _valid_positions(self, shape: torch.Size, decoder: bool = False) -> torch.Tensor | None:
         """The attention mask shaped to broadcast over a site's output, when its leading dims are [B, T]."""
         if len(shape) < 2:
             return None
         trailing = (1,) * (len(shape) - 2)
-        for mask in self._masks:
+        order = ("decoder", "encoder") if decoder else ("encoder", "decoder")
+        for mask in (self._masks[k] for k in order if k in self._masks):
             if tuple(shape[:2]) == tuple(mask.shape):
                 return mask.view(*mask.shape, *trailing).expand(shape)
             if tuple(shape[:2]) == tuple(mask.shape[::-1]):  # sequence-first layouts [T, B, ...]
