@@ -7,7 +7,6 @@ import math
 import numpy as np
 import pandas as pd
 import pytest
-import torch
 
 from regimes.cli import main
 from regimes.experiment import ConfigError, EarlyStopping, RunConfig, apply_overrides, get_preset, list_presets, train_run
