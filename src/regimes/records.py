@@ -39,7 +39,10 @@ if sys.version_info >= (3, 11):
 else:  # pragma: no cover
     import tomli as tomllib
 
-__all__ = ["RunDirectory", "is_run_directory", "software_versions", "atomic_write", "STATUSES"]
+__all__ = [
+    "RunDirectory", "is_run_directory", "software_versions", "atomic_write", "json_ready",
+    "describe_difference", "STATUSES",
+]  # fmt: skip
 
 STATUSES = ("running", "finished", "diverged", "interrupted")
 
@@ -107,21 +110,21 @@ class RunDirectory:
         if is_run_directory(self.path):
             if force:
                 self._clear()
-            else:
-                if not self.config_path.is_file():
-                    why = "it has a summary.json but no config.toml to compare with"
-                elif (old := self.read_config()) != (new := _toml_round_trip(config)):
-                    why = _describe_diff(old, new)
-                else:
-                    why = None
-                if why is not None:
-                    raise FileExistsError(
-                        f"{self.path} already holds a different run ({why}); "
-                        "use --force to replace it or --resume to continue it, or choose another --out"
-                    )
+            elif (why := self.config_difference(config)) is not None:
+                raise FileExistsError(
+                    f"{self.path} already holds a different run ({why}); "
+                    "use --force to replace it or --resume to continue it, or choose another --out"
+                )
         self.path.mkdir(parents=True, exist_ok=True)
         self.steps_dir.mkdir(exist_ok=True)
         self.write_config(config)
+
+    def config_difference(self, config: dict) -> str | None:
+        """How the run here differs from `config` (as config.toml would read it back), or None if it is the same."""
+        if not self.config_path.is_file():
+            return "it has a summary.json but no config.toml to compare with"
+        old, new = self.read_config(), _toml_round_trip(config)
+        return None if old == new else describe_difference(old, new)
 
     def _clear(self) -> None:
         for name in _RUN_FILES:
@@ -247,7 +250,7 @@ class RunDirectory:
         status = summary.get("status")
         if status is not None and status not in STATUSES:
             raise ValueError(f"status must be one of {STATUSES}, got {status!r}")
-        text = json.dumps(_json_ready(summary), indent=2, allow_nan=False) + "\n"
+        text = json.dumps(json_ready(summary), indent=2, allow_nan=False) + "\n"
         atomic_write(self.summary_path, text.encode("utf-8"))
 
     def read_summary(self) -> dict | None:
@@ -351,13 +354,14 @@ def _plain(value):
     return value
 
 
-def _json_ready(value):
+def json_ready(value):
+    """`value` as strict JSON takes it: plain containers and scalars, NaN and infinities as None."""
     if isinstance(value, dict):
-        return {str(k): _json_ready(v) for k, v in value.items()}
+        return {str(k): json_ready(v) for k, v in value.items()}
     if isinstance(value, (list, tuple)):
-        return [_json_ready(v) for v in value]
+        return [json_ready(v) for v in value]
     if isinstance(value, np.ndarray):
-        return [_json_ready(v) for v in value.tolist()]
+        return [json_ready(v) for v in value.tolist()]
     if isinstance(value, np.generic):
         value = value.item()
     if isinstance(value, float) and not math.isfinite(value):
@@ -390,7 +394,7 @@ def _toml_round_trip(config: dict) -> dict:
     return tomllib.loads(tomli_w.dumps(_toml_ready(config)))
 
 
-def _describe_diff(old: dict, new: dict, limit: int = 4) -> str:
+def describe_difference(old: dict, new: dict, limit: int = 4) -> str:
     def flat(d, prefix=""):
         out = {}
         for k, v in d.items():

@@ -27,6 +27,7 @@ from regimes.records import RunDirectory, is_run_directory
 
 __all__ = [
     "load_runs",
+    "as_float",
     "is_sweep_directory",
     "seed_statistics",
     "bootstrap_interval",
@@ -178,10 +179,10 @@ def seed_statistics(runs, confidence: float = 0.95, resamples: int = 10_000) -> 
     finished = [r for r in runs if r.get("status") == "finished"]
 
     def mean(key):
-        values = [v for v in (_number(r.get(key)) for r in finished) if math.isfinite(v)]
+        values = [v for v in (as_float(r.get(key)) for r in finished) if math.isfinite(v)]
         return float(np.mean(values)) if values else math.nan
 
-    rhos = [v for v in (_number(r.get("rho")) for r in finished) if math.isfinite(v)]
+    rhos = [v for v in (as_float(r.get("rho")) for r in finished) if math.isfinite(v)]
     m, upper, lower = aggregate(rhos) if rhos else (math.nan, math.nan, math.nan)
     low, high = bootstrap_interval(rhos, confidence, resamples)
     stop = mean("stop_epoch")
@@ -235,17 +236,17 @@ def study_table(runs) -> list[dict]:
                 "model": model_label(run.get("model", "?")),
                 "dataset": dataset_label(run.get("dataset", "?")),
                 "optimizer": _optimizer_label(run),
-                "wd": _number(_lookup(run, "weight_decay", "wd")),
-                "lr": _number(_lookup(run, "lr")),
-                "best_score": _number(run.get("best_score")),
+                "wd": as_float(_lookup(run, "weight_decay", "wd")),
+                "lr": as_float(_lookup(run, "lr")),
+                "best_score": as_float(run.get("best_score")),
                 "stop_epoch": _integer(run.get("stop_epoch")),
-                "auc_w": _number(run.get("auc_w")),
-                "auc_p": _number(run.get("auc_p")),
-                "rho": _number(run.get("rho")),
+                "auc_w": as_float(run.get("auc_w")),
+                "auc_p": as_float(run.get("auc_p")),
+                "rho": as_float(run.get("rho")),
             }
         )
         if run.get("seeds"):  # a sweep rerun with several seeds
-            rows[-1].update(rho_low=_number(run.get("rho_low")), rho_high=_number(run.get("rho_high")),
+            rows[-1].update(rho_low=as_float(run.get("rho_low")), rho_high=as_float(run.get("rho_high")),
                             seeds=int(run["seeds"]))  # fmt: skip
     return rows
 
@@ -265,7 +266,7 @@ def _optimizer_label(run: dict) -> str:
     if isinstance(name, dict):  # a config section such as [optimizer] name = "sgd"
         name = name.get("name")
     label = _OPTIMIZERS.get(_key(name), str(name)) if name is not None else "?"
-    momentum = _number(_lookup(run, "momentum"))
+    momentum = as_float(_lookup(run, "momentum"))
     if _lookup(run, "nesterov"):
         label += f", Nesterov {momentum:g}" if momentum > 0 else ", Nesterov"
     elif momentum > 0:
@@ -273,7 +274,8 @@ def _optimizer_label(run: dict) -> str:
     return label
 
 
-def _number(value) -> float:
+def as_float(value) -> float:
+    """A number from a summary or table cell; None and non-numbers read as NaN."""
     try:
         return float(value)
     except (TypeError, ValueError):
@@ -354,7 +356,7 @@ def _cell(value, key: str, fmt: str) -> str:
 
 
 def _interval(row: dict, fmt: str) -> str:
-    low, high = _number(row.get("rho_low")), _number(row.get("rho_high"))
+    low, high = as_float(row.get("rho_low")), as_float(row.get("rho_high"))
     if not (math.isfinite(low) and math.isfinite(high)):
         return {"markdown": "-", "csv": "", "latex": "--"}[fmt]
     return f"[{low:.2f}, {high:.2f}]"
@@ -391,7 +393,7 @@ def aggregate_line(rows, fmt: str = "markdown") -> str:
     """`mean rho = m (+u / -l) over n runs` (SPEC section 2), over the rows with a finite rho."""
     if fmt not in FORMATS:
         raise ValueError(f"unknown format {fmt!r}; choose one of {', '.join(FORMATS)}")
-    rhos = [r for r in (_number(row.get("rho")) for row in rows) if math.isfinite(r)]
+    rhos = [r for r in (as_float(row.get("rho")) for row in rows) if math.isfinite(r)]
     skipped = len(rows) - len(rhos)
     note = f" ({skipped} without a finite rho left out)" if skipped else ""
     rho = "$\\rho$" if fmt == "latex" else "rho"

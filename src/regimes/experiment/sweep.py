@@ -22,7 +22,6 @@ from __future__ import annotations
 import json
 import math
 import shutil
-import sys
 import time
 import traceback
 from dataclasses import dataclass
@@ -30,13 +29,9 @@ from pathlib import Path
 
 from regimes.experiment.config import RunConfig
 from regimes.experiment.grids import Grid
-from regimes.records import RunDirectory, atomic_write, software_versions
-from regimes.report import seed_statistics
+from regimes.records import RunDirectory, atomic_write, describe_difference, json_ready, software_versions
+from regimes.report import as_float, seed_statistics
 
-if sys.version_info >= (3, 11):
-    import tomllib
-else:  # pragma: no cover
-    import tomli as tomllib
 
 __all__ = ["Job", "run_job", "plan_trials", "run_sweep", "select", "trial_row", "SweepDirectory", "DONE"]
 
@@ -97,7 +92,7 @@ def trial_row(job: Job, summary: dict, swept=()) -> dict:
         value = getattr(config, key)
         row[key] = value if isinstance(value, (str, int, float, bool)) else json.dumps(value)
     for key in ("best_score", "auc_w", "auc_p", "rho", "stabilization_w", "stabilization_p", "seconds"):
-        row[key] = _float(row[key])
+        row[key] = as_float(row[key])
     return row
 
 
@@ -147,7 +142,7 @@ class SweepDirectory:
                 differs = [k for k in ("base", "grid") if old.get(k) != new.get(k)]
                 if differs:
                     raise FileExistsError(
-                        f"{self.path} holds another sweep (its {' and '.join(differs)} differ: {_diff(old, new)}); "
+                        f"{self.path} holds another sweep (its {' and '.join(differs)} differ: {describe_difference(old, new)}); "
                         "choose another --out, or --force to start again there"
                     )
         elif self.path.is_dir() and any(self.path.iterdir()) and not force:
@@ -166,7 +161,7 @@ class SweepDirectory:
         import pyarrow.csv as pcsv
         import pyarrow.parquet as pq
 
-        table = pa.Table.from_pylist([_plain_row(r) for r in rows])
+        table = pa.Table.from_pylist([json_ready(r) for r in rows])
         buffer = pa.BufferOutputStream()
         pq.write_table(table, buffer)
         atomic_write(self.path / f"{stem}.parquet", buffer.getvalue().to_pybytes())
@@ -175,7 +170,7 @@ class SweepDirectory:
         atomic_write(self.path / f"{stem}.csv", buffer.getvalue().to_pybytes())
 
     def write_selected(self, selected: dict) -> None:
-        text = json.dumps(_plain_row(selected), indent=2, allow_nan=False) + "\n"
+        text = json.dumps(json_ready(selected), indent=2, allow_nan=False) + "\n"
         atomic_write(self.path / "selected.json", text.encode("utf-8"))
 
 
@@ -269,17 +264,13 @@ def _swept_keys(grid: Grid) -> list[str]:
 
 def _check_runs_match(jobs: list[Job], force: bool) -> None:
     """Refuse to resume a run directory that holds another config (before anything starts)."""
-    import tomli_w
-
     for job in jobs:
-        path = Path(job.out) / "config.toml"
-        if force or not path.is_file():
+        run = RunDirectory(job.out)
+        if force or not run.config_path.is_file():
             continue
-        there = tomllib.loads(path.read_text())
-        here = tomllib.loads(tomli_w.dumps(job.config.to_dict()))
-        if there != here:
+        if (why := run.config_difference(job.config.to_dict())) is not None:
             raise FileExistsError(
-                f"{job.out} holds a run of another config ({_diff(there, here)}); "
+                f"{job.out} holds a run of another config ({why}); "
                 "choose another --out, or --force to start the sweep again"
             )
 
@@ -303,29 +294,3 @@ def _reuse_trial_as_seed(winner: Job, seed_jobs: list[Job]) -> None:
             shutil.rmtree(staging, ignore_errors=True)
             shutil.copytree(winner.out, staging)
             staging.rename(target)  # whole or not at all
-
-
-def _diff(old: dict, new: dict) -> str:
-    keys = sorted(k for k in set(old) | set(new) if old.get(k) != new.get(k))
-    return "; ".join(f"{k}: {old.get(k)!r} there, {new.get(k)!r} now" for k in keys[:3]) or "no difference"
-
-
-def _float(value) -> float:
-    try:
-        return float(value)
-    except (TypeError, ValueError):
-        return math.nan
-
-
-def _plain_row(row: dict) -> dict:
-    """JSON- and Arrow-ready: NaN and infinities become None."""
-    out = {}
-    for key, value in row.items():
-        if isinstance(value, float) and not math.isfinite(value):
-            value = None
-        elif isinstance(value, dict):
-            value = _plain_row(value)
-        elif isinstance(value, (list, tuple)):
-            value = [None if isinstance(v, float) and not math.isfinite(v) else v for v in value]
-        out[key] = value
-    return out
