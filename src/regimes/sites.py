@@ -139,7 +139,8 @@ def _set_fastpath(enabled: bool) -> bool:
 
 
 class capture:
-    """Within this context, every activation call of `model` is passed to `on_site(call, output)`.
+    """Within this context, every activation call in the modules of `module_names` (the whole
+    model, as `named_modules()` lists it) is passed to `on_site(call, output)`.
 
     With `site_modules`, only those activation modules are hooked (cheap: no per-op
     dispatch). Without, a TorchFunctionMode sees every functional call as well, and a
@@ -150,13 +151,12 @@ class capture:
 
     def __init__(
         self,
-        model: nn.Module,
         activation: Activation,
-        module_names: dict[nn.Module, str],  # every module of `model`, with its dotted path
+        module_names: dict[nn.Module, str],  # every module of the model, with its dotted path
         on_site: Callable[[SiteCall, torch.Tensor], None],
         site_modules: list[nn.Module] | None = None,
     ) -> None:
-        self.model, self.activation, self.module_names = model, activation, module_names
+        self.activation, self.module_names = activation, module_names
         self.on_site, self.site_modules = on_site, site_modules
 
     def _report(self, base: str, module: nn.Module | None, output: torch.Tensor) -> None:

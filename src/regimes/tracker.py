@@ -149,7 +149,7 @@ class Tracker:
     def _discover_sites(self, which: SiteFilter):
         """One forward with every activation call seen: names, shapes and where each goes in the buffer."""
         seen = []
-        with capture(self.module, self.activation, self._module_names, lambda call, out: seen.append((call, out.shape))):
+        with capture(self.activation, self._module_names, lambda call, out: seen.append((call, out.shape))):
             self._run_probe()
         if not seen:
             raise NoActivationSitesError(
@@ -209,7 +209,7 @@ class Tracker:
                 site_on &= site.valid
             filled.append(site.name)
 
-        with capture(self.module, self.activation, self._module_names, on_site, self._site_modules):
+        with capture(self.activation, self._module_names, on_site, self._site_modules):
             self._run_probe()
         pattern = bits.pack(on)
         if len(filled) != len(self._site_table) and not self._warned_missing:
