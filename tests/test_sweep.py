@@ -22,7 +22,8 @@ from regimes.analysis import aggregate
 from regimes.cli import main
 from regimes.experiment import ConfigError, engines, get_preset, train_run
 from regimes.experiment.engines import LocalEngine, make_engine
-from regimes.experiment.grids import FAMILIES, family_of, grid_from_dict, load_grid, resolve_grid, study_grid
+from regimes.zoo import list_models
+from regimes.experiment.grids import GRID_FAMILIES, family_of, grid_from_dict, load_grid, resolve_grid, study_grid
 from regimes.experiment.sweep import plan_trials, run_sweep, select
 from regimes.records import RunDirectory
 from regimes.report import bootstrap_interval, load_runs, render, seed_statistics, study_table
@@ -89,10 +90,13 @@ def test_study_grids_follow_the_spec():
 
 
 def test_family_from_the_model_name():
-    assert {m: family_of(m) for m in FAMILIES} == {
+    assert {m: family_of(m) for m in GRID_FAMILIES if GRID_FAMILIES[m] != "transformer"} == {
         "mlp": "small", "lenet5": "small", "alexnet": "cnn", "resnet34": "cnn", "efficientnet_b0": "cnn",
     }  # fmt: skip
-    assert family_of("gpt2") == family_of("vit_b16") == "transformer"
+    assert family_of("gpt2") == family_of("vit") == "transformer"
+    assert set(GRID_FAMILIES) == set(list_models())  # every registered model has its grid
+    with pytest.raises(ValueError, match="no sweep grid for model 'vit_b16'"):
+        family_of("vit_b16")
     assert resolve_grid(None, base()).name == "small"
     assert resolve_grid("cnn", base()).name == "cnn"
 

@@ -22,7 +22,7 @@ import numpy as np
 
 from regimes.analysis import normalized_curve, smoothing_window
 from regimes.records import RunDirectory, atomic_write
-from regimes.report import dataset_label, model_label
+from regimes.study import dataset_label, model_label
 
 __all__ = ["plot_run", "plot_grid", "save_run_figure", "FIGURE_SUFFIXES"]
 

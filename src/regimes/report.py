@@ -17,13 +17,13 @@ import csv
 import io
 import json
 import math
-import re
 from pathlib import Path
 
 import numpy as np
 
 from regimes.analysis import aggregate, bootstrap_interval
 from regimes.records import RunDirectory, is_run_directory
+from regimes.study import dataset_label, model_label, optimizer_label, row_rank
 
 __all__ = [
     "load_runs",
@@ -64,43 +64,6 @@ SEED_COLUMNS = {
     "csv": (("rho_low", "", ""), ("rho_high", "", ""), ("seeds", "", "")),
 }
 _TEXT_COLUMNS = {"model", "dataset", "optimizer"}
-
-# The study's names, keyed by the name with case and punctuation removed (see _key).
-_MODELS = {
-    "mlp": "MLP", "lenet5": "LeNet5", "alexnet": "AlexNet", "resnet34": "ResNet34",
-    "efficientnetb0": "EfficientNetB0", "xlnet": "XLNet", "roberta": "RoBERTa", "t5": "T5",
-    "gpt2": "GPT-2", "vitb16": "ViT-B16", "swin": "Swin", "pyramidvit": "PyramidViT",
-}  # fmt: skip
-_DATASETS = {
-    "adult": "Adult", "breastcancer": "Breast Cancer", "har": "HAR", "mnist": "MNIST",
-    "cifar10": "CIFAR10", "cifar100": "CIFAR100", "tinyimagenet": "TinyImageNet",
-    "sst2": "SST-2", "agnews": "AG News", "squad": "SQuAD", "wikitext": "WikiText",
-    "food101": "Food-101", "digits": "Digits", "mnist1d": "MNIST-1D",
-}  # fmt: skip
-_OPTIMIZERS = {"sgd": "SGD", "adam": "Adam", "adamw": "AdamW"}
-# The rows of the study's table, in its order (SPEC section 4).
-_STUDY_ROWS = [
-    ("mlp", "adult"), ("mlp", "breastcancer"), ("mlp", "har"), ("mlp", "mnist"),
-    ("lenet5", "mnist"), ("lenet5", "cifar10"), ("alexnet", "cifar100"),
-    ("resnet34", "cifar100"), ("resnet34", "tinyimagenet"),
-    ("efficientnetb0", "cifar100"), ("efficientnetb0", "tinyimagenet"),
-    ("xlnet", "sst2"), ("roberta", "agnews"), ("t5", "squad"), ("gpt2", "wikitext"),
-    ("vitb16", "cifar100"), ("swin", "food101"), ("pyramidvit", "tinyimagenet"),
-]  # fmt: skip
-
-
-def _key(name) -> str:
-    return re.sub(r"[^0-9a-z]", "", str(name).lower())
-
-
-def model_label(name) -> str:
-    """The study's spelling of a model name ("resnet34" -> "ResNet34"); unknown names as given."""
-    return _MODELS.get(_key(name), str(name))
-
-
-def dataset_label(name) -> str:
-    """The study's spelling of a data set name ("breast-cancer" -> "Breast Cancer")."""
-    return _DATASETS.get(_key(name), str(name))
 
 
 # -- loading ---------------------------------------------------------------------------------
@@ -217,11 +180,8 @@ def _read_run(path: Path) -> dict:
 
 
 def _study_order(run: dict) -> tuple:
-    model, dataset = _key(run.get("model", "")), _key(run.get("dataset", ""))
-    models = list(dict.fromkeys(m for m, _ in _STUDY_ROWS))
-    model_rank = models.index(model) if model in models else len(models)
-    row_rank = _STUDY_ROWS.index((model, dataset)) if (model, dataset) in _STUDY_ROWS else len(_STUDY_ROWS)
-    return (model_rank, row_rank, model, dataset)
+    model, dataset = str(run.get("model", "")), str(run.get("dataset", ""))
+    return (*row_rank(model, dataset), model, dataset)
 
 
 # -- the table -------------------------------------------------------------------------------
@@ -265,7 +225,7 @@ def _optimizer_label(run: dict) -> str:
     name = _lookup(run, "optimizer")
     if isinstance(name, dict):  # a config section such as [optimizer] name = "sgd"
         name = name.get("name")
-    label = _OPTIMIZERS.get(_key(name), str(name)) if name is not None else "?"
+    label = optimizer_label(name) if name is not None else "?"
     momentum = as_float(_lookup(run, "momentum"))
     if _lookup(run, "nesterov"):
         label += f", Nesterov {momentum:g}" if momentum > 0 else ", Nesterov"

@@ -24,19 +24,9 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from regimes.experiment.config import ConfigError, RunConfig, read_toml
+from regimes.study import GRID_FAMILIES, grid_family
 
-__all__ = ["Grid", "FAMILIES", "STUDY_GRIDS", "family_of", "study_grid", "load_grid", "resolve_grid", "trial_name"]
-
-# The model name decides the family, hence the study's grid; models not listed here
-# are the study's Transformers.
-FAMILIES = {
-    "mlp": "small",
-    "lenet5": "small",
-    "alexnet": "cnn",
-    "resnet34": "cnn",
-    "efficientnet_b0": "cnn",
-}
-DEFAULT_FAMILY = "transformer"
+__all__ = ["Grid", "GRID_FAMILIES", "STUDY_GRIDS", "family_of", "study_grid", "load_grid", "resolve_grid", "trial_name"]
 
 _NO_MOMENTUM = {"momentum": 0.0, "nesterov": False}
 _SGD_NESTEROV = {"name": "sgd-nesterov", "optimizer": "sgd", "momentum": 0.9, "nesterov": True}
@@ -107,7 +97,7 @@ class Grid:
 
 
 def family_of(model: str) -> str:
-    return FAMILIES.get(model, DEFAULT_FAMILY)
+    return grid_family(model)
 
 
 def study_grid(family: str) -> Grid:
