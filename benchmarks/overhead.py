@@ -83,8 +83,8 @@ def bench(name: str, device: torch.device, batch: int, probe_size: int, steps: i
             synchronize(device)
             times[variant].append(time.perf_counter() - start)
     median = {v: statistics.median(t) for v, t in times.items()}
-    stored_bits = tracker._previous_pattern.numel() * tracker._previous_pattern.element_size() * 8
-    units = sum(s.units for s in tracker._site_table.values())
+    stored_bits = tracker.layout.stored_bytes * 8
+    units = int(tracker.layout.units.sum())
     print(
         f"{name:22s} {device.type:5s} step {median['plain'] * 1e3:7.3f} ms | "
         f"floor/plain {median['floor'] / median['plain']:.3f} | tracker/plain {median['tracker'] / median['plain']:.3f} | "

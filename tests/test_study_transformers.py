@@ -238,7 +238,7 @@ def test_preset_runs_end_to_end_at_a_tiny_size(preset, data_root, tmp_path):
 
 def _unit_count(model, probe, sites):
     with regimes.Tracker(model, probe, sites=sites) as tracker:
-        return dict(zip(tracker.sites, tracker._units))
+        return {site.name: site.units for site in tracker.layout.sites}
 
 
 def test_text_probe_carries_its_mask_so_padding_is_not_a_unit(data_root):

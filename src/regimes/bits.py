@@ -1,6 +1,7 @@
-"""Activation patterns as packed bits, and counting the bits that flip.
+"""Activation patterns as packed bits: where each site's bits go, packing, and counting flips.
 
 A pattern is kept one bit per unit, on the model's device, in a flat uint8 buffer.
+`PatternLayout` says where each site's bits lie in it (one place for the layout).
 On the GPU everything is torch kernels; on the CPU the same steps run in NumPy on
 the tensors' own memory (tested equal to the torch path).
 Bit `k` of a site's pattern is bit `k % 8` of byte `k // 8` (numpy's
@@ -11,6 +12,7 @@ kernels with no host-device synchronisation, so it can run on every training ste
 from __future__ import annotations
 
 import functools
+from dataclasses import dataclass
 
 import numpy as np
 import torch
@@ -19,7 +21,6 @@ import torch
 # gathers them into the top byte, byte k landing on bit 56 + k. No two partial
 # products share a bit position, so no carry disturbs the top byte.
 _GATHER_BITS = 0x0102040810204080
-
 
 
 @functools.lru_cache(maxsize=None)
@@ -85,3 +86,86 @@ def cumulative_flips(previous: torch.Tensor, current: torch.Tensor, segment_ends
 def _cumulative_flips_torch(previous, current, segment_ends) -> torch.Tensor:
     per_byte = popcount(torch.bitwise_xor(previous, current))
     return torch.cumsum(per_byte, 0, dtype=torch.int64)[segment_ends]
+
+
+# ---------------------------------------------------------------------- the layout
+
+
+@dataclass(frozen=True)
+class SiteLayout:
+    """Where one site's bits lie in the flat pattern buffer.
+
+    `numel` bits (the site output's elements, probe batch included) start at bit `start`,
+    a multiple of 8, so sites never share a byte; `units` of them count (padding excluded).
+    """
+
+    name: str
+    shape: tuple[int, ...]  # of the site's output, probe batch included
+    numel: int
+    start: int
+    units: int
+    valid: torch.Tensor | None = None  # bool, broadcastable to the output; None: every position counts
+
+    @property
+    def stop(self) -> int:
+        """End of the site's bits, rounded up to a whole byte."""
+        return self.start + (self.numel + 7) // 8 * 8
+
+
+class PatternLayout:
+    """Every tracked site's place in one flat bool buffer, packed at once to one bit per unit.
+
+    `sites` in buffer order. The buffer is a whole number of int64 words (for packing);
+    bits between sites (byte and word rounding) stay off, so they never count as flips.
+    """
+
+    def __init__(self, sites: list[tuple[str, tuple[int, ...], torch.Tensor | None]], device: torch.device):
+        """`sites`: (name, output shape, valid-position mask or None) in buffer order."""
+        placed, offset = [], 0
+        for name, shape, valid in sites:
+            numel = int(np.prod(shape))
+            units = numel if valid is None else int(valid.sum()) * numel // valid.numel()
+            placed.append(SiteLayout(name, tuple(shape), numel, offset, units, valid))
+            offset = placed[-1].stop
+        self.sites: tuple[SiteLayout, ...] = tuple(placed)
+        self.bits = -(-offset // 64) * 64
+        self.units = np.array([s.units for s in placed], dtype=np.float64)  # per site, for da
+        self._segment_ends = torch.tensor([s.stop for s in placed], device=device) // 8 - 1  # last byte of each site
+        self._has_gaps = sum(s.numel for s in placed) != self.bits
+        self._by_name = {s.name: s for s in placed}
+
+    @property
+    def stored_bytes(self) -> int:
+        """Bytes one packed pattern takes."""
+        return self.bits // 8
+
+    def site(self, name: str) -> SiteLayout:
+        if name not in self._by_name:
+            raise KeyError(f"unknown site {name!r}; the tracked sites are {list(self._by_name)}")
+        return self._by_name[name]
+
+    def new_buffer(self, device: torch.device) -> torch.Tensor:
+        """A bool buffer for one pattern; zeroed only where gaps must read as off."""
+        make = torch.zeros if self._has_gaps else torch.empty
+        return make(self.bits, dtype=torch.bool, device=device)
+
+    def site_bits(self, buffer: torch.Tensor, site: SiteLayout) -> torch.Tensor:
+        """The site's slice of the bool buffer, shaped as its output (a view: write into it)."""
+        return buffer[site.start : site.start + site.numel].view(site.shape)
+
+    def cumulative_flips(self, previous: torch.Tensor, current: torch.Tensor) -> torch.Tensor:
+        """Flipped bits between two packed patterns, counted up to each site's end: [L] int64."""
+        return cumulative_flips(previous, current, self._segment_ends)
+
+    @staticmethod
+    def flips_per_site(cumulative: np.ndarray) -> np.ndarray:
+        """Per-site flip counts from `cumulative_flips` rows ([N, L] -> [N, L], float64)."""
+        return np.diff(cumulative, axis=1, prepend=0.0)
+
+    def site_pattern(self, packed: torch.Tensor, name: str) -> torch.Tensor:
+        """One site's on/off pattern from a packed buffer, as a bool tensor of the site's shape."""
+        site = self.site(name)
+        return unpack(packed[site.start // 8 : site.stop // 8], site.numel).view(site.shape)
+
+    def __repr__(self) -> str:
+        return f"PatternLayout({len(self.sites)} sites, {int(self.units.sum())} units, {self.stored_bytes} bytes)"

@@ -27,18 +27,24 @@ from torch.overrides import TorchFunctionMode
 __all__ = ["Activation", "ACTIVATIONS", "unwrap_model", "select_sites", "capture", "SiteCall"]
 
 
+def _output_positive(output: torch.Tensor, out: torch.Tensor) -> torch.Tensor:
+    # For ReLU, GELU and SiLU the output is > 0 exactly when the input is, so the rule
+    # reads correctly from the output, also after an in-place call overwrote the input.
+    return torch.gt(output, 0, out=out)
+
+
 @dataclass(frozen=True)
 class Activation:
-    """An activation the tracker can watch.
+    """An activation the tracker can watch, and its "on" rule.
 
-    A unit is "on" when the activation's output is > 0. For ReLU, GELU and SiLU this
-    is exactly "pre-activation > 0" (each is positive iff its input is), and it reads
-    correctly after an in-place call has overwritten the input.
+    `is_on(output, out)` writes into the bool tensor `out` which units are on, read
+    from the activation's output (SPEC: on = pre-activation > 0).
     """
 
     name: str
     modules: tuple[type[nn.Module], ...]
     functions: frozenset
+    is_on: Callable[[torch.Tensor, torch.Tensor], torch.Tensor] = _output_positive
 
 
 ACTIVATIONS: dict[str, Activation] = {

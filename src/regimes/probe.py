@@ -1,0 +1,211 @@
+"""The probe: the fixed inputs a tracker runs through the model, the activation sites
+they reach, and the on/off pattern of those sites packed to one bit per unit.
+
+    probe = Probe(model, inputs, ACTIVATIONS["relu"])   # one forward finds the sites
+    packed = probe.pattern()                            # every call: [layout.stored_bytes] uint8
+
+The forward runs in eval mode without gradients (sites.capture), with every module's
+flag restored afterwards and hooks only inside the call.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import warnings
+from collections import Counter
+from collections.abc import Mapping
+
+import torch
+from torch import nn
+
+from regimes import bits
+from regimes.bits import PatternLayout, SiteLayout
+from regimes.sites import ACTIVATIONS, Activation, SiteFilter, capture, select_sites, site_name
+
+__all__ = ["Probe", "ProbeError", "NoActivationSitesError"]
+
+
+class ProbeError(RuntimeError):
+    """The model could not run the probe."""
+
+
+class NoActivationSitesError(ValueError):
+    """The model has no activation the tracker can watch."""
+
+
+class Probe:
+    """Fixed probe inputs on a model, with the sites they reach and where their bits go.
+
+    Public, documented state:
+        args, kwargs: the inputs as the model is called with (on the model's device)
+        size: the number of probe samples
+        layout: `bits.PatternLayout`, the tracked sites in buffer order
+        site_modules: the activation modules hooked when every site is a module call
+            (the cheap path); None when functional calls are seen through a
+            TorchFunctionMode (set it to None to force that path)
+    """
+
+    def __init__(
+        self,
+        module: nn.Module,
+        probe,
+        activation: Activation,
+        *,
+        sites: SiteFilter = None,
+        attention_mask: torch.Tensor | None = None,
+        autocast: torch.dtype | None = None,
+    ) -> None:
+        self.module = module
+        self.activation = activation
+        self.module_names = {m: name for name, m in module.named_modules()}
+        self.device, dtype = _device_and_dtype(module)
+        self.args, self.kwargs = _prepare(probe, self.device, dtype)
+        self.size = _batch_size(self.args, self.kwargs)
+        self.autocast = autocast
+        if attention_mask is None and isinstance(self.kwargs.get("attention_mask"), torch.Tensor):
+            attention_mask = self.kwargs["attention_mask"]
+        # An encoder-decoder's decoder sites read the decoder's mask: a site takes a mask
+        # whose [B, T] matches its leading dimensions, the decoder's first for sites
+        # named "*decoder*" (when both lengths are equal, the shape cannot tell).
+        # 4-D additive masks and the like have no per-position reading.
+        masks = {"encoder": attention_mask, "decoder": self.kwargs.get("decoder_attention_mask")}
+        self._masks = {k: m.to(self.device).bool() for k, m in masks.items() if isinstance(m, torch.Tensor) and m.dim() == 2}
+        self._warned_missing = False
+        self.layout, self._by_call, self.site_modules = self._discover(sites)
+
+    # ------------------------------------------------------------------ running
+
+    def _precision(self):
+        if self.autocast is None:
+            return contextlib.nullcontext()
+        return torch.autocast(self.device.type, dtype=self.autocast)
+
+    def run(self) -> None:
+        """One forward of the probe (the caller sets up the capture)."""
+        try:
+            with self._precision():
+                self.module(*self.args, **self.kwargs)
+        except Exception as error:
+            raise ProbeError(
+                f"the model could not run the probe: {type(error).__name__}: {error}. The tracker calls "
+                "model(probe) for a Tensor, model(*probe) for a tuple and model(**probe) for a dict: "
+                "pass the probe in the form your model's forward takes."
+            ) from error
+
+    def pattern(self, iteration: int = 0) -> torch.Tensor:
+        """Run the probe and pack every tracked site's on/off pattern into one flat buffer."""
+        # Each site writes its on/off bits straight into its slice of one bool buffer
+        # (one kernel per site); the whole buffer is then packed at once.
+        on = self.layout.new_buffer(self.device)
+        filled = []
+        is_on, by_call, site_bits = self.activation.is_on, self._by_call, self.layout.site_bits
+
+        def on_site(call, output):
+            site = by_call.get((call.base, call.index))
+            if site is None or not isinstance(output, torch.Tensor):
+                return
+            site_on = is_on(output, site_bits(on, site))
+            if site.valid is not None:
+                site_on &= site.valid
+            filled.append(site.name)
+
+        with capture(self.activation, self.module_names, on_site, self.site_modules):
+            self.run()
+        if len(filled) != len(self.layout.sites) and not self._warned_missing:
+            self._warned_missing = True
+            missing = sorted({s.name for s in self.layout.sites} - set(filled))
+            warnings.warn(
+                f"the probe's forward at iteration {iteration} did not reach the sites {missing}: their "
+                "pattern counts as all off. The model's control flow changed since the tracker was built.",
+                stacklevel=4,
+            )
+        return bits.pack(on)
+
+    # ------------------------------------------------------------------ sites
+
+    def _discover(self, which: SiteFilter):
+        """One forward with every activation call seen: names, shapes and where each goes in the buffer."""
+        seen = []
+        with capture(self.activation, self.module_names, lambda call, out: seen.append((call, out.shape))):
+            self.run()
+        if not seen:
+            raise NoActivationSitesError(
+                f"found no {self.activation.name} in {type(self.module).__name__}'s forward on the probe. The "
+                f"tracker watches {', '.join(m.__name__ for m in self.activation.modules)} modules and the "
+                f"functional {self.activation.name} calls; if the model uses another activation, pass "
+                f"activation= one of {sorted(ACTIVATIONS)}."
+            )
+        calls_per_forward = Counter(call.base for call, _ in seen)
+        names = [site_name(call.base, call.index, calls_per_forward[call.base]) for call, _ in seen]
+        chosen = set(select_sites(names, which))
+        kept = [(call, shape, name) for (call, shape), name in zip(seen, names) if name in chosen]
+        layout = PatternLayout(
+            [(name, tuple(shape), self._valid_positions(shape, decoder="decoder" in name)) for _, shape, name in kept],
+            self.device,
+        )
+        by_call: dict[tuple[str, int], SiteLayout] = {(call.base, call.index): site for (call, _, _), site in zip(kept, layout.sites)}
+        modules = [call.module for call, _, _ in kept]
+        # Module hooks alone suffice (and skip per-op dispatch) when every site is a module call.
+        site_modules = list(dict.fromkeys(modules)) if all(m is not None for m in modules) else None
+        return layout, by_call, site_modules
+
+    def _valid_positions(self, shape: torch.Size, decoder: bool = False) -> torch.Tensor | None:
+        """The attention mask shaped to broadcast over a site's output, when its leading dims are [B, T]."""
+        if len(shape) < 2:
+            return None
+        trailing = (1,) * (len(shape) - 2)
+        order = ("decoder", "encoder") if decoder else ("encoder", "decoder")
+        for mask in (self._masks[k] for k in order if k in self._masks):
+            if tuple(shape[:2]) == tuple(mask.shape):
+                return mask.view(*mask.shape, *trailing).expand(shape)
+            if tuple(shape[:2]) == tuple(mask.shape[::-1]):  # sequence-first layouts [T, B, ...]
+                return mask.t().reshape(*mask.shape[::-1], *trailing).expand(shape)
+        return None
+
+
+# ---------------------------------------------------------------------- inputs
+
+
+def _device_and_dtype(module: nn.Module) -> tuple[torch.device, torch.dtype | None]:
+    tensors = list(module.parameters()) or list(module.buffers())
+    device = tensors[0].device if tensors else torch.device("cpu")
+    floating = next((t.dtype for t in tensors if t.is_floating_point()), None)
+    return device, floating
+
+
+def _move(value, device: torch.device, dtype: torch.dtype | None):
+    if isinstance(value, torch.Tensor):
+        cast = dtype if dtype is not None and value.is_floating_point() else None
+        return value.to(device=device, dtype=cast)
+    if isinstance(value, Mapping):
+        return {k: _move(v, device, dtype) for k, v in value.items()}
+    if isinstance(value, (tuple, list)):
+        return type(value)(_move(v, device, dtype) for v in value)
+    return value
+
+
+def _prepare(probe, device, dtype) -> tuple[tuple, dict]:
+    if isinstance(probe, torch.Tensor):
+        args, kwargs = (probe,), {}
+    elif isinstance(probe, (tuple, list)):
+        args, kwargs = tuple(probe), {}
+    elif isinstance(probe, Mapping):
+        args, kwargs = (), dict(probe)
+    else:
+        raise TypeError(
+            f"probe must be a Tensor, a tuple of positional inputs or a dict of keyword inputs, got "
+            f"{type(probe).__name__}"
+        )
+    return _move(args, device, dtype), _move(kwargs, device, dtype)
+
+
+def _batch_size(args: tuple, kwargs: dict) -> int:
+    tensor = next((v for v in (*args, *kwargs.values()) if isinstance(v, torch.Tensor) and v.dim() > 0), None)
+    if tensor is None:
+        raise TypeError("the probe holds no tensor with a batch dimension: pass the probe inputs as tensors")
+    if tensor.shape[0] == 0:
+        raise ValueError(
+            "the probe has a batch dimension of 0: it needs at least one sample (the study uses "
+            "round(0.2 * batch size) samples of the validation split)"
+        )
+    return int(tensor.shape[0])

@@ -1,0 +1,182 @@
+"""What a tracker measures: named quantities, each a small class (Cockpit's `quantities/`).
+
+A quantity has a per-step part that only queues device work (no host sync) and a
+read-back part that turns N queued measurements into named columns:
+
+    class MyQuantity(Quantity):
+        def columns(self): ...            # names of the records it writes
+        def measure(self, step): ...      # -> list of device tensors, queued as they are
+        def read(self, queued, n): ...    # -> {column: float64 array of length n}
+
+`Tracker(model, probe, quantities=[UpdateNorm()])` adds one; nothing else changes.
+What every quantity of a step sees is a `Step`: the packed pattern before and after,
+and the parameters' change since the last measurement (computed once, shared).
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import torch
+
+__all__ = ["Quantity", "Step", "WeightChange", "PatternChange", "UpdateNorm", "FlipsSinceStart", "WeightSnapshot"]
+
+
+class WeightSnapshot:
+    """A float32 copy of the trainable parameters at the last measurement (float32 even
+    for bf16/fp16 models, so differences are not rounded away)."""
+
+    def __init__(self, named: list[tuple[str, torch.nn.Parameter]]):
+        self.names = [n for n, _ in named]
+        self.params = [p for _, p in named]
+        self.sizes = np.array([p.numel() for p in self.params], dtype=np.float64)
+        self.previous = [p.detach().to(torch.float32, copy=True) for p in self.params]
+
+    def current(self) -> list[torch.Tensor]:
+        return [p.detach() if p.dtype == torch.float32 else p.detach().float() for p in self.params]
+
+    def state_dict(self) -> dict:
+        return {"parameter_names": list(self.names), "previous_weights": [w.cpu() for w in self.previous]}
+
+    def load_state_dict(self, state: dict, device: torch.device) -> None:
+        saved = [tuple(w.shape) for w in state["previous_weights"]]
+        mine = [tuple(p.shape) for p in self.params]
+        if state["parameter_names"] != self.names or saved != mine:
+            raise ValueError(
+                "the saved tracker state is for other parameters than this model's: build the tracker on "
+                "the same model as the run that saved it"
+            )
+        self.previous = [w.to(device, torch.float32) for w in state["previous_weights"]]
+
+
+class Step:
+    """One measurement as the quantities see it. `weight_delta` (previous - current, per
+    trainable tensor, float32) is computed on first use and shared by every quantity."""
+
+    def __init__(self, iteration: int, previous_pattern, pattern, weights: WeightSnapshot, layout):
+        self.iteration, self.previous_pattern, self.pattern = iteration, previous_pattern, pattern
+        self.weights, self.layout = weights, layout
+        self._current: list[torch.Tensor] | None = None
+
+    @property
+    def weight_delta(self) -> list[torch.Tensor]:
+        if self._current is None:
+            self._current = self.weights.current()
+            torch._foreach_sub_(self.weights.previous, self._current)  # previous := previous - current
+        return self.weights.previous
+
+    def commit(self) -> None:
+        """The snapshot moves on to the current weights (after every quantity has measured)."""
+        if self._current is not None:
+            torch._foreach_copy_(self.weights.previous, self._current)
+
+    def rollback(self) -> None:
+        """A failed measurement leaves the snapshot as it was (up to float rounding of the add-back)."""
+        if self._current is not None:
+            torch._foreach_add_(self.weights.previous, self._current)
+
+
+class Quantity:
+    """Base class: a named measurement. `bind(tracker)` is called once, at construction."""
+
+    def bind(self, tracker) -> None:
+        self.tracker = tracker
+
+    def columns(self) -> list[str]:
+        raise NotImplementedError
+
+    def measure(self, step: Step) -> list[torch.Tensor]:
+        """Queue this step's raw values on the device; never read them back here."""
+        raise NotImplementedError
+
+    def read(self, queued: list[torch.Tensor], n: int) -> dict[str, np.ndarray]:
+        """Columns (float64, length n) from the raw values of n measurements, in step order."""
+        raise NotImplementedError
+
+    def state_dict(self) -> dict:
+        """What this quantity needs to go on measuring after a restart (never its history)."""
+        return {}
+
+    def load_state_dict(self, state: dict) -> None:
+        pass
+
+
+class WeightChange(Quantity):
+    """dw (SPEC eq. 2): mean |w_i - w_{i-1}| over every trainable parameter; dw_layerwise:
+    the unweighted mean over tensors of each tensor's mean (the paper's "in practice");
+    dw:<name>: each tensor's mean."""
+
+    def columns(self) -> list[str]:
+        return ["dw", "dw_layerwise", *(f"dw:{name}" for name in self.tracker.parameter_names)]
+
+    def measure(self, step: Step) -> list[torch.Tensor]:
+        return list(torch._foreach_norm(step.weight_delta, 1))  # sum |dw| per tensor
+
+    def read(self, queued, n):
+        sizes = self.tracker.weights.sizes
+        abs_sums = torch.stack(queued).view(n, -1).cpu().double().numpy()  # [N, P]
+        per_tensor = abs_sums / sizes
+        out = {"dw": abs_sums.sum(1) / sizes.sum(), "dw_layerwise": per_tensor.mean(1)}
+        out.update({f"dw:{name}": per_tensor[:, j] for j, name in enumerate(self.tracker.parameter_names)})
+        return out
+
+
+class UpdateNorm(Quantity):
+    """update_norm: the L2 norm ||w_i - w_{i-1}||_2 over every trainable parameter (the
+    step size that the parameter-space stability radius is compared with)."""
+
+    def columns(self) -> list[str]:
+        return ["update_norm"]
+
+    def measure(self, step: Step) -> list[torch.Tensor]:
+        return [torch.linalg.vector_norm(torch.stack(torch._foreach_norm(step.weight_delta, 2)))]
+
+    def read(self, queued, n):
+        return {"update_norm": torch.stack(queued).cpu().double().numpy()}
+
+
+class PatternChange(Quantity):
+    """da (SPEC eq. 3): the fraction of the probe's units that flipped since the last
+    measurement, per site (da:<site>) and averaged over sites (da)."""
+
+    def columns(self) -> list[str]:
+        return ["da", *(f"da:{name}" for name in self.tracker.sites)]
+
+    def measure(self, step: Step) -> list[torch.Tensor]:
+        # Cumulative counts up to each site's end; per-site differences at read-back.
+        return [step.layout.cumulative_flips(step.previous_pattern, step.pattern)]
+
+    def read(self, queued, n):
+        layout = self.tracker.layout
+        cumulative = torch.stack(queued).cpu().double().numpy()  # [N, L]
+        da_layers = layout.flips_per_site(cumulative) / layout.units
+        out = {"da": da_layers.mean(1)}
+        out.update({f"da:{name}": da_layers[:, j] for j, name in enumerate(self.tracker.sites)})
+        return out
+
+
+class FlipsSinceStart(Quantity):
+    """da0 (and da0:<site>): the fraction of units whose state differs from the pattern
+    at the quantity's start (iteration 0, or when it was added to a resumed tracker)."""
+
+    def bind(self, tracker) -> None:
+        super().bind(tracker)
+        self.start_pattern = tracker.last_pattern.clone()
+
+    def columns(self) -> list[str]:
+        return ["da0", *(f"da0:{name}" for name in self.tracker.sites)]
+
+    def measure(self, step: Step) -> list[torch.Tensor]:
+        return [step.layout.cumulative_flips(self.start_pattern, step.pattern)]
+
+    def read(self, queued, n):
+        layout = self.tracker.layout
+        per_site = layout.flips_per_site(torch.stack(queued).cpu().double().numpy()) / layout.units
+        out = {"da0": per_site.mean(1)}
+        out.update({f"da0:{name}": per_site[:, j] for j, name in enumerate(self.tracker.sites)})
+        return out
+
+    def state_dict(self) -> dict:
+        return {"start_pattern": self.start_pattern.cpu()}
+
+    def load_state_dict(self, state: dict) -> None:
+        self.start_pattern = state["start_pattern"].to(self.tracker.device)
