@@ -9,7 +9,7 @@ import pandas as pd
 import pytest
 
 from regimes.cli import main
-from regimes.experiment import ConfigError, EarlyStopping, RunConfig, apply_overrides, get_preset, list_presets, train_run
+from regimes.experiment import Callback, ConfigError, EarlyStopping, RunConfig, apply_overrides, get_preset, list_presets, train_run
 from regimes.experiment.presets import _PRESETS
 from regimes.experiment.training import batches_per_epoch
 from regimes.records import RunDirectory
@@ -100,12 +100,13 @@ def test_resume_gives_the_same_numbers_as_an_uninterrupted_run(tmp_path):
     config = small("mlp-breast-cancer", max_epochs=4)
     whole = train_run(config, tmp_path / "whole")
 
-    def interrupt_after_two(epoch, row, tracker):
-        if epoch == 2:
-            raise KeyboardInterrupt
+    class InterruptAfterTwo(Callback):
+        def on_epoch_end(self, run, **kwargs):
+            if run.epoch == 2:
+                raise KeyboardInterrupt
 
     with pytest.raises(KeyboardInterrupt):
-        train_run(config, tmp_path / "cut", progress=interrupt_after_two)
+        train_run(config, tmp_path / "cut", callbacks=[InterruptAfterTwo()])
     assert RunDirectory(tmp_path / "cut").read_summary()["status"] == "interrupted"
     assert len(pd.read_parquet(tmp_path / "cut" / "epochs.parquet")) == 2  # readable as left
     resumed = train_run(config, tmp_path / "cut", resume=True)
@@ -218,9 +219,9 @@ def test_cli_show_round_trips_through_a_toml_file(tmp_path, capsys):
 def test_cli_resume_after_interrupt(tmp_path, monkeypatch, capsys):
     out = tmp_path / "run"
     calls = {"n": 0}
-    import regimes.experiment.training as training
+    from regimes.experiment.callbacks import Checkpoint
 
-    original = training._save_checkpoint
+    original = Checkpoint.on_epoch_end
 
     def save_then_interrupt(*args, **kwargs):
         original(*args, **kwargs)
@@ -228,7 +229,7 @@ def test_cli_resume_after_interrupt(tmp_path, monkeypatch, capsys):
         if calls["n"] == 1:
             raise KeyboardInterrupt
 
-    monkeypatch.setattr(training, "_save_checkpoint", save_then_interrupt)
+    monkeypatch.setattr(Checkpoint, "on_epoch_end", save_then_interrupt)
     assert main(["run", "mlp-breast-cancer", "--out", str(out), "--set", "max_epochs=2", "--quiet"]) == 130
     assert "regimes run --resume" in capsys.readouterr().err
     assert main(["run", "--resume", str(out), "--quiet"]) == 0

@@ -30,25 +30,6 @@ def _config_for(args):
     return apply_overrides(config, overrides)
 
 
-def _progress_bar(config, quiet: bool):
-    if quiet:
-        return None, None
-    from tqdm.auto import tqdm
-
-    bar = tqdm(total=config.max_epochs, desc=config.preset or config.model, unit="epoch", dynamic_ncols=True)
-
-    def update(epoch, row, tracker):
-        bar.n = epoch
-        dw, da = tracker.delta_w, tracker.delta_a
-        bar.set_postfix(
-            loss=f"{row['train_loss']:.4f}", train=f"{row['train_score']:.4f}", val=f"{row['val_score']:.4f}",
-            dw=f"{dw[-1]:.2e}" if len(dw) else "-", da=f"{da[-1]:.4f}" if len(da) else "-",
-        )  # fmt: skip
-        bar.refresh()
-
-    return bar, update
-
-
 def _print_result(summary: dict, out: Path) -> None:
     def fmt(value, spec):
         return "-" if value is None or (isinstance(value, float) and math.isnan(value)) else format(value, spec)
@@ -80,18 +61,15 @@ def cmd_run(args) -> int:
             raise ValueError("name a preset or a TOML config (`regimes presets` lists the presets), or pass --resume DIR")
         config = _config_for(args)
         out = Path(args.out or Path("runs") / f"{config.preset or Path(args.preset).stem}-seed{config.seed}")
-    bar, update = _progress_bar(config, args.quiet)
+    from regimes.experiment.callbacks import ProgressBar
+
     try:
         summary = train_run(config, out, device=args.device, data_dir=args.data_dir, resume=bool(args.resume),
-                            force=args.force, progress=update)  # fmt: skip
+                            force=args.force, callbacks=[] if args.quiet else [ProgressBar()])  # fmt: skip
     except KeyboardInterrupt:
-        if bar is not None:
-            bar.close()
         print(f"\ninterrupted: the records up to the last finished epoch are in {out}; "
               f"continue with `regimes run --resume {out}`", file=sys.stderr)  # fmt: skip
         return 130
-    if bar is not None:
-        bar.close()
     if not args.quiet:
         _print_result(summary, out)
     return 0 if summary["status"] != "diverged" else 3

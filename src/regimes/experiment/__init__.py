@@ -2,12 +2,15 @@
 
 from regimes.experiment.config import ConfigError, RunConfig, apply_overrides, dump_toml, load_toml
 from regimes.experiment.presets import get_preset, list_presets
-from regimes.experiment.training import EarlyStopping, train_run
+from regimes.experiment.callbacks import Callback, EarlyStopping
+from regimes.experiment.training import RunState, train_run
 
 __all__ = [
+    "Callback",
     "ConfigError",
     "EarlyStopping",
     "RunConfig",
+    "RunState",
     "apply_overrides",
     "dump_toml",
     "get_preset",

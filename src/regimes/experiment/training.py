@@ -2,9 +2,10 @@
 
 From-scratch model, the config's optimizer without schedule, early stopping on the
 validation score, and a `Tracker` on a fixed probe drawn from the validation split
-with the run's seed. Everything goes into a run directory as it happens: the step
-records and scores after every epoch, with a checkpoint from which `resume=True`
-continues to the same numbers as an uninterrupted run.
+with the run's seed. Early stopping, the run directory's writer, checkpoints and the
+progress bar are callbacks (regimes.experiment.callbacks), called per step and per
+epoch with one `RunState`; a checkpoint saves that state and `resume=True` restores
+it, continuing to the same numbers as an uninterrupted run.
 """
 
 from __future__ import annotations
@@ -14,8 +15,7 @@ import io
 import math
 import random
 import time
-from dataclasses import dataclass
-from pathlib import Path
+from dataclasses import dataclass, field
 
 import numpy as np
 import torch
@@ -23,35 +23,13 @@ import torch
 import regimes
 from regimes.analysis import summarize
 from regimes.data import load_dataset
+from regimes.experiment.callbacks import Callback, Checkpoint, EarlyStopping, RecordWriter, notify
 from regimes.experiment.config import RunConfig
 from regimes.experiment.tasks import get_task
 from regimes.records import RunDirectory, atomic_write, software_versions
 from regimes.zoo import create_model, model_sites
 
-
-class RunDiverged(RuntimeError):
-    """The training loss became NaN or infinite."""
-
-
-@dataclass
-class EarlyStopping:
-    """Stop after `patience` epochs without an improvement larger than `min_delta`."""
-
-    patience: int
-    min_delta: float
-    higher_is_better: bool = True
-    best_score: float = math.nan
-    best_epoch: int = 0
-    epochs_without_improvement: int = 0
-
-    def update(self, score: float, epoch: int) -> bool:
-        """Record the epoch's validation score; True when training should stop."""
-        gain = score - self.best_score if self.higher_is_better else self.best_score - score
-        if math.isnan(self.best_score) or gain > self.min_delta:
-            self.best_score, self.best_epoch, self.epochs_without_improvement = score, epoch, 0
-        else:
-            self.epochs_without_improvement += 1
-        return self.epochs_without_improvement >= self.patience
+__all__ = ["RunState", "train_run", "evaluate", "make_optimizer", "seed_everything", "batches_per_epoch"]
 
 
 def make_optimizer(config: RunConfig, model: torch.nn.Module) -> torch.optim.Optimizer:
@@ -75,19 +53,94 @@ def batches_per_epoch(n_train: int, batch_size: int) -> int:
     return n - 1 if n > 1 and n_train % batch_size == 1 else n  # a last batch of one breaks BatchNorm
 
 
-def train_run(
-    config: RunConfig,
-    out,
-    *,
-    device: str = "cpu",
-    data_dir=None,
-    resume: bool = False,
-    force: bool = False,
-    progress=None,
-) -> dict:
+@dataclass
+class RunState:
+    """Everything one run is made of, as the loop and its callbacks see it."""
+
+    config: RunConfig
+    device: torch.device
+    task: object
+    splits: object
+    model: torch.nn.Module
+    optimizer: torch.optim.Optimizer
+    tracker: regimes.Tracker
+    order: torch.Generator  # shuffling, saved in checkpoints
+    batches_per_epoch: int
+    callbacks: list[Callback] = field(default_factory=list)
+    epoch: int = 0  # the last finished epoch
+    epochs: list[dict] = field(default_factory=list)  # one row of scores per finished epoch
+    status: str = "finished"  # what the run ends as if nothing goes wrong
+    stop: bool = False  # set by a callback (early stopping) or on divergence
+    seconds_before: float = 0.0  # time spent before a resume
+    started: float = field(default_factory=time.time)
+    summary: dict | None = None  # the final summary, set at the end of the run
+
+    def autocast(self):
+        """The training's precision: bf16 autocast for precision "bf16", else nothing."""
+        if self.config.precision == "bf16":
+            return torch.autocast(self.device.type, dtype=torch.bfloat16)
+        return contextlib.nullcontext()
+
+    def summarize(self, dw: np.ndarray, da: np.ndarray, status: str) -> dict:
+        """The run's summary.json from its whole curves so far."""
+        config, stopper = self.config, self._early_stopping()
+        numbers = summarize(dw, da, max(1, self.batches_per_epoch // config.track_every)) if len(dw) else {}
+        return {
+            "preset": config.preset, "model": config.model, "dataset": config.dataset,
+            "optimizer": config.optimizer, "momentum": config.momentum, "nesterov": config.nesterov,
+            "weight_decay": config.weight_decay, "lr": config.lr, "batch_size": config.batch_size,
+            "precision": config.precision, "seed": config.seed,
+            "score_name": self.task.score_name, "higher_is_better": self.task.higher_is_better,
+            "best_score": stopper.best_score, "best_epoch": stopper.best_epoch,
+            "stop_epoch": len(self.epochs), "max_epochs": config.max_epochs,
+            **{k: numbers.get(k) for k in ("auc_w", "auc_p", "rho", "stabilization_w", "stabilization_p", "window")},
+            "batches_per_epoch": self.batches_per_epoch, "steps": int(self.tracker.iteration),
+            "sites": list(self.tracker.sites), "probe_size": self.tracker.probe_size,
+            "train_size": len(self.splits.train), "val_size": len(self.splits.val), "data_source": self.splits.source,
+            "status": status, "seconds": self.seconds_before + time.time() - self.started,
+            "device": str(self.device), "versions": software_versions(),
+        }  # fmt: skip
+
+    def _early_stopping(self) -> EarlyStopping:
+        return next(c for c in self.callbacks if isinstance(c, EarlyStopping))
+
+    # -- checkpoints: the state, and each callback's -----------------------------------------
+
+    def state_dict(self) -> dict:
+        return {
+            "epoch": self.epoch,
+            "model": self.model.state_dict(),
+            "optimizer": self.optimizer.state_dict(),
+            "tracker": self.tracker.state_dict(),
+            "order_rng": self.order.get_state(),
+            "rng": _rng_state(),
+            "callbacks": {type(c).__name__: c.state_dict() for c in self.callbacks},
+            "seconds": self.seconds_before + time.time() - self.started,
+        }
+
+    def load_state_dict(self, state: dict, epochs: list[dict]) -> None:
+        self.model.load_state_dict(state["model"])
+        self.optimizer.load_state_dict(state["optimizer"])
+        self.tracker.load_state_dict(state["tracker"])
+        self.order.set_state(state["order_rng"])
+        _set_rng_state(state["rng"])
+        for callback in self.callbacks:
+            callback.load_state_dict(state["callbacks"].get(type(callback).__name__, {}))
+        self.epoch = state["epoch"]
+        self.epochs = epochs[: self.epoch]
+        self.seconds_before = state["seconds"]
+
+    def save_checkpoint(self, path) -> None:
+        buffer = io.BytesIO()
+        torch.save(self.state_dict(), buffer)
+        atomic_write(path, buffer.getvalue())
+
+
+def train_run(config: RunConfig, out, *, device: str = "cpu", data_dir=None, resume: bool = False,
+              force: bool = False, callbacks: list[Callback] = ()) -> dict:  # fmt: skip
     """Train one run into the directory `out` and return its summary.
 
-    `progress(epoch, row, tracker)` is called after every epoch (the CLI's progress bar).
+    `callbacks` are called after the built-in ones (early stopping, records, checkpoint).
     """
     run_dir = RunDirectory(out)
     checkpoint = _load_checkpoint(run_dir) if resume else None
@@ -100,100 +153,89 @@ def train_run(
                 f"{run_dir.path} already holds this run ({existing.get('status')}, {existing.get('stop_epoch')} "
                 "epochs): use --resume to continue it, --force to start it again, or choose another --out"
             )
-    device = torch.device(device)
-    task = get_task(config.task)
+    run = setup_run(config, torch.device(device), data_dir)
+    run.callbacks = [EarlyStopping(config.early_stopping_patience, config.min_delta, run.task.higher_is_better),
+                     RecordWriter(run_dir), Checkpoint(run_dir), *callbacks]  # fmt: skip
+    if checkpoint is not None:
+        run.load_state_dict(checkpoint, run_dir.read_epochs())
+        run_dir.truncate_steps(run.tracker.iteration)
+    elif resume:  # interrupted before its first epoch ended: start over in place
+        run_dir.create(config.to_dict(), force=True)
 
+    notify(run.callbacks, "on_train_begin", run)
+    try:
+        for run.epoch in range(run.epoch + 1, config.max_epochs + 1):
+            row = train_epoch(run)
+            run.epochs.append(row)
+            if not math.isfinite(row["train_loss"]):
+                run.status, run.stop = "diverged", True
+            notify(run.callbacks, "on_epoch_end", run, row=row)
+            if run.stop:
+                break
+    except KeyboardInterrupt:
+        notify(run.callbacks, "on_interrupt", run)
+        raise
+    notify(run.callbacks, "on_train_end", run)
+    _save_figure(run_dir)
+    run.tracker.close()
+    return run.summary
+
+
+def setup_run(config: RunConfig, device: torch.device, data_dir=None) -> RunState:
+    """Data, model, optimizer and tracker, all seeded from the config."""
+    task = get_task(config.task)
     seed_everything(config.seed)
     splits = load_dataset(config.dataset, data_dir, **config.data_args)
     task.setup(splits)
     _check_vocabulary(config, splits)
-    train_tensors, val_tensors = splits.train.tensors, splits.val.tensors
-    n_train = len(train_tensors[0])
-    steps_per_epoch = batches_per_epoch(n_train, config.batch_size)
     model = create_model(config.model, **config.model_args).to(device)
     optimizer = make_optimizer(config, model)
-    order = torch.Generator().manual_seed(config.seed)  # shuffling, saved in checkpoints
     probe_rng = torch.Generator().manual_seed(config.seed)
+    val_tensors = splits.val.tensors
     probe_indices = torch.randperm(len(val_tensors[0]), generator=probe_rng)[: config.probe_size]
     probe = task.probe(val_tensors, probe_indices, device)
-    stopper = EarlyStopping(config.early_stopping_patience, config.min_delta, task.higher_is_better)
-    epochs: list[dict] = []
-    start_epoch = 1
-    started = time.time()
+    tracker = regimes.Tracker(model, probe, every=config.track_every, sites=config.sites or model_sites(config.model),
+                              autocast=torch.bfloat16 if config.precision == "bf16" else None)  # fmt: skip
+    return RunState(config, device, task, splits, model, optimizer, tracker,
+                    order=torch.Generator().manual_seed(config.seed),
+                    batches_per_epoch=batches_per_epoch(len(splits.train), config.batch_size))  # fmt: skip
 
-    autocast = _autocast(config.precision, device)
-    with autocast():  # the probe runs at the training's precision
-        tracker = regimes.Tracker(model, probe, every=config.track_every, sites=config.sites or model_sites(config.model))
-    if checkpoint is not None:
-        model.load_state_dict(checkpoint["model"])
-        optimizer.load_state_dict(checkpoint["optimizer"])
-        tracker.load_state_dict(checkpoint["tracker"])
-        order.set_state(checkpoint["order_rng"])
-        _set_rng_state(checkpoint["rng"])
-        stopper = EarlyStopping(**checkpoint["early_stopping"])
-        epochs = run_dir.read_epochs()[: checkpoint["epoch"]]
-        start_epoch = checkpoint["epoch"] + 1
-        started -= checkpoint["seconds"]
-        run_dir.truncate_steps(tracker.iteration)
-    elif resume:  # interrupted before its first epoch ended: start over in place
-        run_dir.create(config.to_dict(), force=True)
-    written = len(tracker.iterations)
 
-    def summary(status: str) -> dict:
-        return _summary(config, splits, task, stopper, epochs, tracker, steps_per_epoch, status, time.time() - started, device)
-
-    status = "finished"
-    try:
-        for epoch in range(start_epoch, config.max_epochs + 1):
-            epoch_start = time.time()
-            model.train()
-            loss_sum = torch.zeros((), device=device)
-            correct = torch.zeros((), device=device)
-            seen = 0
-            permutation = torch.randperm(n_train, generator=order)[: steps_per_epoch * config.batch_size]
-            for indices in permutation.split(config.batch_size):
-                batch = task.batch(train_tensors, indices, device)
-                with autocast():
-                    loss, batch_correct, count = task.loss(model, batch)
-                optimizer.zero_grad(set_to_none=True)
-                loss.backward()
-                optimizer.step()
-                with autocast():
-                    tracker.step()
-                loss_sum += loss.detach() * count
-                correct += batch_correct
-                seen += count
-            train_loss = loss_sum.item() / seen  # one host sync per epoch
-            if not math.isfinite(train_loss):
-                status = "diverged"
-            with autocast():
-                val_loss, val_score = evaluate(model, task, val_tensors, device, task.eval_batch_size or config.batch_size)
-            row = {
-                "epoch": epoch,
-                "train_loss": train_loss,
-                "train_score": task.score(loss_sum.item(), correct.item(), seen),
-                "val_loss": val_loss,
-                "val_score": val_score,
-                "seconds": time.time() - epoch_start,
-            }
-            epochs.append(row)
-            stop = stopper.update(val_score, epoch) if status != "diverged" else True
-            written = _write_epoch(run_dir, tracker, epoch, written)
-            run_dir.write_epochs(epochs)
-            _save_checkpoint(run_dir, epoch, model, optimizer, tracker, order, stopper, time.time() - started)
-            run_dir.write_summary(summary("running" if not stop else status))
-            if progress is not None:
-                progress(epoch, row, tracker)
-            if stop:
-                break
-    except KeyboardInterrupt:
-        run_dir.write_summary(summary("interrupted"))
-        raise
-    result = summary(status)
-    run_dir.write_summary(result)
-    _save_figure(run_dir)
-    tracker.close()
-    return result
+def train_epoch(run: RunState) -> dict:
+    """One pass over the shuffled training split, a measurement after every optimizer step,
+    then the validation split; returns the epoch's row of scores."""
+    config, model, task, device = run.config, run.model, run.task, run.device
+    epoch_start = time.time()
+    train_tensors = run.splits.train.tensors
+    model.train()
+    loss_sum = torch.zeros((), device=device)
+    correct = torch.zeros((), device=device)
+    seen = 0
+    n_train = len(train_tensors[0])
+    permutation = torch.randperm(n_train, generator=run.order)[: run.batches_per_epoch * config.batch_size]
+    for indices in permutation.split(config.batch_size):
+        batch = task.batch(train_tensors, indices, device)
+        with run.autocast():
+            loss, batch_correct, count = task.loss(model, batch)
+        run.optimizer.zero_grad(set_to_none=True)
+        loss.backward()
+        run.optimizer.step()
+        run.tracker.step()
+        loss_sum += loss.detach() * count
+        correct += batch_correct
+        seen += count
+        notify(run.callbacks, "on_step_end", run, loss=loss)
+    train_loss = loss_sum.item() / seen  # one host sync per epoch
+    with run.autocast():
+        val_loss, val_score = evaluate(model, task, run.splits.val.tensors, device, task.eval_batch_size or config.batch_size)
+    return {
+        "epoch": run.epoch,
+        "train_loss": train_loss,
+        "train_score": task.score(loss_sum.item(), correct.item(), seen),
+        "val_loss": val_loss,
+        "val_score": val_score,
+        "seconds": time.time() - epoch_start,
+    }
 
 
 @torch.no_grad()
@@ -215,13 +257,6 @@ def evaluate(model, task, tensors, device, batch_size: int = 1024) -> tuple[floa
     return loss_sum.item() / seen, task.score(loss_sum.item(), correct.item(), seen)
 
 
-def _autocast(precision: str, device: torch.device):
-    """A context factory: bf16 autocast for precision "bf16", else nothing."""
-    if precision == "bf16":
-        return lambda: torch.autocast(device.type, dtype=torch.bfloat16)
-    return contextlib.nullcontext
-
-
 def _check_vocabulary(config: RunConfig, splits) -> None:
     vocab = config.model_args.get("vocab_size")
     if splits.vocab_size and vocab is not None and vocab < splits.vocab_size:
@@ -229,70 +264,6 @@ def _check_vocabulary(config: RunConfig, splits) -> None:
             f"model_args.vocab_size = {vocab} is smaller than the tokenizer's vocabulary ({splits.vocab_size}) "
             f"for {config.dataset}: set model_args.vocab_size = data_args.vocab_size"
         )
-
-
-# ---------------------------------------------------------------------- records
-
-
-def _write_epoch(run_dir: RunDirectory, tracker, epoch: int, written: int) -> int:
-    """Append this epoch's step records; returns how many records are on disk now."""
-    iterations = tracker.iterations
-    if len(iterations) == written:
-        return written
-    new = slice(written, None)
-    records = {
-        "iteration": iterations[new],
-        "epoch": np.full(len(iterations) - written, epoch, dtype=np.int64),
-        "dw": tracker.delta_w[new],
-        "da": tracker.delta_a[new],
-    }
-    layers = tracker.delta_a_layers[new]
-    for column, site in enumerate(tracker.sites):
-        records[f"da:{site}"] = layers[:, column]
-    run_dir.append_steps(records)
-    return len(iterations)
-
-
-def _summary(config, splits, task, stopper, epochs, tracker, steps_per_epoch, status, seconds, device) -> dict:
-    numbers = {}
-    if len(tracker.iterations) > 0:
-        numbers = summarize(tracker.delta_w, tracker.delta_a, max(1, steps_per_epoch // config.track_every))
-    return {
-        "preset": config.preset,
-        "model": config.model,
-        "dataset": config.dataset,
-        "optimizer": config.optimizer,
-        "momentum": config.momentum,
-        "nesterov": config.nesterov,
-        "weight_decay": config.weight_decay,
-        "lr": config.lr,
-        "batch_size": config.batch_size,
-        "precision": config.precision,
-        "seed": config.seed,
-        "score_name": task.score_name,
-        "higher_is_better": task.higher_is_better,
-        "best_score": stopper.best_score,
-        "best_epoch": stopper.best_epoch,
-        "stop_epoch": len(epochs),
-        "max_epochs": config.max_epochs,
-        "auc_w": numbers.get("auc_w"),
-        "auc_p": numbers.get("auc_p"),
-        "rho": numbers.get("rho"),
-        "stabilization_w": numbers.get("stabilization_w"),
-        "stabilization_p": numbers.get("stabilization_p"),
-        "window": numbers.get("window"),
-        "batches_per_epoch": steps_per_epoch,
-        "steps": int(tracker.iteration),
-        "sites": list(tracker.sites),
-        "probe_size": tracker.probe_size,
-        "train_size": len(splits.train),
-        "val_size": len(splits.val),
-        "data_source": splits.source,
-        "status": status,
-        "seconds": seconds,
-        "device": str(device),
-        "versions": software_versions(),
-    }
 
 
 def _save_figure(run_dir: RunDirectory) -> None:
@@ -321,24 +292,8 @@ def _set_rng_state(state: dict) -> None:
         torch.cuda.set_rng_state_all(state["cuda"])
 
 
-def _save_checkpoint(run_dir, epoch, model, optimizer, tracker, order, stopper, seconds) -> None:
-    state = {
-        "epoch": epoch,
-        "model": model.state_dict(),
-        "optimizer": optimizer.state_dict(),
-        "tracker": tracker.state_dict(),
-        "order_rng": order.get_state(),
-        "rng": _rng_state(),
-        "early_stopping": vars(stopper).copy(),
-        "seconds": seconds,
-    }
-    buffer = io.BytesIO()
-    torch.save(state, buffer)
-    atomic_write(run_dir.checkpoint_path, buffer.getvalue())
-
-
 def _load_checkpoint(run_dir: RunDirectory) -> dict | None:
-    if not Path(run_dir.config_path).is_file():
+    if not run_dir.config_path.is_file():
         raise FileNotFoundError(f"{run_dir.path} holds no run to resume (no config.toml); start it with `regimes run`")
     if not run_dir.checkpoint_path.is_file():
         return None

@@ -1,0 +1,95 @@
+"""The training loop's callbacks: the contract every callback keeps, the order and count of
+the calls, and a callback's own state carried across a resume."""
+
+from __future__ import annotations
+
+import inspect
+
+import pytest
+
+from regimes.experiment import Callback, get_preset, train_run
+from regimes.experiment.callbacks import Checkpoint, EarlyStopping, ProgressBar, RecordWriter
+from regimes.records import RunDirectory
+
+HOOKS = [name for name in vars(Callback) if name.startswith("on_")]
+
+
+def every_callback() -> list[type]:
+    """Every Callback subclass the package defines (a new one is tested the moment it exists)."""
+    found, todo = [], [Callback]
+    while todo:
+        for sub in todo.pop().__subclasses__():
+            if sub.__module__.startswith("regimes."):
+                found.append(sub)
+            todo.append(sub)
+    return found
+
+
+def test_the_package_callbacks_are_all_found():
+    assert {EarlyStopping, RecordWriter, Checkpoint, ProgressBar} <= set(every_callback())
+
+
+@pytest.mark.parametrize("callback", every_callback(), ids=lambda c: c.__name__)
+def test_callback_contract(callback):
+    """Each hook takes the run and **kwargs (skorch's shape), so new arguments never break it;
+    state_dict() gives a dict."""
+    for hook in HOOKS:
+        parameters = list(inspect.signature(getattr(callback, hook)).parameters.values())
+        assert parameters[0].name == "self" and parameters[1].name == "run", (callback, hook)
+        assert parameters[-1].kind is inspect.Parameter.VAR_KEYWORD, (callback, hook)
+    state = callback.state_dict(callback.__new__(callback))
+    assert isinstance(state, dict)
+
+
+class Recording(Callback):
+    """Keeps the sequence of calls, and a count that must survive a resume."""
+
+    def __init__(self, stop_at=None):
+        self.stop_at = stop_at
+        self.calls_ = []
+        self.steps_seen_ = 0
+
+    def on_train_begin(self, run, **kwargs):
+        self.calls_.append(("begin", run.epoch))
+
+    def on_step_end(self, run, loss, **kwargs):
+        self.steps_seen_ += 1
+        assert loss.requires_grad is not None and run.tracker.iteration == self.steps_seen_
+
+    def on_epoch_end(self, run, row, **kwargs):
+        self.calls_.append(("epoch", run.epoch, self.steps_seen_))
+        assert row["epoch"] == run.epoch and run.epochs[-1] is row
+        if run.epoch == self.stop_at:
+            raise KeyboardInterrupt
+
+    def on_train_end(self, run, **kwargs):
+        self.calls_.append(("end", run.status))
+
+    def on_interrupt(self, run, **kwargs):
+        self.calls_.append(("interrupt", run.epoch))
+
+    def state_dict(self):
+        return {"steps_seen": self.steps_seen_}
+
+    def load_state_dict(self, state):
+        self.steps_seen_ = state.get("steps_seen", 0)
+
+
+def test_calls_come_in_order_and_a_callback_state_resumes(tmp_path, monkeypatch):
+    monkeypatch.setenv("REGIMES_DATA", str(tmp_path / "data"))
+    config = get_preset("mlp-breast-cancer").replace(max_epochs=3, patience=10)
+    whole = Recording()
+    summary = train_run(config, tmp_path / "whole", callbacks=[whole])
+    per_epoch = summary["batches_per_epoch"]
+    assert whole.calls_ == [("begin", 0), ("epoch", 1, per_epoch), ("epoch", 2, 2 * per_epoch),
+                            ("epoch", 3, 3 * per_epoch), ("end", "finished")]  # fmt: skip
+
+    cut = Recording(stop_at=2)
+    with pytest.raises(KeyboardInterrupt):
+        train_run(config, tmp_path / "cut", callbacks=[cut])
+    assert cut.calls_[-1] == ("interrupt", 2)
+    assert RunDirectory(tmp_path / "cut").read_summary()["status"] == "interrupted"
+    resumed = Recording()
+    train_run(config, tmp_path / "cut", resume=True, callbacks=[resumed])
+    # Restored from the epoch-2 checkpoint: the count goes on where it was.
+    assert resumed.calls_ == [("begin", 2), ("epoch", 3, 3 * per_epoch), ("end", "finished")]
