@@ -628,3 +628,23 @@ def test_decoder_sites_read_the_decoder_mask_even_at_equal_lengths():
     assert units == {"encoder.1": 7 * 12, "decoder.1": 3 * 12}
     assert not tracker.pattern("decoder.1")[decoder_mask == 0].any()
     assert not tracker.pattern("encoder.1")[encoder_mask == 0].any()
+
+
+def test_mistakes_are_refused_with_what_differs():
+    with pytest.raises(ValueError, match="every must be a whole number >= 1, got 2.5"):
+        regimes.Tracker(MLP(), torch.randn(2, 12), every=2.5)
+    with pytest.raises(ValueError, match="sync_every must be a whole number"):
+        regimes.Tracker(MLP(), torch.randn(2, 12), sync_every=0)
+    with pytest.raises(ValueError, match="1-D tensor of 12 values.*unsqueeze"):
+        regimes.Tracker(MLP(), torch.randn(12))
+    saved = regimes.Tracker(MLP(), torch.randn(4, 12)).state_dict()
+    with pytest.raises(ValueError, match="pattern of .* bytes .*probe of 9 samples"):
+        regimes.Tracker(MLP(), torch.randn(9, 12)).load_state_dict(saved)
+
+    class Wider(MLP):
+        def __init__(self):
+            super().__init__()
+            self.head = nn.Linear(16, 5)
+
+    with pytest.raises(ValueError, match=r"head.weight: \(3, 16\) saved, \(5, 16\) here"):
+        regimes.Tracker(Wider(), torch.randn(4, 12)).load_state_dict(saved)

@@ -203,6 +203,11 @@ def _batch_size(args: tuple, kwargs: dict) -> int:
     tensor = next((v for v in (*args, *kwargs.values()) if isinstance(v, torch.Tensor) and v.dim() > 0), None)
     if tensor is None:
         raise TypeError("the probe holds no tensor with a batch dimension: pass the probe inputs as tensors")
+    if tensor.dim() == 1 and not kwargs:
+        raise ValueError(
+            f"the probe is a 1-D tensor of {tensor.shape[0]} values: the tracker needs a batch of samples with "
+            "the batch first; for a single sample pass probe.unsqueeze(0)"
+        )
     if tensor.shape[0] == 0:
         raise ValueError(
             "the probe has a batch dimension of 0: it needs at least one sample (the study uses "

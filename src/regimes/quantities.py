@@ -41,9 +41,11 @@ class WeightSnapshot:
         saved = [tuple(w.shape) for w in state["previous_weights"]]
         mine = [tuple(p.shape) for p in self.params]
         if state["parameter_names"] != self.names or saved != mine:
+            differ = next((f"{n}: {a} saved, {b} here" for n, a, b in zip(self.names, saved, mine) if a != b),
+                          f"{len(saved)} parameter tensors saved, {len(mine)} here")  # fmt: skip
             raise ValueError(
-                "the saved tracker state is for other parameters than this model's: build the tracker on "
-                "the same model as the run that saved it"
+                f"the saved tracker state is for other parameters than this model's ({differ}): build the "
+                "tracker on the same model as the run that saved it"
             )
         self.previous = [w.to(device, torch.float32) for w in state["previous_weights"]]
 

@@ -66,8 +66,9 @@ class Tracker:
     ) -> None:
         if not isinstance(model, nn.Module):
             raise TypeError(f"model must be a torch.nn.Module, got {type(model).__name__}")
-        if every < 1 or sync_every < 1:
-            raise ValueError(f"every and sync_every must be >= 1, got every={every}, sync_every={sync_every}")
+        for name, value in (("every", every), ("sync_every", sync_every)):
+            if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+                raise ValueError(f"{name} must be a whole number >= 1, got {value!r}")
         if activation not in ACTIVATIONS:
             raise ValueError(f"unknown activation {activation!r}; choose one of {sorted(ACTIVATIONS)}")
         self.model = model
@@ -238,8 +239,15 @@ class Tracker:
         Records go on from the saved iteration; those before it are not restored."""
         if state["sites"] != self.sites:
             raise ValueError(
-                "the saved tracker state is for other sites than this tracker's: build the tracker on the "
-                "same model, probe and site filter as the run that saved it"
+                f"the saved tracker state is for other sites ({state['sites']}) than this tracker's ({self.sites}): "
+                "build the tracker on the same model, probe and site filter as the run that saved it"
+            )
+        saved_bytes = state["previous_pattern"].numel()
+        if saved_bytes != self.layout.stored_bytes:
+            raise ValueError(
+                f"the saved tracker state holds a pattern of {saved_bytes} bytes and this tracker's takes "
+                f"{self.layout.stored_bytes} (probe of {self.probe_size} samples, sites "
+                f"{[s.shape for s in self.layout.sites]}): build the tracker with the same probe and model widths"
             )
         self.weights.load_state_dict(state, self.device)
         self.iteration = int(state["iteration"])
