@@ -29,7 +29,7 @@ from regimes.experiment.tasks import get_task
 from regimes.records import RunDirectory, atomic_write, software_versions
 from regimes.zoo import create_model, model_sites
 
-__all__ = ["RunState", "train_run", "evaluate", "make_optimizer", "seed_everything", "batches_per_epoch"]
+__all__ = ["RunState", "train_run", "resolve_device", "setup_run", "train_epoch", "evaluate", "make_optimizer", "seed_everything", "batches_per_epoch"]
 
 
 def make_optimizer(config: RunConfig, model: torch.nn.Module) -> torch.optim.Optimizer:
@@ -136,7 +136,7 @@ class RunState:
         atomic_write(path, buffer.getvalue())
 
 
-def train_run(config: RunConfig, out, *, device: str = "cpu", data_dir=None, resume: bool = False,
+def train_run(config: RunConfig, out, *, device: str | None = "cpu", data_dir=None, resume: bool = False,
               force: bool = False, callbacks: list[Callback] = ()) -> dict:  # fmt: skip
     """Train one run into the directory `out` and return its summary.
 
@@ -146,6 +146,9 @@ def train_run(config: RunConfig, out, *, device: str = "cpu", data_dir=None, res
     checkpoint = _load_checkpoint(run_dir) if resume else None
     if resume and (previous := run_dir.read_summary() or {}).get("status") in ("finished", "diverged"):
         return previous  # nothing left to do
+    # Everything that can be wrong with the config, the data or the device shows up in
+    # setup, before the run directory exists, so a failed start leaves nothing behind.
+    run = setup_run(config, resolve_device(device), data_dir)
     if not resume:
         run_dir.create(config.to_dict(), force=force)  # refuses a different run unless force
         if not force and (existing := run_dir.read_summary()) is not None:
@@ -153,7 +156,6 @@ def train_run(config: RunConfig, out, *, device: str = "cpu", data_dir=None, res
                 f"{run_dir.path} already holds this run ({existing.get('status')}, {existing.get('stop_epoch')} "
                 "epochs): use --resume to continue it, --force to start it again, or choose another --out"
             )
-    run = setup_run(config, torch.device(device), data_dir)
     run.callbacks = [EarlyStopping(config.early_stopping_patience, config.min_delta, run.task.higher_is_better),
                      RecordWriter(run_dir), Checkpoint(run_dir), *callbacks]  # fmt: skip
     if checkpoint is not None:
@@ -179,6 +181,26 @@ def train_run(config: RunConfig, out, *, device: str = "cpu", data_dir=None, res
     _save_figure(run_dir)
     run.tracker.close()
     return run.summary
+
+
+def resolve_device(name: str | torch.device | None = None) -> torch.device:
+    """The device to train on: `name` checked against this machine (None: CUDA if present, else CPU)."""
+    if name is None or name == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    try:
+        device = torch.device(name)
+    except RuntimeError:
+        raise ValueError(f"unknown device {name!r}: use cpu, cuda, cuda:N or mps") from None
+    if device.type == "cuda":
+        if not torch.cuda.is_available():
+            raise ValueError(f"device {name!r}: this PyTorch build or machine has no CUDA GPU; use --device cpu")
+        if device.index is not None and device.index >= torch.cuda.device_count():
+            raise ValueError(f"device {name!r}: this machine has {torch.cuda.device_count()} CUDA device(s)")
+    elif device.type == "mps" and not torch.backends.mps.is_available():
+        raise ValueError(f"device {name!r}: MPS (Apple GPUs) is not available here; use --device cpu")
+    elif device.type not in ("cpu", "cuda", "mps"):
+        raise ValueError(f"device {name!r} is not supported by the runner: use cpu, cuda, cuda:N or mps")
+    return device
 
 
 def setup_run(config: RunConfig, device: torch.device, data_dir=None) -> RunState:
