@@ -52,6 +52,16 @@ def test_require_names_the_pip_package_not_the_module(monkeypatch):
         require("PIL.Image", "decoding")
 
 
+def test_a_package_that_is_installed_but_does_not_import_names_the_extra_too(monkeypatch):
+    pytest.importorskip("matplotlib")
+    block(monkeypatch, "matplotlib.pyplot")  # as if part of the installation were broken
+    with pytest.raises(MissingExtraError) as caught:
+        require("matplotlib.pyplot", "the figure")
+    message = str(caught.value)
+    assert message.startswith("the figure needs matplotlib, which does not import (")
+    assert message.endswith("): pip install 'regimes[study]'") and "\n" not in message
+
+
 def test_require_returns_the_module():
     tomli_w = pytest.importorskip("tomli_w")
     assert require("tomli_w", "writing TOML") is tomli_w

@@ -19,7 +19,7 @@ import sys
 from types import ModuleType
 from typing import NamedTuple
 
-__all__ = ["EXTRAS", "MissingExtraError", "available", "install_command", "require"]
+__all__ = ["EXTRAS", "Extra", "MissingExtraError", "available", "install_command", "require"]
 
 
 class Extra(NamedTuple):
@@ -57,7 +57,7 @@ def install_command(module: str) -> str:
 
 
 def available(module: str) -> bool:
-    """Whether ``module`` can be imported, without importing it."""
+    """Whether ``module``'s package is installed (dotted names: their top level), without importing it."""
     top = module.split(".")[0]
     if top in sys.modules:  # imported already, or blocked with None (as the tests do)
         return sys.modules[top] is not None
