@@ -10,7 +10,6 @@ import pytest
 
 from regimes.cli import main
 from regimes.experiment import Callback, ConfigError, EarlyStopping, RunConfig, apply_overrides, get_preset, list_presets, train_run
-from regimes.experiment.presets import _PRESETS
 from regimes.experiment.training import batches_per_epoch
 from regimes.records import RunDirectory
 from regimes.zoo import create_model, list_models
@@ -53,7 +52,7 @@ def test_presets_hold_the_winning_configuration(preset, optimizer, wd, lr):
 BUILT_HERE = ("mlp", "lenet5", "alexnet")
 
 
-@pytest.mark.parametrize("preset", list(_PRESETS))
+@pytest.mark.parametrize("preset", list(list_presets()))
 def test_every_preset_names_a_registered_model(preset):
     config = get_preset(preset)
     assert config.model in list_models() and preset in list_presets()

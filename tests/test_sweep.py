@@ -141,7 +141,7 @@ def test_grid_errors(data, match):
 
 
 def test_unknown_grid_family():
-    with pytest.raises(ConfigError, match="small, cnn, transformer"):
+    with pytest.raises(ConfigError, match="cnn, small, transformer"):
         resolve_grid("big", base())
 
 

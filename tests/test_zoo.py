@@ -2,16 +2,16 @@
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import Callable
 
 import pytest
 import torch
 import torch.nn as nn
 
 import regimes
-from regimes.zoo import STUDY_DROPOUT, create_model, describe_models, list_models, model_sites, register_model
-from regimes.zoo import registry
+from regimes.registry import Registry
+from regimes.zoo import STUDY_DROPOUT, create_model, describe_models, list_models, model_sites, register_model, registry
 
 
 @dataclass(frozen=True)
@@ -50,14 +50,18 @@ MODEL_CASES = {
     "alexnet": ModelCase(dict(in_channels=3, num_classes=100), (3, 32, 32), 100, num_relus=7),
     # Hugging Face models at tiny sizes. CNNs: every ReLU is a site (ResNet: stem + 2 per basic block).
     "resnet34": ModelCase(
-        dict(num_classes=5, depths=[1, 1], hidden_sizes=[8, 16], embedding_size=8), (3, 32, 32), 5, num_relus=5, needs=_HF
+        dict(num_classes=5, depths=[1, 1], hidden_sizes=[8, 16], embedding_size=8), (3, 32, 32), 5,
+        num_relus=5, needs=_HF,
     ),
     "efficientnet_b0": ModelCase(  # stem + top + per MBConv block: expand (not block 1), depthwise, squeeze-excite
         dict(num_classes=5, width_coefficient=0.25, depth_coefficient=0.3), (3, 32, 32), 5, num_relus=25, needs=_HF
     ),
     # Transformers: one site per feed-forward, nothing else is a ReLU.
     "vit": ModelCase(
-        dict(num_classes=5, image_size=16, patch_size=8, hidden_size=16, num_layers=2, num_heads=2, intermediate_size=32),
+        dict(
+            num_classes=5, image_size=16, patch_size=8, hidden_size=16, num_layers=2, num_heads=2,
+            intermediate_size=32,
+        ),
         (3, 32, 32), 5, num_relus=2, needs=_HF,
     ),
     "swin": ModelCase(
@@ -165,7 +169,7 @@ def test_registering_a_name_twice_is_refused():
 def test_a_registered_factory_is_built_with_its_kwargs(monkeypatch):
     # A private copy of the registry, so the test model does not leak into
     # the parametrised tests or other test modules.
-    monkeypatch.setattr(registry, "_REGISTRY", dict(registry._REGISTRY))
+    monkeypatch.setattr(registry, "MODELS", Registry("model", dict(registry.MODELS.items())))
 
     @register_model("tiny-linear", description="a test model")
     def tiny_linear(*, width: int = 3) -> nn.Module:

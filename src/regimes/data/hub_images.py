@@ -8,9 +8,9 @@ with the split's ``pixel_mean`` and ``pixel_std``. Decoding needs Pillow.
 from __future__ import annotations
 
 import os
+from collections.abc import Sequence
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
-from typing import Sequence
 
 import numpy as np
 import torch
@@ -18,6 +18,7 @@ from torch.utils.data import TensorDataset
 
 from regimes.data.registry import Splits, register
 from regimes.data.sources import fetch
+from regimes.extras import require
 
 TINYIMAGENET_MEAN, TINYIMAGENET_STD = (0.4802, 0.4481, 0.3975), (0.2770, 0.2691, 0.2821)
 IMAGENET_MEAN, IMAGENET_STD = (0.485, 0.456, 0.406), (0.229, 0.224, 0.225)  # used for Food-101
@@ -36,7 +37,7 @@ def decode_images(sources: Sequence, size: int) -> np.ndarray:
 
 
 def _square_rgb(source, size: int) -> np.ndarray:
-    from PIL import Image
+    Image = require("PIL.Image", "decoding images")
 
     image = Image.open(source) if isinstance(source, (str, Path)) else source
     image = image.convert("RGB")

@@ -18,6 +18,7 @@ import torch.nn.functional as F
 
 from regimes.data.registry import holdout, make_splits, register
 from regimes.data.sources import fetch
+from regimes.extras import require
 
 MNIST_MEAN, MNIST_STD = (0.1307,), (0.3081,)
 CIFAR10_MEAN, CIFAR10_STD = (0.4914, 0.4822, 0.4465), (0.2470, 0.2435, 0.2616)
@@ -42,9 +43,8 @@ def load_digits(data_dir=None, split_seed: int = 0):
     Pixels (0..16) are scaled to [0, 1], then normalised with the training
     split's mean and std; 20% is held out with ``split_seed``.
     """
-    from sklearn.datasets import load_digits as sklearn_digits
-
-    pixels, labels = sklearn_digits(return_X_y=True)  # [N, 64], values 0..16
+    sklearn_datasets = require("sklearn.datasets", "the digits data set")
+    pixels, labels = sklearn_datasets.load_digits(return_X_y=True)  # [N, 64], values 0..16
     (x_train, y_train), (x_val, y_val) = holdout(pixels, labels, split_seed)
     x_train, x_val = _upsample_digits(x_train), _upsample_digits(x_val)
     mean, std = x_train.mean(), x_train.std()

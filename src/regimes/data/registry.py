@@ -7,14 +7,17 @@ register themselves with :func:`register` when their family module is imported
 
 from __future__ import annotations
 
-import difflib
 import os
+from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Callable, NamedTuple
+from typing import NamedTuple
 
 import numpy as np
 import torch
 from torch.utils.data import TensorDataset
+
+from regimes.extras import require
+from regimes.registry import Registry
 
 HOLDOUT_FRACTION = 0.2  # for data sets without an official test split
 
@@ -51,16 +54,14 @@ class _Entry(NamedTuple):
     description: str
 
 
-_REGISTRY: dict[str, _Entry] = {}
+DATASETS: Registry[_Entry] = Registry("data set")
 
 
 def register(name: str, description: str) -> Callable[[Loader], Loader]:
     """Decorator: register ``loader(data_dir, split_seed) -> Splits`` under ``name``."""
 
     def decorate(loader: Loader) -> Loader:
-        if name in _REGISTRY:
-            raise ValueError(f"data set {name!r} is registered twice")
-        _REGISTRY[name] = _Entry(loader, description)
+        DATASETS.register(name, _Entry(loader, description))
         return loader
 
     return decorate
@@ -68,12 +69,12 @@ def register(name: str, description: str) -> Callable[[Loader], Loader]:
 
 def list_datasets() -> list[str]:
     """The registered data-set names, sorted."""
-    return sorted(_REGISTRY)
+    return DATASETS.names()
 
 
 def describe_dataset(name: str) -> str:
     """The one-line description of a registered data set."""
-    return _entry(name).description
+    return DATASETS.get(name).description
 
 
 def load_dataset(
@@ -97,17 +98,7 @@ def load_dataset(
     tokenizer's ``vocab_size`` and the sequence lengths; for large images,
     ``image_size``.
     """
-    return _entry(name).loader(data_dir, split_seed, **options)
-
-
-def _entry(name: str) -> _Entry:
-    if name not in _REGISTRY:
-        nearest = difflib.get_close_matches(name, _REGISTRY, n=1)
-        hint = f" Did you mean {nearest[0]!r}?" if nearest else ""
-        raise ValueError(
-            f"Unknown data set {name!r}.{hint} Known: {', '.join(list_datasets())}."
-        )
-    return _REGISTRY[name]
+    return DATASETS.get(name).loader(data_dir, split_seed, **options)
 
 
 # ---- helpers shared by the loaders -------------------------------------------
@@ -136,8 +127,7 @@ def _as_tensors(inputs, labels) -> tuple[torch.Tensor, torch.Tensor]:
 
 def holdout(inputs: np.ndarray, labels: np.ndarray, seed: int):
     """Hold out 20% stratified by class: ``(x_train, y_train), (x_val, y_val)``."""
-    from sklearn.model_selection import train_test_split
-
+    train_test_split = require("sklearn.model_selection", "holding out a validation split").train_test_split
     x_train, x_val, y_train, y_val = train_test_split(
         inputs, labels, test_size=HOLDOUT_FRACTION, stratify=labels, random_state=seed
     )

@@ -9,6 +9,7 @@ import numpy as np
 
 from regimes.data.registry import make_splits, register
 from regimes.data.sources import search_roots
+from regimes.extras import require
 
 
 @register("mnist1d", "MNIST-1D (generated offline by the mnist1d package): 40 samples, 10 classes")
@@ -38,17 +39,13 @@ def load_mnist1d(data_dir=None, split_seed: int = 0):
 
 
 def _generate(seed: int) -> dict[str, np.ndarray]:
-    try:
-        from mnist1d.data import get_dataset_args, make_dataset
-    except ImportError as error:
-        raise ImportError("the mnist1d data set needs the mnist1d package: pip install mnist1d") from error
-
-    args = get_dataset_args()
+    mnist1d = require("mnist1d.data", "the mnist1d data set")
+    args = mnist1d.get_dataset_args()
     args.seed = seed
     # make_dataset seeds the global numpy and random generators; give the caller theirs back.
     numpy_state, python_state = np.random.get_state(), random.getstate()
     try:
-        data = make_dataset(args)
+        data = mnist1d.make_dataset(args)
     finally:
         np.random.set_state(numpy_state)
         random.setstate(python_state)

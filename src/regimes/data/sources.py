@@ -9,8 +9,11 @@ where it looked and how to get the files.
 from __future__ import annotations
 
 import os
+from collections.abc import Callable, Sequence
 from pathlib import Path
-from typing import Callable, Sequence, TypeVar
+from typing import TypeVar
+
+from regimes.extras import MissingExtraError, require
 
 DATA_ENV_VAR = "REGIMES_DATA"
 T = TypeVar("T")
@@ -68,12 +71,9 @@ def load_from_hub(hub_id: str, convert: Callable[[object], T], config: str | Non
     message carries the note.
     """
     try:
-        import datasets
-    except ImportError:
-        return None, (
-            f"Hugging Face hub id {hub_id!r} was not tried: the `datasets` library "
-            "is not installed (pip install datasets)."
-        )
+        datasets = require("datasets", "the Hugging Face hub")
+    except MissingExtraError as error:
+        return None, f"Hugging Face hub id {hub_id!r} was not tried: {error}."
     try:
         name = hub_id if config is None else f"{hub_id} ({config})"
         table = datasets.load_dataset(hub_id) if config is None else datasets.load_dataset(hub_id, config)

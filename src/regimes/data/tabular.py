@@ -8,6 +8,7 @@ import numpy as np
 
 from regimes.data.registry import holdout, make_splits, register, standardise
 from regimes.data.sources import fetch
+from regimes.extras import require
 
 # ---- Breast Cancer --------------------------------------------------------------
 
@@ -15,9 +16,8 @@ from regimes.data.sources import fetch
 @register("breast-cancer", "Wisconsin breast cancer (scikit-learn, offline): 30 features, 2 classes")
 def load_breast_cancer(data_dir=None, split_seed: int = 0):
     """scikit-learn's copy of the study's Breast Cancer data: 20% held out, standardised."""
-    from sklearn.datasets import load_breast_cancer as sklearn_breast_cancer
-
-    inputs, labels = sklearn_breast_cancer(return_X_y=True)
+    sklearn_datasets = require("sklearn.datasets", "the breast-cancer data set")
+    inputs, labels = sklearn_datasets.load_breast_cancer(return_X_y=True)
     (x_train, y_train), (x_val, y_val) = holdout(inputs, labels, split_seed)
     x_train, x_val = standardise(x_train, x_val)
     return make_splits("breast-cancer", (x_train, y_train), (x_val, y_val), 2, "scikit-learn")

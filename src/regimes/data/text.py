@@ -14,8 +14,8 @@ from __future__ import annotations
 
 import csv
 import json
+from collections.abc import Iterable, Sequence
 from pathlib import Path
-from typing import Iterable, Sequence
 
 import numpy as np
 import torch
@@ -23,6 +23,7 @@ from torch.utils.data import TensorDataset
 
 from regimes.data.registry import Splits, register
 from regimes.data.sources import fetch, search_roots
+from regimes.extras import require
 
 SPECIAL_TOKENS = ("<pad>", "<s>", "</s>")
 PAD_ID, BOS_ID, EOS_ID = 0, 1, 2
@@ -37,14 +38,14 @@ def train_tokenizer(texts: Iterable[str], vocab_size: int):
     Byte-level: every string encodes, with no unknown token. On a small corpus
     the vocabulary may stop short of ``vocab_size`` (no pair left to merge).
     """
-    from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
-
-    tokenizer = Tokenizer(models.BPE())
-    tokenizer.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=True)
-    tokenizer.decoder = decoders.ByteLevel()
-    trainer = trainers.BpeTrainer(
+    tokenizers = require("tokenizers", "training a BPE tokenizer")
+    byte_level = tokenizers.pre_tokenizers.ByteLevel
+    tokenizer = tokenizers.Tokenizer(tokenizers.models.BPE())
+    tokenizer.pre_tokenizer = byte_level(add_prefix_space=True)
+    tokenizer.decoder = tokenizers.decoders.ByteLevel()
+    trainer = tokenizers.trainers.BpeTrainer(
         vocab_size=vocab_size, special_tokens=list(SPECIAL_TOKENS), show_progress=False,
-        initial_alphabet=pre_tokenizers.ByteLevel.alphabet(),
+        initial_alphabet=byte_level.alphabet(),
     )  # fmt: skip
     tokenizer.train_from_iterator(texts, trainer)
     assert [tokenizer.token_to_id(t) for t in SPECIAL_TOKENS] == [PAD_ID, BOS_ID, EOS_ID]
@@ -53,8 +54,7 @@ def train_tokenizer(texts: Iterable[str], vocab_size: int):
 
 def cached_tokenizer(texts: Sequence[str], vocab_size: int, cache_dir: Path | None):
     """The tokenizer saved in ``cache_dir`` for this vocabulary size, else a new one (saved there if writable)."""
-    from tokenizers import Tokenizer
-
+    Tokenizer = require("tokenizers", "reading a saved tokenizer").Tokenizer
     path = None if cache_dir is None else Path(cache_dir) / f"tokenizer-bpe{vocab_size}.json"
     if path is not None and path.is_file():
         return Tokenizer.from_file(str(path))
@@ -69,7 +69,8 @@ def cached_tokenizer(texts: Sequence[str], vocab_size: int, cache_dir: Path | No
 
 
 def encode(tokenizer, texts: Sequence[str], max_length: int) -> tuple[torch.Tensor, torch.Tensor]:
-    """``<s> tokens </s>`` cut to ``max_length`` and right-padded: (input_ids, attention_mask), int64 [N, max_length]."""
+    """``<s> tokens </s>`` cut to ``max_length`` and right-padded:
+    (input_ids, attention_mask), int64 [N, max_length]."""
     if max_length < 3:
         raise ValueError(f"max_length must be >= 3 (<s>, a token, </s>), got {max_length}")
     ids = np.full((len(texts), max_length), PAD_ID, dtype=np.int64)
@@ -85,7 +86,9 @@ def _cache_dir(source: str, name: str, data_dir) -> Path:
     return Path(source[len("local: ") :]) if source.startswith("local: ") else search_roots(data_dir)[0] / name
 
 
-def _text_splits(name, source, data_dir, train_texts, val_texts, train_labels, val_labels, num_classes, vocab_size, max_length):
+def _text_splits(
+    name, source, data_dir, train_texts, val_texts, train_labels, val_labels, num_classes, vocab_size, max_length
+):
     tokenizer = cached_tokenizer(train_texts, vocab_size, _cache_dir(source, name, data_dir))
     x_train, m_train = encode(tokenizer, train_texts, max_length)
     x_val, m_val = encode(tokenizer, val_texts, max_length)

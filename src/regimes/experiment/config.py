@@ -7,10 +7,12 @@ directory, output folder) is not part of it, so a run can resume elsewhere.
 from __future__ import annotations
 
 import dataclasses
-import difflib
 import sys
 from dataclasses import dataclass, field
 from pathlib import Path
+
+from regimes.extras import require
+from regimes.registry import UnknownNameError, suggestion
 
 if sys.version_info >= (3, 11):
     import tomllib
@@ -23,6 +25,10 @@ PRECISIONS = ("fp32", "bf16")
 
 class ConfigError(ValueError):
     """A config key or value that is not valid; the message says which and what is."""
+
+
+class UnknownConfigNameError(UnknownNameError, ConfigError):
+    """A preset or grid family that does not exist: the registries' one message, as a ConfigError."""
 
 
 @dataclass
@@ -43,7 +49,8 @@ class RunConfig:
     min_delta: float = 0.01  # improvement that counts: 0.01 (MLPs, CNNs), 0 (Transformers)
     probe_fraction: float = 0.2  # |S| = round(probe_fraction * batch_size), at least 1
     track_every: int = 1  # measure dw/da every this many optimizer steps
-    sites: list = field(default_factory=list)  # site names or globs to track; empty: the model's registered sites, else all
+    # Site names or globs to track; empty: the model's registered sites, else all.
+    sites: list = field(default_factory=list)
     precision: str = "fp32"  # fp32 | bf16 (torch.autocast around forward passes and the probe)
     seed: int = 0
     preset: str = ""  # the preset this config came from, if any
@@ -67,14 +74,23 @@ class RunConfig:
             if isinstance(value, bool) and f.type in ("int", "float") or not isinstance(value, expected):
                 raise ConfigError(f"{f.name} must be a {f.type}, got {value!r} ({type(value).__name__})")
         if self.optimizer not in OPTIMIZERS:
-            raise ConfigError(f"optimizer must be one of {', '.join(OPTIMIZERS)}, got {self.optimizer!r}{_nearest(self.optimizer, OPTIMIZERS)}")
+            raise ConfigError(
+                f"optimizer must be one of {', '.join(OPTIMIZERS)}, "
+                f"got {self.optimizer!r}{suggestion(self.optimizer, OPTIMIZERS)}"
+            )
         if self.precision not in PRECISIONS:
-            raise ConfigError(f"precision must be one of {', '.join(PRECISIONS)}, got {self.precision!r}{_nearest(self.precision, PRECISIONS)}")
+            raise ConfigError(
+                f"precision must be one of {', '.join(PRECISIONS)}, "
+                f"got {self.precision!r}{suggestion(self.precision, PRECISIONS)}"
+            )
         checks = [
             (self.lr > 0, "lr must be > 0"),
             (self.weight_decay >= 0, "weight_decay must be >= 0"),
             (0 <= self.momentum < 1, "momentum must be in [0, 1)"),
-            (not self.nesterov or (self.optimizer == "sgd" and self.momentum > 0), "nesterov needs optimizer = 'sgd' and momentum > 0"),
+            (
+                not self.nesterov or (self.optimizer == "sgd" and self.momentum > 0),
+                "nesterov needs optimizer = 'sgd' and momentum > 0",
+            ),
             (self.batch_size >= 1, "batch_size must be >= 1"),
             (self.max_epochs >= 1, "max_epochs must be >= 1"),
             (self.patience >= 0, "patience must be >= 0 (0: a third of max_epochs)"),
@@ -94,7 +110,7 @@ class RunConfig:
         known = [f.name for f in dataclasses.fields(cls)]
         for key in data:
             if key not in known:
-                raise ConfigError(f"unknown config key {key!r}{_nearest(key, known)}; valid keys: {', '.join(known)}")
+                raise ConfigError(f"unknown config key {key!r}{suggestion(key, known)}; valid keys: {', '.join(known)}")
         for key in ("model", "dataset"):
             if key not in data:
                 raise ConfigError(f"the config needs a {key!r} key")
@@ -122,9 +138,7 @@ def load_toml(path) -> RunConfig:
 
 
 def dump_toml(config: RunConfig) -> str:
-    import tomli_w
-
-    return tomli_w.dumps(config.to_dict())
+    return require("tomli_w", "writing a config as TOML").dumps(config.to_dict())
 
 
 def parse_override(text: str) -> tuple[str, object]:
@@ -152,7 +166,3 @@ def apply_overrides(config: RunConfig, overrides: list[str]) -> RunConfig:
             data[key] = value
     return RunConfig.from_dict(data)
 
-
-def _nearest(word: str, choices) -> str:
-    match = difflib.get_close_matches(word, list(choices), n=1)
-    return f" (did you mean {match[0]!r}?)" if match else ""

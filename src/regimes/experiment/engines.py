@@ -15,10 +15,10 @@ import signal
 import sys
 
 from regimes.experiment.sweep import Job, run_job
+from regimes.extras import MissingExtraError, require
+from regimes.registry import Registry
 
 __all__ = ["LocalEngine", "RayEngine", "EngineError", "make_engine", "cpu_cores", "ENGINES"]
-
-ENGINES = ("local", "ray")
 
 
 class EngineError(RuntimeError):
@@ -50,7 +50,9 @@ class LocalEngine:
     and as many workers as the cores allow. Giving `workers` alone shares the cores out.
     """
 
-    def __init__(self, workers: int | None = None, threads: int | None = None, device: str | None = None, data_dir=None):
+    def __init__(
+        self, workers: int | None = None, threads: int | None = None, device: str | None = None, data_dir=None
+    ):
         self.device = device or default_device()
         cores = cpu_cores()
         gpus = _cuda_devices() if self.device.startswith("cuda") else 0
@@ -259,21 +261,25 @@ def _ray_trial(config: dict, jobs=None, device=None, data_dir=None, threads: int
 
 def _import_ray():
     try:
-        import ray
-        from ray import tune
-    except ImportError as error:
-        raise EngineError(
-            "the ray engine needs Ray Tune, which is not installed: pip install 'regimes[ray]' "
-            f"(or pip install 'ray[tune]'); ({error})"
-        ) from error
-    return ray, tune
+        return require("ray", "the ray engine"), require("ray.tune", "the ray engine")
+    except MissingExtraError as error:  # an EngineError, which the command line reports in one line
+        raise EngineError(str(error)) from error
+
+
+def _local_engine(*, workers, threads, device, data_dir, address, gpus_per_trial) -> LocalEngine:
+    return LocalEngine(workers=workers, threads=threads, device=device, data_dir=data_dir)
+
+
+def _ray_engine(*, workers, threads, device, data_dir, address, gpus_per_trial) -> RayEngine:
+    gpus = gpus_per_trial if gpus_per_trial is not None else (1.0 if (device or "").startswith("cuda") else 0.0)
+    return RayEngine(address=address, cpus=threads, gpus=gpus, device=device, data_dir=data_dir)
+
+
+# Engine name -> factory taking make_engine's keyword arguments (each uses those it needs).
+ENGINES = Registry("engine", entries={"local": _local_engine, "ray": _ray_engine})
 
 
 def make_engine(name: str, *, workers=None, threads=None, device=None, data_dir=None, address=None,
                 gpus_per_trial=None) -> LocalEngine | RayEngine:  # fmt: skip
-    if name == "local":
-        return LocalEngine(workers=workers, threads=threads, device=device, data_dir=data_dir)
-    if name == "ray":
-        gpus = gpus_per_trial if gpus_per_trial is not None else (1.0 if (device or "").startswith("cuda") else 0.0)
-        return RayEngine(address=address, cpus=threads, gpus=gpus, device=device, data_dir=data_dir)
-    raise ValueError(f"unknown engine {name!r}; choose one of {', '.join(ENGINES)}")
+    return ENGINES.get(name)(workers=workers, threads=threads, device=device, data_dir=data_dir, address=address,
+                             gpus_per_trial=gpus_per_trial)  # fmt: skip

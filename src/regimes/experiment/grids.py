@@ -23,34 +23,40 @@ import re
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from regimes.experiment.config import ConfigError, RunConfig, read_toml
+from regimes.experiment.config import ConfigError, RunConfig, UnknownConfigNameError, read_toml
+from regimes.registry import Registry
 from regimes.study import GRID_FAMILIES, grid_family
 
-__all__ = ["Grid", "GRID_FAMILIES", "STUDY_GRIDS", "family_of", "study_grid", "load_grid", "resolve_grid", "trial_name"]
+__all__ = ["Grid", "GRID_FAMILIES", "STUDY_GRIDS", "family_of", "study_grid", "load_grid", "resolve_grid"]
 
 _NO_MOMENTUM = {"momentum": 0.0, "nesterov": False}
 _SGD_NESTEROV = {"name": "sgd-nesterov", "optimizer": "sgd", "momentum": 0.9, "nesterov": True}
 
-STUDY_GRIDS = {
-    "small": {  # MLPs and LeNet5
-        "optimizer": ["sgd", "adam"],
-        "lr": [1e-2, 1e-3, 1e-4],
-        "weight_decay": [1e-3, 1e-4],
-        "max_epochs": 30,
+STUDY_GRIDS: Registry[dict] = Registry(
+    "grid family",
+    advice="or give a TOML grid file",
+    error=UnknownConfigNameError,
+    entries={
+        "small": {  # MLPs and LeNet5
+            "optimizer": ["sgd", "adam"],
+            "lr": [1e-2, 1e-3, 1e-4],
+            "weight_decay": [1e-3, 1e-4],
+            "max_epochs": 30,
+        },
+        "cnn": {  # AlexNet, ResNet34, EfficientNetB0
+            "optimizer": ["sgd", _SGD_NESTEROV, "adam", "adamw"],
+            "lr": [1e-2, 3e-2, 6e-2, 1e-3, 1e-4],
+            "weight_decay": [1e-3, 5e-3, 1e-4],
+            "max_epochs": 200,
+        },
+        "transformer": {
+            "optimizer": ["sgd", "adam", "adamw"],
+            "lr": [5e-4, 3e-4, 1e-4, 2e-5],
+            "weight_decay": [5e-2, 1e-2],
+            "max_epochs": 50,
+        },
     },
-    "cnn": {  # AlexNet, ResNet34, EfficientNetB0
-        "optimizer": ["sgd", _SGD_NESTEROV, "adam", "adamw"],
-        "lr": [1e-2, 3e-2, 6e-2, 1e-3, 1e-4],
-        "weight_decay": [1e-3, 5e-3, 1e-4],
-        "max_epochs": 200,
-    },
-    "transformer": {
-        "optimizer": ["sgd", "adam", "adamw"],
-        "lr": [5e-4, 3e-4, 1e-4, 2e-5],
-        "weight_decay": [5e-2, 1e-2],
-        "max_epochs": 50,
-    },
-}
+)
 
 # Short forms in trial names: sgd-lr1e-2-wd1e-4.
 _ABBREVIATIONS = {"lr": "lr", "weight_decay": "wd", "momentum": "m", "batch_size": "bs", "max_epochs": "ep"}
@@ -92,18 +98,13 @@ class Grid:
             raise ConfigError(f"two trials of the grid are both named {duplicate!r}; give the tables distinct `name`s")
         return out
 
-    def to_dict(self) -> dict:
-        return {**self.fixed, **self.axes}
-
 
 def family_of(model: str) -> str:
     return grid_family(model)
 
 
 def study_grid(family: str) -> Grid:
-    if family not in STUDY_GRIDS:
-        raise ConfigError(f"unknown grid family {family!r}; the study's are {', '.join(STUDY_GRIDS)}, or give a TOML file")
-    return grid_from_dict(STUDY_GRIDS[family], name=family)
+    return grid_from_dict(STUDY_GRIDS.get(family), name=family)
 
 
 def load_grid(path) -> Grid:
@@ -120,7 +121,7 @@ def resolve_grid(spec: str | None, config: RunConfig) -> Grid:
         if not Path(spec).is_file():
             raise FileNotFoundError(f"grid file {spec} does not exist")
         return load_grid(spec)
-    raise ConfigError(f"--grid takes a family ({', '.join(STUDY_GRIDS)}) or a TOML file, got {spec!r}")
+    return study_grid(spec)  # not a family either: the registry's message lists the families
 
 
 def grid_from_dict(data: dict, name: str = "") -> Grid:
@@ -150,12 +151,10 @@ def grid_from_dict(data: dict, name: str = "") -> Grid:
     for key, values in axes.items():
         for v in values:
             if isinstance(v, dict) and (both := [k for k in v if k != key and (k in axes or k in fixed)]):
-                raise ConfigError(f"the table {v['name']!r} in grid key {key!r} sets {both[0]!r}, which the grid also sets")
+                raise ConfigError(
+                    f"the table {v['name']!r} in grid key {key!r} sets {both[0]!r}, which the grid also sets"
+                )
     return Grid(axes=axes, fixed=fixed, name=name)
-
-
-def trial_name(key: str, value) -> str:
-    return _name_part(key, value)
 
 
 def _name_part(key: str, value) -> str:

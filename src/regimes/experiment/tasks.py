@@ -13,6 +13,8 @@ import math
 import torch
 import torch.nn.functional as F
 
+from regimes.registry import Registry
+
 PAD_ID = 0  # the tokenizers' padding id (regimes.data.text)
 
 
@@ -161,15 +163,17 @@ class Seq2Seq(Classification):
         return loss, correct, int(real.sum())
 
 
-TASKS = {
-    "classification": Classification,
-    "text-classification": TextClassification,
-    "causal-lm": CausalLM,
-    "seq2seq": Seq2Seq,
-}
+TASKS: Registry[type[Classification]] = Registry(
+    "task",
+    entries={
+        "classification": Classification,
+        "text-classification": TextClassification,
+        "causal-lm": CausalLM,
+        "seq2seq": Seq2Seq,
+    },
+)
 
 
-def get_task(name: str):
-    if name not in TASKS:
-        raise ValueError(f"unknown task {name!r}; known tasks: {', '.join(TASKS)}")
-    return TASKS[name]()
+def get_task(name: str) -> Classification:
+    """A new instance of the task registered as ``name`` (a task keeps per-run state)."""
+    return TASKS.get(name)()

@@ -5,13 +5,13 @@ optional dependencies must import them inside its factory, not at module
 level, so that ``list_models()`` works without them installed.
 """
 
-from regimes.zoo.registry import create_model, describe_models, list_models, model_sites, register_model
-
-# Importing a family module registers its factories.
+# Importing a family module registers its factories (the Hugging Face families import
+# transformers only inside their factories).
+from regimes.zoo import hf_text, hf_vision  # noqa: F401
 from regimes.zoo.alexnet import AlexNetCIFAR
 from regimes.zoo.lenet import LeNet5
 from regimes.zoo.mlp import MLP, STUDY_DROPOUT
-from regimes.zoo import hf_text, hf_vision  # noqa: F401  (transformers is imported by their factories)
+from regimes.zoo.registry import create_model, describe_models, list_models, model_sites, register_model
 
 __all__ = [
     "AlexNetCIFAR",

@@ -66,7 +66,10 @@ class Seq2SeqLM(nn.Module):
         ).logits  # fmt: skip
 
 
-@register_model("xlnet", description="XLNet (HF XLNetConfig; default base) with ReLU feed-forwards, sequence classifier", sites=XLNET_SITES)
+@register_model(
+    "xlnet", description="XLNet (HF XLNetConfig; default base) with ReLU feed-forwards, sequence classifier",
+    sites=XLNET_SITES,
+)
 def xlnet(
     *,
     num_classes: int = 2,
@@ -95,7 +98,10 @@ def xlnet(
     return SequenceClassifier(model)
 
 
-@register_model("roberta", description="RoBERTa (HF RobertaConfig; default base) with ReLU feed-forwards, sequence classifier", sites=ROBERTA_SITES)
+@register_model(
+    "roberta", description="RoBERTa (HF RobertaConfig; default base) with ReLU feed-forwards, sequence classifier",
+    sites=ROBERTA_SITES,
+)
 def roberta(
     *,
     num_classes: int = 4,
@@ -111,13 +117,16 @@ def roberta(
     config = transformers.RobertaConfig(
         vocab_size=vocab_size, hidden_size=hidden_size, num_hidden_layers=num_layers, num_attention_heads=num_heads,
         intermediate_size=intermediate_size, hidden_act="relu", hidden_dropout_prob=dropout,
-        attention_probs_dropout_prob=dropout, max_position_embeddings=max_length + PAD_ID + 1,  # positions start after pad
+        # Positions start after the padding id.
+        attention_probs_dropout_prob=dropout, max_position_embeddings=max_length + PAD_ID + 1,
         type_vocab_size=1, num_labels=num_classes, pad_token_id=PAD_ID, bos_token_id=BOS_ID, eos_token_id=EOS_ID,
     )  # fmt: skip
     return SequenceClassifier(transformers.RobertaForSequenceClassification(config))
 
 
-@register_model("t5", description="T5 (HF T5Config; default base) with ReLU feed-forwards, encoder-decoder LM", sites=T5_SITES)
+@register_model(
+    "t5", description="T5 (HF T5Config; default base) with ReLU feed-forwards, encoder-decoder LM", sites=T5_SITES
+)
 def t5(
     *,
     vocab_size: int = 32128,
@@ -138,7 +147,9 @@ def t5(
     return Seq2SeqLM(transformers.T5ForConditionalGeneration(config))
 
 
-@register_model("gpt2", description="GPT-2 (HF GPT2Config; default 124M) with ReLU feed-forwards, causal LM", sites=GPT2_SITES)
+@register_model(
+    "gpt2", description="GPT-2 (HF GPT2Config; default 124M) with ReLU feed-forwards, causal LM", sites=GPT2_SITES
+)
 def gpt2(
     *,
     vocab_size: int = 50257,

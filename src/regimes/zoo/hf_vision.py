@@ -17,6 +17,7 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
+from regimes.extras import require
 from regimes.zoo.registry import register_model
 
 # The feed-forward ReLU of each Transformer, by module path inside the wrapper.
@@ -26,14 +27,8 @@ PVT_SITES = ("*.mlp.intermediate_act_fn",)
 
 
 def import_transformers():
-    """The ``transformers`` module, or an ImportError that says how to install it."""
-    try:
-        import transformers
-    except ImportError as error:  # pragma: no cover - depends on the environment
-        raise ImportError(
-            "this model is built with Hugging Face transformers, which is not installed: "
-            'pip install "regimes[transformers]" (or pip install transformers)'
-        ) from error
+    """The ``transformers`` module (a MissingExtraError that names the extra if it is not installed)."""
+    transformers = require("transformers", "building a Hugging Face model")
     transformers.logging.set_verbosity_error()  # no "newly initialised weights" chatter
     return transformers
 
@@ -149,7 +144,10 @@ def vit(
     return ImageClassifier(transformers.ViTForImageClassification(config), image_size)
 
 
-@register_model("swin", description="Swin Transformer (HF SwinConfig; default Swin-B at 224) with ReLU feed-forwards", sites=SWIN_SITES)
+@register_model(
+    "swin", description="Swin Transformer (HF SwinConfig; default Swin-B at 224) with ReLU feed-forwards",
+    sites=SWIN_SITES,
+)
 def swin(
     *,
     num_classes: int = 101,
@@ -171,7 +169,10 @@ def swin(
     return ImageClassifier(transformers.SwinForImageClassification(config), image_size)
 
 
-@register_model("pvt", description="Pyramid Vision Transformer v1 (HF PvtConfig; default PVT-Small at 224) with ReLU feed-forwards", sites=PVT_SITES)
+@register_model(
+    "pvt", description="Pyramid Vision Transformer v1 (HF PvtConfig; default PVT-Small at 224) with ReLU feed-forwards",
+    sites=PVT_SITES,
+)
 def pvt(
     *,
     num_classes: int = 200,

@@ -7,12 +7,13 @@ keyword arguments only, so a preset (plain data) can set any of them.
 
 from __future__ import annotations
 
-import difflib
 import inspect
+from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Callable
 
 import torch.nn as nn
+
+from regimes.registry import Registry, suggestion
 
 ModelFactory = Callable[..., nn.Module]
 
@@ -25,7 +26,7 @@ class ModelEntry:
     sites: tuple[str, ...] | None = None  # the sites the study tracks (globs); None: every activation
 
 
-_REGISTRY: dict[str, ModelEntry] = {}
+MODELS: Registry[ModelEntry] = Registry("model")
 
 
 def register_model(
@@ -39,9 +40,7 @@ def register_model(
     """
 
     def decorator(factory: ModelFactory) -> ModelFactory:
-        if name in _REGISTRY:
-            raise ValueError(f"a model named {name!r} is already registered")
-        _REGISTRY[name] = ModelEntry(name, factory, description, None if sites is None else tuple(sites))
+        MODELS.register(name, ModelEntry(name, factory, description, None if sites is None else tuple(sites)))
         return factory
 
     return decorator
@@ -49,17 +48,17 @@ def register_model(
 
 def list_models() -> list[str]:
     """Names of all registered models, sorted."""
-    return sorted(_REGISTRY)
+    return MODELS.names()
 
 
 def describe_models() -> dict[str, str]:
     """``{name: one-line description}`` for every registered model, sorted by name."""
-    return {name: _REGISTRY[name].description for name in list_models()}
+    return {name: MODELS.get(name).description for name in list_models()}
 
 
 def model_sites(name: str) -> list[str] | None:
     """The site globs registered with model ``name`` (None: track every activation)."""
-    sites = _lookup(name).sites
+    sites = MODELS.get(name).sites
     return None if sites is None else list(sites)
 
 
@@ -69,18 +68,9 @@ def create_model(name: str, **kwargs) -> nn.Module:
     Raises ValueError for an unknown name and TypeError for arguments the
     factory does not take (both list what is valid and suggest the nearest).
     """
-    entry = _lookup(name)
+    entry = MODELS.get(name)
     _check_arguments(entry, kwargs)
     return entry.factory(**kwargs)
-
-
-def _lookup(name: str) -> ModelEntry:
-    if name in _REGISTRY:
-        return _REGISTRY[name]
-    raise ValueError(
-        f"unknown model {name!r}{_suggestion(name, list_models())}; "
-        f"valid models: {', '.join(list_models())}"
-    )
 
 
 def _check_arguments(entry: ModelEntry, kwargs: dict) -> None:
@@ -93,7 +83,7 @@ def _check_arguments(entry: ModelEntry, kwargs: dict) -> None:
     if unknown and not takes_any:
         raise TypeError(
             f"unknown argument {unknown[0]!r} for model {entry.name!r}"
-            f"{_suggestion(unknown[0], accepted)}; it takes: {', '.join(accepted)}"
+            f"{suggestion(unknown[0], accepted)}; it takes: {', '.join(accepted)}"
         )
     missing = [
         name
@@ -104,8 +94,3 @@ def _check_arguments(entry: ModelEntry, kwargs: dict) -> None:
     ]
     if missing:
         raise TypeError(f"model {entry.name!r} needs the argument(s): {', '.join(missing)}")
-
-
-def _suggestion(word: str, choices: list[str]) -> str:
-    nearest = difflib.get_close_matches(word, choices, n=1)
-    return f" (did you mean {nearest[0]!r}?)" if nearest else ""
