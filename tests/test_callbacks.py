@@ -4,6 +4,7 @@ the calls, and a callback's own state carried across a resume."""
 from __future__ import annotations
 
 import inspect
+import sys
 
 import pytest
 
@@ -93,3 +94,14 @@ def test_calls_come_in_order_and_a_callback_state_resumes(tmp_path, monkeypatch)
     train_run(config, tmp_path / "cut", resume=True, callbacks=[resumed])
     # Restored from the epoch-2 checkpoint: the count goes on where it was.
     assert resumed.calls_ == [("begin", 2), ("epoch", 3, 3 * per_epoch), ("end", "finished")]
+
+
+def test_a_run_without_matplotlib_finishes_and_skips_its_figure(tmp_path, monkeypatch):
+    monkeypatch.setenv("REGIMES_DATA", str(tmp_path / "data"))
+    for name in [m for m in sys.modules if m == "matplotlib" or m.startswith("matplotlib.")]:
+        monkeypatch.delitem(sys.modules, name)
+    monkeypatch.setitem(sys.modules, "matplotlib", None)  # import matplotlib now raises ImportError
+    summary = train_run(get_preset("mlp-breast-cancer").replace(max_epochs=1), tmp_path / "run")
+    assert summary["status"] == "finished"
+    run = RunDirectory(tmp_path / "run")
+    assert run.read_summary()["status"] == "finished" and not run.figure_path.exists()

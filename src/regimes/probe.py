@@ -133,7 +133,7 @@ class Probe:
                 f"found no {self.activation.name} in {type(self.module).__name__}'s forward on the probe. The "
                 f"tracker watches {', '.join(m.__name__ for m in self.activation.modules)} modules and the "
                 f"functional {self.activation.name} calls; if the model uses another activation, pass "
-                f"activation= one of {sorted(ACTIVATIONS)}."
+                f"activation= one of {', '.join(ACTIVATIONS.names())}."
             )
         calls_per_forward = Counter(call.base for call, _ in seen)
         names = [site_name(call.base, call.index, calls_per_forward[call.base]) for call, _ in seen]

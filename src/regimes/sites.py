@@ -24,6 +24,8 @@ import torch.nn.functional as F
 from torch import nn
 from torch.overrides import TorchFunctionMode
 
+from regimes.registry import Registry
+
 __all__ = ["Activation", "ACTIVATIONS", "unwrap_model", "select_sites", "capture", "SiteCall"]
 
 
@@ -47,7 +49,7 @@ class Activation:
     is_on: Callable[[torch.Tensor, torch.Tensor], torch.Tensor] = _output_positive
 
 
-ACTIVATIONS: dict[str, Activation] = {
+ACTIVATIONS: Registry[Activation] = Registry("activation", {
     "relu": Activation(
         "relu",
         (nn.ReLU,),
@@ -55,7 +57,7 @@ ACTIVATIONS: dict[str, Activation] = {
     ),
     "gelu": Activation("gelu", (nn.GELU,), frozenset({F.gelu})),
     "silu": Activation("silu", (nn.SiLU,), frozenset({F.silu})),
-}
+})
 
 
 def unwrap_model(model: nn.Module) -> nn.Module:

@@ -69,8 +69,7 @@ class Tracker:
         for name, value in (("every", every), ("sync_every", sync_every)):
             if isinstance(value, bool) or not isinstance(value, int) or value < 1:
                 raise ValueError(f"{name} must be a whole number >= 1, got {value!r}")
-        if activation not in ACTIVATIONS:
-            raise ValueError(f"unknown activation {activation!r}; choose one of {sorted(ACTIVATIONS)}")
+        rule = ACTIVATIONS.get(activation)  # an unknown name: one message with the known ones
         self.model = model
         self.module = unwrap_model(model)
         self.every = every
@@ -78,7 +77,7 @@ class Tracker:
         named = [(n, p) for n, p in self.module.named_parameters() if p.requires_grad]
         if not named:
             raise ValueError("the model has no trainable parameter (requires_grad=True): there is no weight change to measure")
-        self.probe = Probe(self.module, probe, ACTIVATIONS[activation], sites=sites,
+        self.probe = Probe(self.module, probe, rule, sites=sites,
                            attention_mask=attention_mask, autocast=autocast)  # fmt: skip
         self.weights = WeightSnapshot(named)
         self.iteration = 0

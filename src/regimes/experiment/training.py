@@ -26,6 +26,7 @@ from regimes.data import load_dataset
 from regimes.experiment.callbacks import Callback, Checkpoint, EarlyStopping, RecordWriter, notify
 from regimes.experiment.config import RunConfig
 from regimes.experiment.tasks import get_task
+from regimes.extras import available
 from regimes.records import RunDirectory, atomic_write, software_versions
 from regimes.zoo import create_model, model_sites
 
@@ -289,10 +290,10 @@ def _check_vocabulary(config: RunConfig, splits) -> None:
 
 
 def _save_figure(run_dir: RunDirectory) -> None:
-    try:
-        from regimes.plots import save_run_figure
-    except ImportError:  # matplotlib is optional; the records are what matter
+    if not available("matplotlib"):  # the figure is optional; the records are what matter
         return
+    from regimes.plots import save_run_figure
+
     save_run_figure(run_dir.path)
 
 
