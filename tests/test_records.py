@@ -424,3 +424,32 @@ def test_sweep_directory(tmp_path):
     sweep.start({"base": {"lr": 0.2}, "grid": {"name": "g"}}, force=True)
     assert not run.path.exists() and not sweep.selected_path.exists() and notes.read_text() == "mine"
     assert not sweep.table_path(sweep.TRIALS).exists()
+
+
+# -- one room owns the layouts ------------------------------------------------------------------
+
+# The names of the run's and the sweep's files: only regimes/records/ may spell them.
+FILE_NAMES = re.compile(
+    r"summary\.json|config\.toml|sweep\.json|selected\.json|error\.txt|\.parquet\b|checkpoint\.pt|figure\.png"
+    r"|trials\.csv|seeds\.csv"
+)
+# Files that others are changing in parallel and still spell one; each must be cleaned up (and
+# taken off this list) when merged. The test fails if a listed file no longer needs its place.
+NOT_YET = {"experiment/training.py"}
+
+
+def test_no_module_outside_the_records_room_spells_a_file_name():
+    package = Path(regimes.__file__).parent
+    offenders, pending = [], set()
+    for path in sorted(package.rglob("*.py")):
+        name = path.relative_to(package).as_posix()
+        if name.startswith("records/"):
+            continue
+        for number, line in enumerate(path.read_text(encoding="utf-8").splitlines(), 1):
+            if FILE_NAMES.search(line):
+                if name in NOT_YET:
+                    pending.add(name)
+                else:
+                    offenders.append(f"{name}:{number}: {line.strip()}")
+    assert offenders == [], "ask RunDirectory / SweepDirectory for these paths:\n" + "\n".join(offenders)
+    assert pending == NOT_YET, f"{sorted(NOT_YET - pending)} no longer spell a file name: take them off NOT_YET"
