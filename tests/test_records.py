@@ -1,13 +1,21 @@
-"""The run directory: every table round-trips, writes are atomic, runs are not overwritten by accident."""
+"""The records room: every table round-trips, writes are atomic, runs are not overwritten by
+accident, the summary is typed, and nobody outside the room spells a file name."""
 
+import dataclasses
+import json
+import re
 from pathlib import Path
 
 import numpy as np
 import pandas as pd
 import pytest
 
-from regimes import records
-from regimes.records import RunDirectory, is_run_directory, software_versions
+import regimes
+from regimes.records import files
+from regimes.records import (
+    DONE, RunDirectory, RunSummary, Status, SweepDirectory, find_runs, is_run_directory, is_sweep_directory,
+    software_versions,
+)  # fmt: skip
 
 SITES = ("features.relu", "classifier.1")
 
@@ -185,7 +193,7 @@ def test_atomic_writes_leave_no_temp_files_and_keep_the_old_file_on_failure(run,
     def killed(*args):
         raise OSError("killed before the rename")
 
-    monkeypatch.setattr(records.os, "replace", killed)
+    monkeypatch.setattr(files.os, "replace", killed)
     with pytest.raises(OSError):
         run.write_summary({"status": "finished", "rho": 2.0})
     with pytest.raises(OSError):
@@ -248,3 +256,200 @@ def test_software_versions():
     versions = software_versions()
     assert {"python", "torch", "numpy", "regimes"} <= set(versions)
     assert versions["numpy"] == np.__version__
+
+
+# -- the status vocabulary and the typed summary ------------------------------------------------
+
+
+@pytest.mark.parametrize("status", list(Status))
+def test_status_round_trips_through_summary_json(run, status):
+    run.write_summary(RunSummary(model="mlp", status=status, rho=1.25))
+    on_disk = json.loads(run.summary_path.read_text())
+    assert on_disk["status"] == status.value and type(on_disk["status"]) is str
+    back = run.read_summary()
+    assert back.status is status and back["status"] == status.value
+    assert f"{back.status}" == str(back.status) == status.value  # the same text on every Python
+    assert json.dumps(status) == f'"{status.value}"'
+    assert status.done == (status in (Status.FINISHED, Status.DIVERGED))
+    run.write_summary({"status": status.value})  # a plain string is read as the same status
+    assert run.read_summary().status is status
+
+
+def test_the_vocabulary():
+    assert [s.value for s in Status] == ["running", "finished", "diverged", "interrupted", "failed"]
+    assert Status.FINISHED == "finished" and "diverged" in DONE and "failed" not in DONE
+    assert DONE == (Status.FINISHED, Status.DIVERGED)
+    with pytest.raises(ValueError, match="status must be one of running, finished"):
+        RunSummary(status="done")
+
+
+def test_failed_is_accepted_with_its_error(run):
+    run.write_summary(RunSummary(model="mlp", status=Status.FAILED, error="ValueError: no site matches"))
+    back = run.read_summary()
+    assert back.status == "failed" and back.error == "ValueError: no site matches"
+    run.write_summary({"status": "failed"})  # refused before the status vocabulary
+    assert run.read_summary()["status"] == Status.FAILED
+
+
+# What training's summary held before the typed summary (the golden mlp-digits run's keys).
+OLD_SUMMARY = {
+    "preset": "mlp-digits", "model": "mlp", "dataset": "digits", "optimizer": "sgd", "momentum": 0.0,
+    "nesterov": False, "weight_decay": 1e-4, "lr": 0.01, "batch_size": 64, "precision": "fp32", "seed": 0,
+    "score_name": "accuracy", "higher_is_better": True, "best_score": 0.9444444444444444, "best_epoch": 4,
+    "stop_epoch": 4, "max_epochs": 4, "auc_w": 0.26707290543565865, "auc_p": 0.2112553400920697,
+    "rho": 1.264218482331677, "stabilization_w": 0.8023255813953488, "stabilization_p": 0.6744186046511628,
+    "window": 7, "batches_per_epoch": 23, "steps": 92, "sites": ["blocks.0.relu", "blocks.1.relu"],
+    "probe_size": 13, "train_size": 1437, "val_size": 360, "data_source": "scikit-learn", "status": "finished",
+    "seconds": 1.5, "device": "cpu", "versions": {"python": "3.11.7", "torch": "2.4.0"},
+}  # fmt: skip
+
+
+def test_run_summary_reads_an_old_summary(run):
+    summary = RunSummary.from_dict(OLD_SUMMARY)
+    assert {k: summary[k] for k in OLD_SUMMARY} == OLD_SUMMARY  # same values under the same keys
+    assert summary.status is Status.FINISHED
+    for key in ("rho_global", "rho_layerwise", "freeze_iteration", "threads", "error"):  # new keys: defaults
+        assert summary[key] is None
+    assert summary.extra == {}
+    assert list(summary)[: len(OLD_SUMMARY)] == list(OLD_SUMMARY)  # today's keys keep their order
+
+    # A summary.json written by an older version, with a key this one does not know and
+    # without some it does: read, then rewritten, it loses nothing.
+    old = {k: v for k, v in OLD_SUMMARY.items() if k not in ("window", "data_source")} | {"tau": 0.1}
+    run.summary_path.write_text(json.dumps(old))
+    back = run.read_summary()
+    assert back.window is None and back.data_source is None and back.rho == OLD_SUMMARY["rho"]
+    assert back.extra == {"tau": 0.1} and back["tau"] == 0.1 and "tau" in back
+    assert back == old  # equal to the mapping it was read from (a missing key counts as its default)
+    run.write_summary(back)
+    assert json.loads(run.summary_path.read_text())["tau"] == 0.1
+    assert RunSummary.from_dict({}) == RunSummary() and RunSummary().status is Status.RUNNING
+    assert RunSummary.from_dict({"status": None}).status is Status.RUNNING
+
+
+def test_run_summary_is_a_read_only_mapping():
+    summary = RunSummary(model="mlp", rho=1.5, sites=["a"], status=Status.DIVERGED, extra={"tau": 0.1})
+    assert summary["rho"] == 1.5 and summary.get("rho") == 1.5 and summary.get("freeze_iteration") is None
+    assert summary.get("no-such-key", "x") == "x" and "no-such-key" not in summary and "rho" in summary
+    with pytest.raises(KeyError):
+        summary["no-such-key"]
+    as_dict = dict(summary)
+    assert as_dict["status"] == "diverged" and as_dict["tau"] == 0.1 and "extra" not in as_dict
+    assert len(summary) == len(as_dict) == len(dataclasses.fields(RunSummary))  # the fields less extra, plus tau
+    assert {**summary} == as_dict and summary == as_dict and as_dict == summary
+    assert summary != {**as_dict, "rho": 2.0} and summary != 3
+    with pytest.raises(TypeError):
+        summary["rho"] = 2.0
+    with pytest.raises(dataclasses.FrozenInstanceError):
+        summary.rho = 2.0
+    changed = summary.replace(status=Status.FAILED, error="boom", note="kept")
+    assert (changed.status, changed.error, changed["note"], changed.rho) == (Status.FAILED, "boom", "kept", 1.5)
+    assert summary.status is Status.DIVERGED  # the original is unchanged
+    with pytest.raises(ValueError, match="fields"):
+        RunSummary(extra={"rho": 1.0})
+
+
+def test_summary_json_stays_strict_with_the_same_keys(run):
+    run.write_summary(RunSummary.from_dict({**OLD_SUMMARY, "rho": float("inf"), "best_score": float("nan")}))
+    text = run.summary_path.read_text()
+    assert "NaN" not in text and "Infinity" not in text
+    on_disk = json.loads(text)
+    assert list(on_disk) == [f.name for f in dataclasses.fields(RunSummary) if f.name != "extra"]
+    assert on_disk["rho"] is None and on_disk["best_score"] is None
+
+
+# -- the rest of the run directory --------------------------------------------------------------
+
+
+def test_error_checkpoint_and_resume_check(tmp_path):
+    directory = RunDirectory(tmp_path / "new")
+    with pytest.raises(FileNotFoundError, match="no run to resume"):
+        directory.check_resumable()
+    assert directory.read_error() is None and directory.read_checkpoint() is None
+    directory.write_error("Traceback ...\nValueError: x\n")  # makes the folder
+    assert directory.read_error().endswith("ValueError: x\n")
+    directory.clear_error()
+    assert directory.read_error() is None
+    directory.clear_error()  # nothing to clear is fine
+
+    directory.create({"model": "mlp"})
+    directory.check_resumable()
+    torch = pytest.importorskip("torch")
+    directory.write_checkpoint({"epoch": 3, "weights": torch.arange(4.0)})
+    state = directory.read_checkpoint()
+    assert state["epoch"] == 3 and torch.equal(state["weights"], torch.arange(4.0))
+    assert directory.has_checkpoint()
+    directory.write_error("boom")
+    directory.create({"model": "lenet5"}, force=True)  # a forced restart forgets the old failure
+    assert directory.read_error() is None and not directory.has_checkpoint()
+
+    copy = directory.copy_to(tmp_path / "copy")
+    assert copy.read_config() == {"model": "lenet5"} and not list(tmp_path.glob(".*"))
+
+
+def test_sweep_directory(tmp_path):
+    sweep = SweepDirectory(tmp_path / "sweep")
+    assert not is_sweep_directory(sweep.path)
+    sweep.start({"base": {"lr": 0.1}, "grid": {"name": "g"}})
+    assert is_sweep_directory(sweep.path) and sweep.read_description()["base"] == {"lr": 0.1}
+    sweep.start({"base": {"lr": 0.1}, "grid": {"name": "g"}, "versions": {}})  # the same sweep again
+    with pytest.raises(FileExistsError, match="lr"):
+        sweep.start({"base": {"lr": 0.2}, "grid": {"name": "g"}})
+
+    assert sweep.trial_name("sgd-lr1e-2") == "trials/sgd-lr1e-2" and sweep.seed_name(3) == "seeds/seed3"
+    run = sweep.run(sweep.trial_name("sgd-lr1e-2"))
+    assert run.path == sweep.path / "trials" / "sgd-lr1e-2"
+    run.create({"model": "mlp"})
+    run.write_summary(RunSummary(status=Status.FINISHED))
+
+    assert sweep.read_table(sweep.TRIALS) == [] and sweep.read_selected() == {}
+    rows = [{"trial": "a", "status": Status.FINISHED, "rho": float("nan")}, {"trial": "b", "status": Status.FAILED, "rho": 1.0}]
+    sweep.write_table(sweep.TRIALS, rows)
+    assert pd.read_csv(sweep.table_path(sweep.TRIALS, "csv")).status.tolist() == ["finished", "failed"]
+    assert [r["status"] for r in sweep.read_table(sweep.TRIALS)] == ["finished", "failed"]
+    with pytest.raises(ValueError, match="tables"):
+        sweep.table_path("results")
+    sweep.write_selected({"trial": "a", "status": Status.FINISHED, "rho": float("inf")})
+    assert sweep.read_selected() == {"trial": "a", "status": "finished", "rho": None}
+
+    # find_runs: a sweep is one entry (its runs belong to it), runs beside it are found too.
+    other = RunDirectory(tmp_path / "deeper" / "run")
+    other.create({"model": "mlp"})
+    other.write_summary(RunSummary())
+    assert find_runs(tmp_path) == [other.path, sweep.path]
+    assert find_runs(sweep.path) == [sweep.path] and find_runs(run.path) == [run.path]
+
+    notes = sweep.path / "notes.txt"
+    notes.write_text("mine")
+    sweep.start({"base": {"lr": 0.2}, "grid": {"name": "g"}}, force=True)
+    assert not run.path.exists() and not sweep.selected_path.exists() and notes.read_text() == "mine"
+    assert not sweep.table_path(sweep.TRIALS).exists()
+
+
+# -- one room owns the layouts ------------------------------------------------------------------
+
+# The names of the run's and the sweep's files: only regimes/records/ may spell them.
+FILE_NAMES = re.compile(
+    r"summary\.json|config\.toml|sweep\.json|selected\.json|error\.txt|\.parquet\b|checkpoint\.pt|figure\.png"
+    r"|trials\.csv|seeds\.csv"
+)
+# Files that others are changing in parallel and still spell one; each must be cleaned up (and
+# taken off this list) when merged. The test fails if a listed file no longer needs its place.
+NOT_YET = {"experiment/training.py"}
+
+
+def test_no_module_outside_the_records_room_spells_a_file_name():
+    package = Path(regimes.__file__).parent
+    offenders, pending = [], set()
+    for path in sorted(package.rglob("*.py")):
+        name = path.relative_to(package).as_posix()
+        if name.startswith("records/"):
+            continue
+        for number, line in enumerate(path.read_text(encoding="utf-8").splitlines(), 1):
+            if FILE_NAMES.search(line):
+                if name in NOT_YET:
+                    pending.add(name)
+                else:
+                    offenders.append(f"{name}:{number}: {line.strip()}")
+    assert offenders == [], "ask RunDirectory / SweepDirectory for these paths:\n" + "\n".join(offenders)
+    assert pending == NOT_YET, f"{sorted(NOT_YET - pending)} no longer spell a file name: take them off NOT_YET"

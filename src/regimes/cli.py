@@ -50,12 +50,13 @@ def _print_result(summary: dict, out: Path) -> None:
 
 def cmd_run(args) -> int:
     from regimes.experiment import load_toml, train_run
+    from regimes.records import RunDirectory, Status
 
     if args.resume:
         out = Path(args.resume)
-        if not (out / "config.toml").is_file():
-            raise FileNotFoundError(f"{out} holds no run to resume (no config.toml); start it with `regimes run PRESET --out {out}`")
-        config = load_toml(out / "config.toml")
+        run = RunDirectory(out)
+        run.check_resumable()
+        config = load_toml(run.config_path)
     else:
         if not args.preset:
             raise ValueError("name a preset or a TOML config (`regimes presets` lists the presets), or pass --resume DIR")
@@ -72,7 +73,7 @@ def cmd_run(args) -> int:
         return 130
     if not args.quiet:
         _print_result(summary, out)
-    return 0 if summary["status"] != "diverged" else 3
+    return 0 if summary["status"] != Status.DIVERGED else 3
 
 
 def cmd_presets(args) -> int:
@@ -93,7 +94,8 @@ def cmd_show(args) -> int:
 
 
 def cmd_report(args) -> int:
-    from regimes.report import load_runs, render
+    from regimes.report import render
+    from regimes.runs import load_runs
 
     runs = load_runs(args.dirs)
     print(render(runs, args.format))
@@ -179,24 +181,28 @@ class _SweepProgress:
 
 
 def _trial_line(row: dict) -> str:
+    from regimes.records import Status
+
     def fmt(value, spec):
         return "-" if value is None or (isinstance(value, float) and math.isnan(value)) else format(value, spec)
 
-    if row["status"] == "failed":
+    if row["status"] == Status.FAILED:
         return f"  {row['trial']:<28} failed    {row.get('error') or ''}"
     return (f"  {row['trial']:<28} {row['status']:<9} {row.get('score_name') or 'score'} {fmt(row['best_score'], '.4f')}"
             f"  epoch {fmt(row.get('stop_epoch'), 'd')}  rho {fmt(row['rho'], '.2f')}  {fmt(row['seconds'], '.1f')} s")  # fmt: skip
 
 
 def _print_sweep(selected: dict, out: Path) -> None:
+    from regimes.records import SweepDirectory
     from regimes.report import short_scientific
 
+    sweep = SweepDirectory(out)
     if selected.get("trial") is None:
-        print(f"no trial finished; see {out / 'trials.csv'}", file=sys.stderr)
+        print(f"no trial finished; see {sweep.table_path(sweep.TRIALS, 'csv')}", file=sys.stderr)
         return
     row = selected["row"]
     print(f"selected  {selected['trial']}: {row['score_name']} {row['best_score']:.4f} at epoch {row['best_epoch']}, "
-          f"rho {row['rho']:.2f}  ({out / 'selected.json'})")  # fmt: skip
+          f"rho {row['rho']:.2f}  ({sweep.selected_path})")  # fmt: skip
     config = selected["config"]
     print(f"          optimizer {config['optimizer']}, lr {short_scientific(config['lr'])}, "
           f"weight decay {short_scientific(config['weight_decay'])}")  # fmt: skip

@@ -22,6 +22,7 @@ import numpy as np
 
 from regimes.analysis import normalized_curve, smoothing_window
 from regimes.records import RunDirectory, atomic_write
+from regimes.runs import read_run
 from regimes.study import dataset_label, model_label
 
 __all__ = ["plot_run", "plot_grid", "save_run_figure", "FIGURE_SUFFIXES"]
@@ -50,25 +51,20 @@ def _pyplot():
 def _resolve(run) -> tuple[dict, list[dict], dict]:
     """A run's summary, epoch rows and step records (dw and da only).
 
-    `run` is a run directory, or a dict (from report.load_runs, or a runner's live state)
-    with the summary's keys and either a `path` to read the records from or the records
-    themselves under `epoch_records` (rows as in epochs.parquet) and `step_records`.
+    `run` is a run directory, or a dict from `regimes.runs.load_runs` (or any mapping with
+    the summary's keys and the `path` of the run directory to read the records from).
     """
     if isinstance(run, (str, Path)):
         run = {"path": str(run)}
     info = dict(run)
     directory = RunDirectory(info["path"]) if info.get("path") else None
-    if directory is not None and "status" not in info:  # a bare path: read the summary
-        config = directory.read_config() if directory.config_path.is_file() else {}
-        info = {"config": config, **{k: config[k] for k in ("model", "dataset") if k in config},
-                **(directory.read_summary() or {}), **info}  # fmt: skip
-    epochs = info.get("epoch_records")
-    if epochs is None:
-        epochs = directory.read_epochs() if directory is not None else []
-    steps = info.get("step_records")
-    if steps is None:
-        steps = directory.read_steps(columns=["iteration", "epoch", "dw", "da"]) if directory is not None else {}
-    return info, list(epochs), steps
+    if directory is None:
+        return info, [], {}
+    if "status" not in info:  # a bare path: read the summary
+        info = {**read_run(directory.path), **info}
+    epochs = directory.read_epochs()
+    steps = directory.read_steps(columns=["iteration", "epoch", "dw", "da"])
+    return info, epochs, steps
 
 
 def _batches_per_epoch(info: dict, steps: dict) -> int:
@@ -124,7 +120,7 @@ def plot_run(run, ax=None, legend: bool = True):
     ax.set_xlim(0, max(last_epoch, 1))
     right.set_ylim(-0.02, 1.02)
     right.set_ylabel("normalised change")
-    title = f"{model_label(run.get('model', '?'))} / {dataset_label(run.get('dataset', '?'))}"
+    title = f"{model_label(run.get('model') or '?')} / {dataset_label(run.get('dataset') or '?')}"
     rho = run.get("rho")
     if isinstance(rho, (int, float)) and math.isfinite(rho):
         title += f"   (rho = {rho:.2f})"
@@ -185,7 +181,8 @@ def plot_grid(runs, path=None, ncols: int = 3):
 
 
 def save_run_figure(run_dir) -> Path:
-    """Draw the run's panel into RUN/figure.png (atomically, without touching pyplot's state)."""
+    """Draw the run's panel into its figure file (`RunDirectory.figure_path`), atomically
+    and without touching pyplot's state."""
     from matplotlib.figure import Figure
 
     directory = RunDirectory(run_dir)

@@ -8,22 +8,21 @@ print(aggregate_line(rows, "markdown"))  # mean rho = 1.62 (+0.31 / -0.20) over 
 ```
 
 A sweep directory (`regimes sweep`) is one row: its selected configuration, and with
-several seeds the means over the seeds, rho with its 95% bootstrap interval.
+several seeds the means over the seeds, rho with its 95% bootstrap interval. Reading the
+runs and the seeds' statistics live in `regimes.runs` (re-exported here); this module
+only makes and formats the table.
 """
 
 from __future__ import annotations
 
 import csv
 import io
-import json
 import math
-from pathlib import Path
-
-import numpy as np
 
 from regimes.analysis import aggregate, bootstrap_interval
-from regimes.records import RunDirectory, is_run_directory
-from regimes.study import dataset_label, model_label, optimizer_label, row_rank
+from regimes.records import is_sweep_directory
+from regimes.runs import as_float, load_runs, seed_statistics
+from regimes.study import dataset_label, model_label, optimizer_label
 
 __all__ = [
     "load_runs",
@@ -66,124 +65,6 @@ SEED_COLUMNS = {
 _TEXT_COLUMNS = {"model", "dataset", "optimizer"}
 
 
-# -- loading ---------------------------------------------------------------------------------
-
-
-def load_runs(paths) -> list[dict]:
-    """Read the runs at `paths`: run or sweep directories, or folders searched recursively for them.
-
-    Each run is its summary (a flat dict) plus `path` and `config`; a sweep is its selected
-    run, with the seeds' statistics when it has seeds (see `seed_statistics`). Runs come in
-    the study's row order (model, then data set; rows the study does not have go after its
-    rows of the same model), ties in the order found; a run reached twice is read once.
-    """
-    if isinstance(paths, (str, Path)):
-        paths = [paths]
-    found: list[Path] = []
-    for path in map(Path, paths):
-        if not path.exists():
-            raise FileNotFoundError(f"{path} does not exist")
-        if is_sweep_directory(path) or is_run_directory(path):
-            found.append(path)
-            continue
-        inside = []
-        if path.is_dir():
-            sweeps = sorted(p.parent for p in path.rglob("sweep.json"))
-            runs = sorted(p.parent for p in path.rglob("summary.json")
-                          if not any(s in p.parents for s in sweeps))  # fmt: skip
-            inside = sorted(sweeps + runs)
-        if not inside:
-            raise FileNotFoundError(
-                f"{path} holds no run: no summary.json in it or in any folder under it "
-                "(a run directory is what `regimes run --out DIR` writes)"
-            )
-        found.extend(inside)
-
-    runs, seen = [], set()
-    for path in found:
-        if (resolved := path.resolve()) in seen:
-            continue
-        seen.add(resolved)
-        runs.append(_read_sweep(path) if is_sweep_directory(path) else _read_run(path))
-    return sorted(runs, key=_study_order)
-
-
-def is_sweep_directory(path) -> bool:
-    """True when `path` is a folder that `regimes sweep` wrote (it holds sweep.json)."""
-    return (Path(path) / "sweep.json").is_file()
-
-
-def _read_sweep(path: Path) -> dict:
-    """The sweep's row: its selected trial, or the seeds' means when it has seeds."""
-    description = json.loads((path / "sweep.json").read_text())
-    selected_path = path / "selected.json"
-    selected = json.loads(selected_path.read_text()) if selected_path.is_file() else {}
-    if selected.get("path"):
-        run = _read_run(path / selected["path"])
-    else:  # nothing finished yet: a row with the sweep's model and data set, no numbers
-        run = {"model": description.get("model"), "dataset": description.get("dataset"),
-               "status": selected.get("status", "running"), "path": str(path), "config": description.get("base", {})}  # fmt: skip
-    run["sweep"] = str(path)
-    run["trials"] = selected.get("trials")
-    seed_runs = (selected.get("seeds") or {}).get("runs") or []  # the seeds of the current selection
-    if seed_runs:
-        summaries = [RunDirectory(path / name).read_summary() or {} for name in seed_runs]
-        run.update(seed_statistics(summaries))
-    return run
-
-
-def seed_statistics(runs, confidence: float = 0.95, resamples: int = 10_000) -> dict:
-    """Means over the finished runs of one configuration (several seeds), with rho's
-    bootstrap interval (`bootstrap_interval`) and semi-deviations (SPEC section 2).
-
-    Keys: seeds, best_score, stop_epoch (rounded mean), auc_w, auc_p, rho, rho_low,
-    rho_high, rho_upper, rho_lower, rhos (each run's, in order).
-    """
-    finished = [r for r in runs if r.get("status") == "finished"]
-
-    def mean(key):
-        values = [v for v in (as_float(r.get(key)) for r in finished) if math.isfinite(v)]
-        return float(np.mean(values)) if values else math.nan
-
-    rhos = [v for v in (as_float(r.get("rho")) for r in finished) if math.isfinite(v)]
-    m, upper, lower = aggregate(rhos) if rhos else (math.nan, math.nan, math.nan)
-    low, high = bootstrap_interval(rhos, confidence, resamples)
-    stop = mean("stop_epoch")
-    return {
-        "seeds": len(finished),
-        "best_score": mean("best_score"),
-        "stop_epoch": round(stop) if math.isfinite(stop) else None,
-        "auc_w": mean("auc_w"),
-        "auc_p": mean("auc_p"),
-        "rho": m,
-        "rho_low": low,
-        "rho_high": high,
-        "rho_upper": upper,
-        "rho_lower": lower,
-        "rhos": rhos,
-    }
-
-
-def _read_run(path: Path) -> dict:
-    directory = RunDirectory(path)
-    try:
-        config = directory.read_config()
-    except FileNotFoundError:
-        config = {}
-    summary = directory.read_summary() or {}
-    run = {k: config[k] for k in ("model", "dataset") if k in config}
-    run.update(summary)
-    run.setdefault("status", "running")
-    run["path"] = str(path)
-    run["config"] = config
-    return run
-
-
-def _study_order(run: dict) -> tuple:
-    model, dataset = str(run.get("model", "")), str(run.get("dataset", ""))
-    return (*row_rank(model, dataset), model, dataset)
-
-
 # -- the table -------------------------------------------------------------------------------
 
 
@@ -193,8 +74,8 @@ def study_table(runs) -> list[dict]:
     for run in runs:
         rows.append(
             {
-                "model": model_label(run.get("model", "?")),
-                "dataset": dataset_label(run.get("dataset", "?")),
+                "model": model_label(run.get("model") or "?"),
+                "dataset": dataset_label(run.get("dataset") or "?"),
                 "optimizer": _optimizer_label(run),
                 "wd": as_float(_lookup(run, "weight_decay", "wd")),
                 "lr": as_float(_lookup(run, "lr")),
@@ -232,14 +113,6 @@ def _optimizer_label(run: dict) -> str:
     elif momentum > 0:
         label += f", momentum {momentum:g}"
     return label
-
-
-def as_float(value) -> float:
-    """A number from a summary or table cell; None and non-numbers read as NaN."""
-    try:
-        return float(value)
-    except (TypeError, ValueError):
-        return math.nan  # summary.json stores NaN and infinities as null
 
 
 def _integer(value) -> int | None:

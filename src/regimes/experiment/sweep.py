@@ -1,15 +1,10 @@
 """The study's sweeps: every configuration of a grid, the best one by validation score,
 then that one again with several seeds (SPEC section 4, and beyond it: an interval on rho).
 
-```
-sweeps/mlp-breast-cancer/
-  sweep.json              the base config and the grid (a rerun checks it is the same sweep)
-  trials/sgd-lr1e-2-wd1e-4/   one run directory per trial, as `regimes run` writes it
-  trials.parquet, .csv    one row per trial: the swept values, status, scores, AUCs, rho
-  selected.json           the winning trial's row; with seeds, rho's mean, interval, semi-deviations
-  seeds/seed0, seed1 ...  the winning configuration with each seed (--seeds N)
-  seeds.parquet, .csv     one row per seed
-```
+The sweep's folder (`regimes.records.SweepDirectory`) holds its description, one run
+directory per trial and per seed, a table of each (one row per run: the swept values,
+status, scores, AUCs, rho) and the selection: the winning trial's row and, with seeds,
+rho's mean, interval and semi-deviations.
 
 The work is a list of `Job`s (a name, a config, a run directory) handed to an engine
 (`regimes.experiment.engines`), which calls back with each job's row as it finishes. Every
@@ -29,13 +24,10 @@ from pathlib import Path
 
 from regimes.experiment.config import RunConfig
 from regimes.experiment.grids import Grid
-from regimes.records import RunDirectory, atomic_write, describe_difference, json_ready, software_versions
-from regimes.report import as_float, seed_statistics
+from regimes.records import DONE, RunDirectory, RunSummary, Status, SweepDirectory, software_versions
+from regimes.runs import as_float, seed_statistics
 
-
-__all__ = ["Job", "run_job", "plan_trials", "run_sweep", "select", "trial_row", "SweepDirectory", "DONE"]
-
-DONE = ("finished", "diverged")  # a rerun leaves these alone; anything else runs (again)
+__all__ = ["Job", "run_job", "plan_trials", "run_sweep", "select", "trial_row"]
 
 # The trials table: these columns, then one per swept config key.
 ROW_COLUMNS = (
@@ -58,25 +50,25 @@ class Job:
         return self.name.split("/", 1)[-1]
 
 
-def run_job(job: Job, device: str = "cpu", data_dir=None) -> dict:
+def run_job(job: Job, device: str = "cpu", data_dir=None) -> RunSummary:
     """Train (or resume) one job; returns its summary. Never raises for a failing run: the
-    summary then has status "failed" and the error, also kept in the run's error.txt."""
+    summary then has status failed and the error, whose traceback the run directory keeps
+    (`RunDirectory.read_error`)."""
     from regimes.experiment.training import train_run
 
-    out = Path(job.out)
+    run = RunDirectory(job.out)
     started = time.time()
     try:
-        summary = train_run(job.config, out, device=device, data_dir=data_dir, resume=(out / "config.toml").is_file())
-        (out / "error.txt").unlink(missing_ok=True)
+        summary = train_run(job.config, run.path, device=device, data_dir=data_dir, resume=run.has_config())
+        run.clear_error()
         return summary
     except KeyboardInterrupt:
         raise
     except Exception as error:  # the sweep goes on without this trial
-        out.mkdir(parents=True, exist_ok=True)
-        atomic_write(out / "error.txt", traceback.format_exc().encode("utf-8"))
-        previous = RunDirectory(out).read_summary() if (out / "summary.json").is_file() else None
-        return {**(previous or {}), "status": "failed", "error": f"{type(error).__name__}: {error}",
-                "seconds": (previous or {}).get("seconds", time.time() - started)}  # fmt: skip
+        run.write_error(traceback.format_exc())
+        previous = run.read_summary() or RunSummary()
+        seconds = previous.seconds if previous.seconds is not None else time.time() - started
+        return previous.replace(status=Status.FAILED, error=f"{type(error).__name__}: {error}", seconds=seconds)
 
 
 def trial_row(job: Job, summary: dict, swept=()) -> dict:
@@ -86,7 +78,7 @@ def trial_row(job: Job, summary: dict, swept=()) -> dict:
     row.update(
         trial=job.short_name, seed=config.seed, optimizer=config.optimizer, momentum=config.momentum,
         nesterov=config.nesterov, lr=config.lr, weight_decay=config.weight_decay,
-        max_epochs=config.max_epochs, path=job.name, status=summary.get("status", "running"),
+        max_epochs=config.max_epochs, path=job.name, status=Status(summary.get("status") or Status.RUNNING),
     )  # fmt: skip
     for key in swept:
         value = getattr(config, key)
@@ -99,7 +91,7 @@ def trial_row(job: Job, summary: dict, swept=()) -> dict:
 def select(rows: list[dict]) -> dict | None:
     """The finished row with the best validation score (the direction its task says); ties
     go to the first in grid order. None when no trial has finished."""
-    finished = [r for r in rows if r["status"] == "finished" and math.isfinite(r["best_score"])]
+    finished = [r for r in rows if r["status"] == Status.FINISHED and math.isfinite(r["best_score"])]
     if not finished:
         return None
     sign = 1.0 if finished[0].get("higher_is_better", True) is not False else -1.0
@@ -111,71 +103,23 @@ def select(rows: list[dict]) -> dict | None:
 
 
 def plan_trials(base: RunConfig, grid: Grid, out) -> list[Job]:
-    out = Path(out).absolute()
-    return [Job(f"trials/{name}", config, str(out / "trials" / name)) for name, config in grid.trials(base)]
+    sweep = SweepDirectory(Path(out).absolute())
+    return [_job(sweep, sweep.trial_name(name), config) for name, config in grid.trials(base)]
 
 
 def plan_seeds(selected: RunConfig, seeds: int, out) -> list[Job]:
-    out = Path(out).absolute()
+    sweep = SweepDirectory(Path(out).absolute())
     first = selected.seed
-    return [Job(f"seeds/seed{s}", selected.replace(seed=s), str(out / "seeds" / f"seed{s}")) for s in range(first, first + seeds)]
+    return [_job(sweep, sweep.seed_name(s), selected.replace(seed=s)) for s in range(first, first + seeds)]
 
 
-class SweepDirectory:
-    """A sweep's folder: its description, tables and selection (the runs are RunDirectory's)."""
-
-    FILES = ("sweep.json", "trials.parquet", "trials.csv", "selected.json", "seeds.parquet", "seeds.csv")
-
-    def __init__(self, path):
-        self.path = Path(path)
-
-    def start(self, description: dict, force: bool = False) -> None:
-        """Write sweep.json; refuse a folder that holds another sweep (unless `force`, which
-        removes that sweep's runs and tables first)."""
-        path = self.path / "sweep.json"
-        if path.is_file():
-            if force:
-                self.clear()
-            else:
-                old = json.loads(path.read_text())
-                new = json.loads(json.dumps(description))
-                differs = [k for k in ("base", "grid") if old.get(k) != new.get(k)]
-                if differs:
-                    raise FileExistsError(
-                        f"{self.path} holds another sweep (its {' and '.join(differs)} differ: {describe_difference(old, new)}); "
-                        "choose another --out, or --force to start again there"
-                    )
-        elif self.path.is_dir() and any(self.path.iterdir()) and not force:
-            raise FileExistsError(f"{self.path} exists and holds no sweep; choose another --out")
-        self.path.mkdir(parents=True, exist_ok=True)
-        atomic_write(path, (json.dumps(description, indent=2) + "\n").encode("utf-8"))
-
-    def clear(self) -> None:
-        for name in self.FILES:
-            (self.path / name).unlink(missing_ok=True)
-        for folder in ("trials", "seeds"):
-            shutil.rmtree(self.path / folder, ignore_errors=True)
-
-    def write_table(self, stem: str, rows: list[dict]) -> None:
-        import pyarrow as pa
-        import pyarrow.csv as pcsv
-        import pyarrow.parquet as pq
-
-        table = pa.Table.from_pylist([json_ready(r) for r in rows])
-        buffer = pa.BufferOutputStream()
-        pq.write_table(table, buffer)
-        atomic_write(self.path / f"{stem}.parquet", buffer.getvalue().to_pybytes())
-        buffer = pa.BufferOutputStream()
-        pcsv.write_csv(table, buffer)
-        atomic_write(self.path / f"{stem}.csv", buffer.getvalue().to_pybytes())
-
-    def write_selected(self, selected: dict) -> None:
-        text = json.dumps(json_ready(selected), indent=2, allow_nan=False) + "\n"
-        atomic_write(self.path / "selected.json", text.encode("utf-8"))
+def _job(sweep: SweepDirectory, name: str, config: RunConfig) -> Job:
+    return Job(name, config, str(sweep.run(name).path))
 
 
 def run_sweep(base: RunConfig, grid: Grid, out, engine, *, seeds: int = 0, force: bool = False, events=None) -> dict:
-    """Run the grid into `out`, select, rerun the selection with `seeds` seeds; returns selected.json's content.
+    """Run the grid into `out`, select, rerun the selection with `seeds` seeds; returns the selection
+    (what `SweepDirectory.read_selected` reads back).
 
     `engine.run(jobs, on_result)` trains the jobs (see engines.py; closed at the end);
     `events(kind, **info)`, if given, hears "phase" (name, total, done) and "result"
@@ -200,13 +144,13 @@ def _sweep(base, grid, out, engine, seeds, force, events) -> dict:
     started = time.perf_counter()
     rows = _run_phase("grid", jobs, engine, events, lambda job, summary: trial_row(job, summary, swept))
     wall = {"grid": time.perf_counter() - started}  # this invocation's, finished trials skipped
-    directory.write_table("trials", rows)
+    directory.write_table(SweepDirectory.TRIALS, rows)
     best = select(rows)
     failed = [r["trial"] for r in rows if r["status"] not in DONE]
     selected = {"preset": base.preset, "model": base.model, "dataset": base.dataset, "grid": grid.name,
                 "trials": len(rows), "failed": failed, "wall_seconds": wall}  # fmt: skip
     if best is None:
-        selected.update(trial=None, status="no trial finished")
+        selected.update(trial=None, status=Status.FAILED, error="no trial finished")
         directory.write_selected(selected)
         return selected
     winner = next(job for job in jobs if job.short_name == best["trial"])
@@ -220,7 +164,7 @@ def _sweep(base, grid, out, engine, seeds, force, events) -> dict:
         started = time.perf_counter()
         seed_rows = _run_phase("seeds", seed_jobs, engine, events, lambda job, summary: trial_row(job, summary))
         wall["seeds"] = time.perf_counter() - started
-        directory.write_table("seeds", seed_rows)
+        directory.write_table(SweepDirectory.SEEDS, seed_rows)
         selected["seeds"] = {**seed_statistics(seed_rows), "runs": [job.name for job in seed_jobs]}
         directory.write_selected(selected)
     return selected
@@ -234,8 +178,8 @@ def _run_phase(phase: str, jobs: list[Job], engine, events, to_row) -> list[dict
     rows: dict[str, dict] = {}
     pending = []
     for job in jobs:
-        summary = RunDirectory(job.out).read_summary() if Path(job.out, "summary.json").is_file() else None
-        if summary is not None and summary.get("status") in DONE:
+        summary = RunDirectory(job.out).read_summary()
+        if summary is not None and summary.status in DONE:
             rows[job.name] = to_row(job, summary)
         else:
             pending.append(job)
@@ -249,7 +193,7 @@ def _run_phase(phase: str, jobs: list[Job], engine, events, to_row) -> list[dict
         engine.run(pending, on_result)
     for job in jobs:  # a job the engine lost (a worker that died) counts as failed
         if job.name not in rows:
-            rows[job.name] = to_row(job, {"status": "failed", "error": "the engine returned no result"})
+            rows[job.name] = to_row(job, RunSummary(status=Status.FAILED, error="the engine returned no result"))
     return [rows[job.name] for job in jobs]
 
 
@@ -266,7 +210,7 @@ def _check_runs_match(jobs: list[Job], force: bool) -> None:
     """Refuse to resume a run directory that holds another config (before anything starts)."""
     for job in jobs:
         run = RunDirectory(job.out)
-        if force or not run.config_path.is_file():
+        if force or not run.has_config():
             continue
         if (why := run.config_difference(job.config.to_dict())) is not None:
             raise FileExistsError(
@@ -288,9 +232,5 @@ def _remove_stale_seeds(seed_jobs: list[Job]) -> None:
 def _reuse_trial_as_seed(winner: Job, seed_jobs: list[Job]) -> None:
     """The winning trial already is the run with its own seed: copy it rather than train it again."""
     for job in seed_jobs:
-        target = Path(job.out)
-        if job.config == winner.config and not target.exists():
-            staging = target.with_name(f".{target.name}.copy")
-            shutil.rmtree(staging, ignore_errors=True)
-            shutil.copytree(winner.out, staging)
-            staging.rename(target)  # whole or not at all
+        if job.config == winner.config and not Path(job.out).exists():
+            RunDirectory(winner.out).copy_to(job.out)  # whole or not at all

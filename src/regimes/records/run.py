@@ -6,45 +6,34 @@ RUN/
   steps/            per-iteration records, one Parquet file per chunk (part-00001.parquet, ...):
                     iteration, epoch (int64), dw, da and one "da:<site>" column per site (float64)
   epochs.parquet    per-epoch scores, rewritten whole each epoch
-  summary.json      the run's numbers, status and software versions
+  summary.json      the run's numbers, status and software versions (a `RunSummary`)
   figure.png        the run's figure (regimes.plots.save_run_figure)
-  checkpoint.pt     written by the runner itself
+  checkpoint.pt     what a resume needs (the runner's state, saved with torch.save)
+  error.txt         the traceback of a failed run (a sweep's trial that raised)
 ```
 
 `pd.read_parquet("RUN/steps")` and `pl.read_parquet("RUN/steps/*.parquet")` open the records.
-Every file is written to a hidden temporary file in the same folder and then moved into
-place with `os.replace`, so a killed process leaves either the old file or the new one,
-never half of one; the dot prefix keeps a left-over temporary file out of Parquet readers.
+Every file is written atomically (`regimes.records.files.atomic_write`).
 """
 
 from __future__ import annotations
 
 import io
-import json
-import math
-import os
 import re
 import shutil
-import sys
-import uuid
-from importlib import metadata
+from collections.abc import Mapping
 from pathlib import Path
 
 import numpy as np
 import pyarrow as pa
 import pyarrow.parquet as pq
 
-if sys.version_info >= (3, 11):
-    import tomllib
-else:  # pragma: no cover
-    import tomli as tomllib
+from regimes.records.files import (
+    atomic_write, describe_difference, parquet_bytes, read_json, read_toml, toml_round_trip, write_json, write_toml,
+)  # fmt: skip
+from regimes.records.summary import RunSummary
 
-__all__ = [
-    "RunDirectory", "is_run_directory", "software_versions", "atomic_write", "json_ready",
-    "describe_difference", "STATUSES",
-]  # fmt: skip
-
-STATUSES = ("running", "finished", "diverged", "interrupted")
+__all__ = ["RunDirectory", "is_run_directory"]
 
 _INT_COLUMNS = ("iteration", "epoch")
 _STEP_REQUIRED = ("iteration", "epoch", "dw", "da")
@@ -57,12 +46,23 @@ _EPOCH_COLUMNS = {
     "seconds": pa.float64(),
 }
 _CHUNK = re.compile(r"^part-(\d+)\.parquet$")
-# Files a run owns; create(force=True) removes these and nothing else the user put there.
-_RUN_FILES = ("config.toml", "epochs.parquet", "summary.json", "figure.png", "checkpoint.pt")
 
 
 class RunDirectory:
-    """One run's folder. Stores its path only; every method reads or writes the disk."""
+    """One run's folder. Stores its path only; every method reads or writes the disk.
+
+    The class attributes name the files, for messages that point a user at one.
+    """
+
+    CONFIG = "config.toml"
+    STEPS = "steps"
+    EPOCHS = "epochs.parquet"
+    SUMMARY = "summary.json"
+    FIGURE = "figure.png"
+    CHECKPOINT = "checkpoint.pt"
+    ERROR = "error.txt"
+    # Files a run owns; create(force=True) removes these (and steps/) and nothing else the user put there.
+    FILES = (CONFIG, EPOCHS, SUMMARY, FIGURE, CHECKPOINT, ERROR)
 
     def __init__(self, path):
         self.path = Path(path)
@@ -74,31 +74,44 @@ class RunDirectory:
 
     @property
     def config_path(self) -> Path:
-        return self.path / "config.toml"
+        return self.path / self.CONFIG
 
     @property
     def steps_dir(self) -> Path:
-        return self.path / "steps"
+        return self.path / self.STEPS
 
     @property
     def epochs_path(self) -> Path:
-        return self.path / "epochs.parquet"
+        return self.path / self.EPOCHS
 
     @property
     def summary_path(self) -> Path:
-        return self.path / "summary.json"
+        return self.path / self.SUMMARY
 
     @property
     def figure_path(self) -> Path:
-        return self.path / "figure.png"
+        return self.path / self.FIGURE
 
     @property
     def checkpoint_path(self) -> Path:
-        return self.path / "checkpoint.pt"
+        return self.path / self.CHECKPOINT
+
+    @property
+    def error_path(self) -> Path:
+        return self.path / self.ERROR
+
+    def has_config(self) -> bool:
+        return self.config_path.is_file()
+
+    def has_summary(self) -> bool:
+        return self.summary_path.is_file()
+
+    def has_checkpoint(self) -> bool:
+        return self.checkpoint_path.is_file()
 
     # -- lifecycle -----------------------------------------------------------------------
 
-    def create(self, config: dict, force: bool = False) -> None:
+    def create(self, config: Mapping, force: bool = False) -> None:
         """Make the folder and write `config`.
 
         A folder that already holds a run with a different config is refused
@@ -119,15 +132,32 @@ class RunDirectory:
         self.steps_dir.mkdir(exist_ok=True)
         self.write_config(config)
 
-    def config_difference(self, config: dict) -> str | None:
+    def check_resumable(self) -> None:
+        """Raise FileNotFoundError, saying how to start it, unless a run to resume is here."""
+        if not self.has_config():
+            raise FileNotFoundError(
+                f"{self.path} holds no run to resume (no {self.CONFIG}); "
+                f"start it with `regimes run PRESET --out {self.path}`"
+            )
+
+    def config_difference(self, config: Mapping) -> str | None:
         """How the run here differs from `config` (as config.toml would read it back), or None if it is the same."""
-        if not self.config_path.is_file():
-            return "it has a summary.json but no config.toml to compare with"
-        old, new = self.read_config(), _toml_round_trip(config)
+        if not self.has_config():
+            return f"it has a {self.SUMMARY} but no {self.CONFIG} to compare with"
+        old, new = self.read_config(), toml_round_trip(config)
         return None if old == new else describe_difference(old, new)
 
+    def copy_to(self, path) -> RunDirectory:
+        """Copy the whole run to `path` (which must not exist): whole or not at all."""
+        target = Path(path)
+        staging = target.with_name(f".{target.name}.copy")
+        shutil.rmtree(staging, ignore_errors=True)
+        shutil.copytree(self.path, staging)
+        staging.rename(target)
+        return RunDirectory(target)
+
     def _clear(self) -> None:
-        for name in _RUN_FILES:
+        for name in self.FILES:
             (self.path / name).unlink(missing_ok=True)
         if self.steps_dir.is_dir():
             shutil.rmtree(self.steps_dir)
@@ -136,16 +166,12 @@ class RunDirectory:
 
     # -- config --------------------------------------------------------------------------
 
-    def write_config(self, config: dict) -> None:
+    def write_config(self, config: Mapping) -> None:
         """Write the config as TOML. TOML has no null: keys whose value is None are left out."""
-        import tomli_w
-
-        text = tomli_w.dumps(_toml_ready(config))
-        atomic_write(self.config_path, text.encode("utf-8"))
+        write_toml(self.config_path, config)
 
     def read_config(self) -> dict:
-        with open(self.config_path, "rb") as f:
-            return tomllib.load(f)
+        return read_toml(self.config_path)
 
     # -- per-iteration records -----------------------------------------------------------
 
@@ -184,7 +210,7 @@ class RunDirectory:
         else:
             self.steps_dir.mkdir(parents=True, exist_ok=True)
             number = 1
-        atomic_write(self.steps_dir / f"part-{number:05d}.parquet", _parquet_bytes(table))
+        atomic_write(self.steps_dir / f"part-{number:05d}.parquet", parquet_bytes(table))
 
     def truncate_steps(self, after_iteration: int) -> None:
         """Drop every record with `iteration > after_iteration` (a resume rewinds to its checkpoint)."""
@@ -197,7 +223,7 @@ class RunDirectory:
             elif iterations.size and iterations.max() > after_iteration:
                 table = pq.read_table(path)
                 kept = table.filter(pa.array(iterations <= after_iteration))
-                atomic_write(path, _parquet_bytes(kept))
+                atomic_write(path, parquet_bytes(kept))
             else:
                 break  # chunks are written in iteration order: the older ones are all kept
 
@@ -236,7 +262,7 @@ class RunDirectory:
         fields = [pa.field(n, _EPOCH_COLUMNS.get(n, _infer_type(rows, n))) for n in names]
         data = {n: [_plain(row.get(n)) for row in rows] for n in names}
         table = pa.table(data, schema=pa.schema(fields))
-        atomic_write(self.epochs_path, _parquet_bytes(table))
+        atomic_write(self.epochs_path, parquet_bytes(table))
 
     def read_epochs(self) -> list[dict]:
         if not self.epochs_path.is_file():
@@ -245,72 +271,65 @@ class RunDirectory:
 
     # -- summary -------------------------------------------------------------------------
 
-    def write_summary(self, summary: dict) -> None:
-        """Write summary.json. Strict JSON: NaN and infinities are written as null."""
-        status = summary.get("status")
-        if status is not None and status not in STATUSES:
-            raise ValueError(f"status must be one of {STATUSES}, got {status!r}")
-        text = json.dumps(json_ready(summary), indent=2, allow_nan=False) + "\n"
-        atomic_write(self.summary_path, text.encode("utf-8"))
+    def write_summary(self, summary: RunSummary | Mapping) -> None:
+        """Write summary.json (a mapping is read as `RunSummary.from_dict` reads it, so an
+        unknown status is a ValueError). Strict JSON: NaN and infinities are written as null."""
+        write_json(self.summary_path, RunSummary.from_dict(summary))
 
-    def read_summary(self) -> dict | None:
+    def read_summary(self) -> RunSummary | None:
         """The summary, or None when the run has not written one yet."""
-        if not self.summary_path.is_file():
+        if not self.has_summary():
             return None
-        with open(self.summary_path, encoding="utf-8") as f:
-            try:
-                return json.load(f)
-            except json.JSONDecodeError as e:
-                raise ValueError(f"{self.summary_path} is not valid JSON: {e}") from None
+        data = read_json(self.summary_path)
+        try:
+            return RunSummary.from_dict(data)
+        except (TypeError, ValueError) as e:
+            raise ValueError(f"{self.summary_path} holds no run summary: {e}") from None
+
+    # -- checkpoint ----------------------------------------------------------------------
+
+    def write_checkpoint(self, state: dict) -> None:
+        """Save `state` (tensors and plain data) with torch.save, atomically."""
+        import torch
+
+        buffer = io.BytesIO()
+        torch.save(state, buffer)
+        atomic_write(self.checkpoint_path, buffer.getvalue())
+
+    def read_checkpoint(self, map_location="cpu") -> dict | None:
+        """The last checkpoint, or None when the run has none (it ended no epoch yet)."""
+        if not self.has_checkpoint():
+            return None
+        import torch
+
+        return torch.load(self.checkpoint_path, map_location=map_location, weights_only=False)
+
+    # -- the error of a failed run ---------------------------------------------------------
+
+    def write_error(self, text: str) -> None:
+        """Keep what ended a failed run (a traceback); makes the folder if need be."""
+        self.path.mkdir(parents=True, exist_ok=True)
+        atomic_write(self.error_path, text.encode("utf-8"))
+
+    def read_error(self) -> str | None:
+        return self.error_path.read_text(encoding="utf-8") if self.error_path.is_file() else None
+
+    def clear_error(self) -> None:
+        """Forget an earlier failure (the run has now gone through)."""
+        self.error_path.unlink(missing_ok=True)
 
 
 def is_run_directory(path) -> bool:
     """True when `path` is a folder holding a run (its config.toml or summary.json)."""
-    path = Path(path)
-    return (path / "config.toml").is_file() or (path / "summary.json").is_file()
-
-
-def software_versions() -> dict:
-    """Versions of Python and of the packages that decide a run's numbers."""
-    versions = {"python": sys.version.split()[0]}
-    for name in ("torch", "numpy", "regimes", "pyarrow"):
-        try:
-            versions[name] = metadata.version(name)
-        except metadata.PackageNotFoundError:
-            versions[name] = None
-    return versions
+    directory = RunDirectory(path)
+    return directory.has_config() or directory.has_summary()
 
 
 # -- helpers ---------------------------------------------------------------------------------
 
 
-def atomic_write(path: Path, data: bytes) -> None:
-    """Write `data` to `path` through a hidden temporary file in the same folder, then rename.
-
-    A reader (or a crash) sees the old file or the new one, never a part of one.
-    """
-    path = Path(path)
-    # Not tempfile.mkstemp: its files are private (0600); this one gets the umask's mode.
-    tmp = path.parent / f".{path.name}.{os.getpid()}.{uuid.uuid4().hex[:8]}.tmp"
-    try:
-        with open(tmp, "xb") as f:
-            f.write(data)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        tmp.unlink(missing_ok=True)
-        raise
-
-
 def _iterations(chunk: Path) -> np.ndarray:
     return pq.read_table(chunk, columns=["iteration"]).column("iteration").to_numpy()
-
-
-def _parquet_bytes(table: pa.Table) -> bytes:
-    sink = io.BytesIO()
-    pq.write_table(table, sink)
-    return sink.getvalue()
 
 
 def _steps_table(records: dict) -> pa.Table:
@@ -352,66 +371,3 @@ def _plain(value):
     if isinstance(value, np.generic):
         return value.item()
     return value
-
-
-def json_ready(value):
-    """`value` as strict JSON takes it: plain containers and scalars, NaN and infinities as None."""
-    if isinstance(value, dict):
-        return {str(k): json_ready(v) for k, v in value.items()}
-    if isinstance(value, (list, tuple)):
-        return [json_ready(v) for v in value]
-    if isinstance(value, np.ndarray):
-        return [json_ready(v) for v in value.tolist()]
-    if isinstance(value, np.generic):
-        value = value.item()
-    if isinstance(value, float) and not math.isfinite(value):
-        return None
-    if isinstance(value, Path):
-        return str(value)
-    return value
-
-
-def _toml_ready(value):
-    if isinstance(value, dict):
-        return {str(k): _toml_ready(v) for k, v in value.items() if v is not None}
-    if isinstance(value, (list, tuple)):
-        if any(v is None for v in value):
-            raise ValueError(f"TOML cannot store None inside a list: {value!r}")
-        return [_toml_ready(v) for v in value]
-    if isinstance(value, np.ndarray):
-        return _toml_ready(value.tolist())
-    if isinstance(value, np.generic):
-        return value.item()
-    if isinstance(value, Path):
-        return str(value)
-    return value
-
-
-def _toml_round_trip(config: dict) -> dict:
-    """`config` as it reads back from config.toml (what create() compares)."""
-    import tomli_w
-
-    return tomllib.loads(tomli_w.dumps(_toml_ready(config)))
-
-
-def describe_difference(old: dict, new: dict, limit: int = 4) -> str:
-    def flat(d, prefix=""):
-        out = {}
-        for k, v in d.items():
-            if isinstance(v, dict):
-                out.update(flat(v, f"{prefix}{k}."))
-            else:
-                out[prefix + k] = v
-        return out
-
-    def show(d, k):
-        return repr(d[k]) if k in d else "unset"
-
-    a, b = flat(old), flat(new)
-    diffs = [
-        f"{k}: {show(a, k)} there, {show(b, k)} now"
-        for k in sorted(set(a) | set(b))
-        if k not in a or k not in b or a[k] != b[k]
-    ]
-    more = f", and {len(diffs) - limit} more" if len(diffs) > limit else ""
-    return "; ".join(diffs[:limit]) + more

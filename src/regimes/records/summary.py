@@ -1,0 +1,173 @@
+"""A run's summary: one typed record, one status vocabulary.
+
+```python
+summary = RunSummary(model="mlp", dataset="digits", rho=1.26, status=Status.FINISHED)
+summary["rho"], summary.get("freeze_iteration"), dict(summary)   # a read-only mapping too
+summary.replace(status=Status.FAILED, error="ValueError: ...")    # a changed copy
+RunSummary.from_dict(json.load(f))                                # any version's summary.json
+```
+
+`summary.json` is `dict(summary)` as strict JSON: the fields below in their order, then the
+keys this version does not know (kept in `extra`), NaN and infinities written as null.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import sys
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from enum import Enum
+from importlib import metadata
+
+__all__ = ["Status", "DONE", "STATUSES", "RunSummary", "software_versions"]
+
+
+class Status(str, Enum):
+    """How a run stands. A `str`, so `Status.FINISHED == "finished"` and JSON writes "finished"."""
+
+    RUNNING = "running"  # training, or stopped before it could say how it ended
+    FINISHED = "finished"  # stopped early or at max_epochs
+    DIVERGED = "diverged"  # the training loss became NaN or infinite
+    INTERRUPTED = "interrupted"  # Ctrl-C or SIGTERM; resumable from its last finished epoch
+    FAILED = "failed"  # an error ended it (the message is the summary's `error`)
+
+    # The same text on every Python: 3.11 changed str() and format() of mixed-in enums.
+    def __str__(self) -> str:
+        return self.value
+
+    def __format__(self, spec: str) -> str:
+        return format(self.value, spec)
+
+    @property
+    def done(self) -> bool:
+        """True when a rerun of a sweep leaves the run alone (`DONE`)."""
+        return self in DONE
+
+
+DONE = (Status.FINISHED, Status.DIVERGED)  # a sweep rerun leaves these alone; anything else runs (again)
+STATUSES = tuple(Status)
+
+
+@dataclass(frozen=True, eq=False, kw_only=True)
+class RunSummary(Mapping):
+    """The numbers, status and provenance of one run (its `summary.json`).
+
+    Every field may be missing from a summary written by an older version and then holds its
+    default (None; status: running). Keys this version does not know are kept in `extra`,
+    readable through the mapping and written back, so reading and rewriting loses nothing.
+    A summary equals a mapping with the same keys and values, a key the mapping lacks
+    counting as its default (as `from_dict` reads it).
+    """
+
+    # The run's configuration.
+    preset: str | None = None
+    model: str | None = None
+    dataset: str | None = None
+    optimizer: str | None = None
+    momentum: float | None = None
+    nesterov: bool | None = None
+    weight_decay: float | None = None
+    lr: float | None = None
+    batch_size: int | None = None
+    precision: str | None = None
+    seed: int | None = None
+    # The task's score and early stopping.
+    score_name: str | None = None
+    higher_is_better: bool | None = None
+    best_score: float | None = None
+    best_epoch: int | None = None
+    stop_epoch: int | None = None
+    max_epochs: int | None = None
+    # The study's numbers (SPEC section 2); rho is the headline one.
+    auc_w: float | None = None
+    auc_p: float | None = None
+    rho: float | None = None
+    stabilization_w: float | None = None
+    stabilization_p: float | None = None
+    window: int | None = None
+    batches_per_epoch: int | None = None
+    steps: int | None = None
+    sites: list[str] | None = None
+    probe_size: int | None = None
+    train_size: int | None = None
+    val_size: int | None = None
+    data_source: str | None = None
+    # How it went, where and with what.
+    status: Status = Status.RUNNING
+    seconds: float | None = None
+    device: str | None = None
+    versions: dict | None = None
+    # SPEC section 3: rho under both weight changes, the frozen regime, the thread count.
+    rho_global: float | None = None
+    rho_layerwise: float | None = None
+    freeze_iteration: int | None = None  # the iteration the regime was frozen at; None unless frozen
+    threads: int | None = None  # torch's thread count during the run
+    error: str | None = None  # what ended a failed run
+    extra: dict = field(default_factory=dict)
+
+    def __post_init__(self):
+        try:
+            status = Status(self.status)
+        except ValueError:
+            raise ValueError(f"status must be one of {', '.join(Status)}, got {self.status!r}") from None
+        object.__setattr__(self, "status", status)
+        if clash := [k for k in self.extra if k in _KEYS]:
+            raise ValueError(f"extra keys {clash} are fields of RunSummary; pass them as fields")
+
+    @classmethod
+    def from_dict(cls, data: Mapping) -> RunSummary:
+        """A summary from a mapping (a summary.json of any version): missing keys take their
+        defaults, unknown keys go to `extra`; a null status reads as running."""
+        if isinstance(data, RunSummary):
+            return data
+        if not isinstance(data, Mapping):
+            raise TypeError(f"a run summary is a mapping of keys to values, got {type(data).__name__}")
+        known = {k: v for k, v in data.items() if k in _KEYS}
+        if known.get("status", Status.RUNNING) is None:
+            del known["status"]
+        return cls(**known, extra={k: v for k, v in data.items() if k not in _KEYS})
+
+    def replace(self, **changes) -> RunSummary:
+        """A copy with `changes`; keys that are not fields go to `extra`."""
+        extra = {**self.extra, **{k: v for k, v in changes.items() if k not in _KEYS}}
+        return dataclasses.replace(self, **{k: v for k, v in changes.items() if k in _KEYS}, extra=extra)
+
+    # -- the read-only mapping -----------------------------------------------------------
+
+    def __getitem__(self, key: str):
+        if key in _KEYS:
+            return getattr(self, key)
+        return self.extra[key]
+
+    def __iter__(self):
+        yield from _KEYS
+        yield from self.extra
+
+    def __len__(self) -> int:
+        return len(_KEYS) + len(self.extra)
+
+    def __eq__(self, other) -> bool:
+        if not isinstance(other, Mapping):
+            return NotImplemented
+        try:
+            other = RunSummary.from_dict(other)
+        except (TypeError, ValueError):
+            return False
+        return dict(self.items()) == dict(other.items())
+
+    __hash__ = None  # mutable contents (sites, versions), like a dict
+
+
+_KEYS = tuple(f.name for f in dataclasses.fields(RunSummary) if f.name != "extra")
+
+
+def software_versions() -> dict:
+    """Versions of Python and of the packages that decide a run's numbers."""
+    versions = {"python": sys.version.split()[0]}
+    for name in ("torch", "numpy", "regimes", "pyarrow"):
+        try:
+            versions[name] = metadata.version(name)
+        except metadata.PackageNotFoundError:
+            versions[name] = None
+    return versions
