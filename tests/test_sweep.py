@@ -20,6 +20,7 @@ import pytest
 
 from regimes.analysis import aggregate
 from regimes.cli import main
+from regimes.experiment.callbacks import Callback
 from regimes.experiment import ConfigError, engines, get_preset, train_run
 from regimes.experiment.engines import LocalEngine, make_engine
 from regimes.zoo import list_models
@@ -253,12 +254,13 @@ class Killed(Spy):
     sweep killed in the middle of its second trial leaves on disk."""
 
     def run(self, jobs, on_result):
-        def stop_after_one(epoch, row, tracker):
-            raise KeyboardInterrupt
+        class StopAfterOne(Callback):
+            def on_epoch_end(self, run, **kwargs):
+                raise KeyboardInterrupt
 
         self.inner.run(jobs[:1], on_result)
         with pytest.raises(KeyboardInterrupt):
-            alone(jobs[1].config, jobs[1].out, progress=stop_after_one)
+            alone(jobs[1].config, jobs[1].out, callbacks=[StopAfterOne()])
 
 
 def test_rerun_skips_finished_trials_and_resumes_unfinished(tmp_path, grid_file):

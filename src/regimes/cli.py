@@ -270,12 +270,13 @@ def main(argv=None) -> int:
     from regimes.data import DataNotFoundError
     from regimes.experiment import ConfigError
     from regimes.experiment.engines import EngineError
+    from regimes.extras import MissingExtraError
     from regimes.tracker import ProbeError
 
     try:
         return args.func(args)
-    except (ConfigError, DataNotFoundError, EngineError, FileExistsError, FileNotFoundError, ProbeError, TypeError,
-            ValueError) as error:  # fmt: skip
+    except (ConfigError, DataNotFoundError, EngineError, FileExistsError, FileNotFoundError, MissingExtraError,
+            ProbeError, ValueError) as error:  # fmt: skip
         if os.environ.get("REGIMES_DEBUG"):
             raise
         print(f"regimes: error: {error}", file=sys.stderr)

@@ -21,6 +21,8 @@ from dataclasses import dataclass
 
 import numpy as np
 
+from regimes.records import Status
+
 __all__ = ["Callback", "EarlyStopping", "RecordWriter", "Checkpoint", "ProgressBar", "notify"]
 
 
@@ -78,7 +80,7 @@ class EarlyStopping(Callback):
         return self.epochs_without_improvement >= self.patience
 
     def on_epoch_end(self, run, row, **kwargs) -> None:
-        if run.status != "diverged" and self.update(row["val_score"], run.epoch):
+        if run.status != Status.DIVERGED and self.update(row["val_score"], run.epoch):
             run.stop = True
 
     def state_dict(self) -> dict:
@@ -93,19 +95,22 @@ class RecordWriter(Callback):
     """Writes the run directory as the run goes: the new step records and all epoch rows
     after every epoch, and the summary (status `running` until the end)."""
 
+    CURVES = ("dw", "dw_layerwise", "da")  # what the summary is computed from
+
     def __init__(self, run_dir, columns=("dw", "da")):
         self.run_dir, self.columns = run_dir, columns
 
     def on_train_begin(self, run, **kwargs) -> None:
-        # What is on disk (after a resume, rewound to the checkpoint) is the curve so far.
+        # What is on disk (after a resume, rewound to the checkpoint) is the curve so far;
+        # the layerwise weight change is kept in memory only until the steps table has it.
         on_disk = self.run_dir.read_steps(columns=["iteration", "dw", "da"])
         self.written_ = int(on_disk["iteration"][-1]) if len(on_disk["iteration"]) else 0
-        self.curves_ = {"dw": [on_disk["dw"]], "da": [on_disk["da"]]}
+        self.curves_ = {name: [on_disk.get(name, np.full(len(on_disk["iteration"]), np.nan))] for name in self.CURVES}
 
     def on_epoch_end(self, run, **kwargs) -> None:
         tracker = run.tracker
         names = [*self.columns, *(f"da:{site}" for site in tracker.sites)]
-        new = tracker.records(since=self.written_, names=names)
+        new = tracker.records(since=self.written_, names=list(dict.fromkeys([*names, *self.CURVES])))
         if len(new["iteration"]):
             records = {"iteration": new["iteration"], "epoch": np.full(len(new["iteration"]), run.epoch, dtype=np.int64)}
             records.update({name: new[name] for name in names})
@@ -114,20 +119,20 @@ class RecordWriter(Callback):
             for name in self.curves_:
                 self.curves_[name].append(new[name])
         self.run_dir.write_epochs(run.epochs)
-        self.run_dir.write_summary(run.summarize(self.curve("dw"), self.curve("da"), "running" if not run.stop else run.status))
+        self.run_dir.write_summary(run.summarize(self.curves(), Status.RUNNING if not run.stop else run.status))
 
-    def curve(self, name: str) -> np.ndarray:
-        chunks = self.curves_[name]
-        if len(chunks) > 1:
-            chunks[:] = [np.concatenate(chunks)]
-        return chunks[0]
+    def curves(self) -> dict[str, np.ndarray]:
+        for chunks in self.curves_.values():
+            if len(chunks) > 1:
+                chunks[:] = [np.concatenate(chunks)]
+        return {name: chunks[0] for name, chunks in self.curves_.items()}
 
     def on_train_end(self, run, **kwargs) -> None:
-        run.summary = run.summarize(self.curve("dw"), self.curve("da"), run.status)
+        run.summary = run.summarize(self.curves(), run.status)
         self.run_dir.write_summary(run.summary)
 
     def on_interrupt(self, run, **kwargs) -> None:
-        self.run_dir.write_summary(run.summarize(self.curve("dw"), self.curve("da"), "interrupted"))
+        self.run_dir.write_summary(run.summarize(self.curves(), Status.INTERRUPTED))
 
 
 class Checkpoint(Callback):
@@ -137,7 +142,7 @@ class Checkpoint(Callback):
         self.run_dir = run_dir
 
     def on_epoch_end(self, run, **kwargs) -> None:
-        run.save_checkpoint(self.run_dir.checkpoint_path)
+        self.run_dir.write_checkpoint(run.state_dict())
 
 
 class ProgressBar(Callback):

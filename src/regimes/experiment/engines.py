@@ -15,6 +15,7 @@ import signal
 import sys
 
 from regimes.experiment.sweep import Job, run_job
+from regimes.records import Status
 from regimes.extras import MissingExtraError, require
 from regimes.registry import Registry
 
@@ -99,7 +100,7 @@ class LocalEngine:
                 try:
                     summary = future.result()
                 except BrokenProcessPool as error:  # a worker died (killed, out of memory)
-                    summary = {"status": "failed", "error": f"worker process died: {error}"}
+                    summary = {"status": Status.FAILED, "error": f"worker process died: {error}"}
                     self._pool = None  # the next phase starts a new pool
                 on_result(job, summary)
         except KeyboardInterrupt:
@@ -157,7 +158,7 @@ def _worker_run(job: Job, data_dir) -> dict:
     try:
         return run_job(job, _WORKER_DEVICE, data_dir)
     except KeyboardInterrupt:
-        return {"status": "interrupted", "error": "interrupted"}
+        return {"status": Status.INTERRUPTED, "error": "interrupted"}
 
 
 def _die_with_parent() -> None:
@@ -210,12 +211,12 @@ class RayEngine:
             def on_trial_complete(self, iteration, trials, trial, **info):
                 name = trial.config["job"]
                 reported.add(name)
-                on_result(by_name[name], dict(trial.last_result or {"status": "failed", "error": "no result"}))
+                on_result(by_name[name], dict(trial.last_result or {"status": Status.FAILED, "error": "no result"}))
 
             def on_trial_error(self, iteration, trials, trial, **info):
                 name = trial.config["job"]
                 reported.add(name)
-                on_result(by_name[name], {"status": "failed", "error": "the Ray trial failed (see the Ray logs)"})
+                on_result(by_name[name], {"status": Status.FAILED, "error": "the Ray trial failed (see the Ray logs)"})
 
         trainable = tune.with_parameters(_ray_trial, jobs=by_name, device=self.device, data_dir=self.data_dir,
                                          threads=max(1, int(self.cpus)))  # fmt: skip
@@ -230,7 +231,7 @@ class RayEngine:
         tuner.fit()
         for name in by_name:  # results Tune holds but did not pass through the callback
             if name not in reported:
-                on_result(by_name[name], {"status": "failed", "error": "Ray returned no result"})
+                on_result(by_name[name], {"status": Status.FAILED, "error": "Ray returned no result"})
 
 
     def close(self, cancel: bool = False) -> None:

@@ -11,7 +11,6 @@ it, continuing to the same numbers as an uninterrupted run.
 from __future__ import annotations
 
 import contextlib
-import io
 import math
 import random
 import time
@@ -27,7 +26,7 @@ from regimes.experiment.callbacks import Callback, Checkpoint, EarlyStopping, Re
 from regimes.experiment.config import RunConfig
 from regimes.experiment.tasks import get_task
 from regimes.extras import available
-from regimes.records import RunDirectory, atomic_write, software_versions
+from regimes.records import RunDirectory, RunSummary, Status, software_versions
 from regimes.zoo import create_model, model_sites
 
 __all__ = ["RunState", "train_run", "resolve_device", "setup_run", "train_epoch", "evaluate", "make_optimizer", "seed_everything", "batches_per_epoch"]
@@ -70,11 +69,11 @@ class RunState:
     callbacks: list[Callback] = field(default_factory=list)
     epoch: int = 0  # the last finished epoch
     epochs: list[dict] = field(default_factory=list)  # one row of scores per finished epoch
-    status: str = "finished"  # what the run ends as if nothing goes wrong
+    status: Status = Status.FINISHED  # what the run ends as if nothing goes wrong
     stop: bool = False  # set by a callback (early stopping) or on divergence
     seconds_before: float = 0.0  # time spent before a resume
     started: float = field(default_factory=time.time)
-    summary: dict | None = None  # the final summary, set at the end of the run
+    summary: RunSummary | None = None  # the final summary, set at the end of the run
 
     def autocast(self):
         """The training's precision: bf16 autocast for precision "bf16", else nothing."""
@@ -82,25 +81,29 @@ class RunState:
             return torch.autocast(self.device.type, dtype=torch.bfloat16)
         return contextlib.nullcontext()
 
-    def summarize(self, dw: np.ndarray, da: np.ndarray, status: str) -> dict:
-        """The run's summary.json from its whole curves so far."""
+    def summarize(self, curves: dict[str, np.ndarray], status: Status) -> RunSummary:
+        """The run's summary from its whole curves so far (`dw`, `dw_layerwise`, `da`)."""
         config, stopper = self.config, self._early_stopping()
-        numbers = summarize(dw, da, max(1, self.batches_per_epoch // config.track_every)) if len(dw) else {}
-        return {
-            "preset": config.preset, "model": config.model, "dataset": config.dataset,
-            "optimizer": config.optimizer, "momentum": config.momentum, "nesterov": config.nesterov,
-            "weight_decay": config.weight_decay, "lr": config.lr, "batch_size": config.batch_size,
-            "precision": config.precision, "seed": config.seed,
-            "score_name": self.task.score_name, "higher_is_better": self.task.higher_is_better,
-            "best_score": stopper.best_score, "best_epoch": stopper.best_epoch,
-            "stop_epoch": len(self.epochs), "max_epochs": config.max_epochs,
+        per_epoch = max(1, self.batches_per_epoch // config.track_every)  # measurements per epoch
+        dw, da = curves["dw"], curves["da"]
+        numbers = summarize(dw, da, per_epoch) if len(dw) else {}
+        layerwise = summarize(curves["dw_layerwise"], da, per_epoch) if len(dw) else {}
+        return RunSummary(
+            preset=config.preset, model=config.model, dataset=config.dataset,
+            optimizer=config.optimizer, momentum=config.momentum, nesterov=config.nesterov,
+            weight_decay=config.weight_decay, lr=config.lr, batch_size=config.batch_size,
+            precision=config.precision, seed=config.seed,
+            score_name=self.task.score_name, higher_is_better=self.task.higher_is_better,
+            best_score=stopper.best_score, best_epoch=stopper.best_epoch,
+            stop_epoch=len(self.epochs), max_epochs=config.max_epochs,
             **{k: numbers.get(k) for k in ("auc_w", "auc_p", "rho", "stabilization_w", "stabilization_p", "window")},
-            "batches_per_epoch": self.batches_per_epoch, "steps": int(self.tracker.iteration),
-            "sites": list(self.tracker.sites), "probe_size": self.tracker.probe_size,
-            "train_size": len(self.splits.train), "val_size": len(self.splits.val), "data_source": self.splits.source,
-            "status": status, "seconds": self.seconds_before + time.time() - self.started,
-            "device": str(self.device), "versions": software_versions(),
-        }  # fmt: skip
+            rho_global=numbers.get("rho"), rho_layerwise=layerwise.get("rho"),
+            batches_per_epoch=self.batches_per_epoch, steps=int(self.tracker.iteration),
+            sites=list(self.tracker.sites), probe_size=self.tracker.probe_size,
+            train_size=len(self.splits.train), val_size=len(self.splits.val), data_source=self.splits.source,
+            status=status, seconds=self.seconds_before + time.time() - self.started,
+            device=str(self.device), versions=software_versions(), threads=torch.get_num_threads(),
+        )  # fmt: skip
 
     def _early_stopping(self) -> EarlyStopping:
         return next(c for c in self.callbacks if isinstance(c, EarlyStopping))
@@ -131,22 +134,20 @@ class RunState:
         self.epochs = epochs[: self.epoch]
         self.seconds_before = state["seconds"]
 
-    def save_checkpoint(self, path) -> None:
-        buffer = io.BytesIO()
-        torch.save(self.state_dict(), buffer)
-        atomic_write(path, buffer.getvalue())
 
 
 def train_run(config: RunConfig, out, *, device: str | None = "cpu", data_dir=None, resume: bool = False,
-              force: bool = False, callbacks: list[Callback] = ()) -> dict:  # fmt: skip
+              force: bool = False, callbacks: list[Callback] = ()) -> RunSummary:  # fmt: skip
     """Train one run into the directory `out` and return its summary.
 
     `callbacks` are called after the built-in ones (early stopping, records, checkpoint).
     """
     run_dir = RunDirectory(out)
-    checkpoint = _load_checkpoint(run_dir) if resume else None
-    if resume and (previous := run_dir.read_summary() or {}).get("status") in ("finished", "diverged"):
-        return previous  # nothing left to do
+    if resume:
+        run_dir.check_resumable()
+        if (previous := run_dir.read_summary()) is not None and previous.status.done:
+            return previous  # nothing left to do
+    checkpoint = run_dir.read_checkpoint() if resume else None
     # Everything that can be wrong with the config, the data or the device shows up in
     # setup, before the run directory exists, so a failed start leaves nothing behind.
     run = setup_run(config, resolve_device(device), data_dir)
@@ -171,7 +172,7 @@ def train_run(config: RunConfig, out, *, device: str | None = "cpu", data_dir=No
             row = train_epoch(run)
             run.epochs.append(row)
             if not math.isfinite(row["train_loss"]):
-                run.status, run.stop = "diverged", True
+                run.status, run.stop = Status.DIVERGED, True
             notify(run.callbacks, "on_epoch_end", run, row=row)
             if run.stop:
                 break
@@ -313,11 +314,3 @@ def _set_rng_state(state: dict) -> None:
     random.setstate(state["python"])
     if "cuda" in state and torch.cuda.is_available():
         torch.cuda.set_rng_state_all(state["cuda"])
-
-
-def _load_checkpoint(run_dir: RunDirectory) -> dict | None:
-    if not run_dir.config_path.is_file():
-        raise FileNotFoundError(f"{run_dir.path} holds no run to resume (no config.toml); start it with `regimes run`")
-    if not run_dir.checkpoint_path.is_file():
-        return None
-    return torch.load(run_dir.checkpoint_path, map_location="cpu", weights_only=False)

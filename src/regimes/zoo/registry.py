@@ -15,6 +15,11 @@ import torch.nn as nn
 
 from regimes.registry import Registry, suggestion
 
+
+class ModelArgumentError(TypeError, ValueError):
+    """A model argument the factory does not take, or one it needs and did not get (a user's
+    mistake in a config: a ValueError to the CLI, a TypeError like a bad call in Python)."""
+
 ModelFactory = Callable[..., nn.Module]
 
 
@@ -81,7 +86,7 @@ def _check_arguments(entry: ModelEntry, kwargs: dict) -> None:
     accepted = [name for name, p in parameters.items() if p.kind is not inspect.Parameter.VAR_KEYWORD]
     unknown = [key for key in kwargs if key not in parameters]
     if unknown and not takes_any:
-        raise TypeError(
+        raise ModelArgumentError(
             f"unknown argument {unknown[0]!r} for model {entry.name!r}"
             f"{suggestion(unknown[0], accepted)}; it takes: {', '.join(accepted)}"
         )
@@ -93,4 +98,4 @@ def _check_arguments(entry: ModelEntry, kwargs: dict) -> None:
         and name not in kwargs
     ]
     if missing:
-        raise TypeError(f"model {entry.name!r} needs the argument(s): {', '.join(missing)}")
+        raise ModelArgumentError(f"model {entry.name!r} needs the argument(s): {', '.join(missing)}")
