@@ -9,7 +9,16 @@ import pandas as pd
 import pytest
 
 from regimes.cli import main
-from regimes.experiment import Callback, ConfigError, EarlyStopping, RunConfig, apply_overrides, get_preset, list_presets, train_run
+from regimes.experiment import (
+    Callback,
+    ConfigError,
+    EarlyStopping,
+    RunConfig,
+    apply_overrides,
+    get_preset,
+    list_presets,
+    train_run,
+)
 from regimes.experiment.training import batches_per_epoch
 from regimes.records import RunDirectory
 from regimes.zoo import create_model, list_models

@@ -9,11 +9,11 @@ from __future__ import annotations
 import numpy as np
 import pytest
 import torch
+from test_tracker import make_case, reference_patterns, run_forward, snapshot
 from torch import nn
 
 import regimes
 from regimes.quantities import FlipsSinceStart, Quantity, UpdateNorm
-from test_tracker import make_case, reference_patterns, run_forward, snapshot
 
 
 def slow_step_numbers(before: dict, after: dict) -> dict:

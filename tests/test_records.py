@@ -11,9 +11,16 @@ import pandas as pd
 import pytest
 
 import regimes
-from regimes.records import files
 from regimes.records import (
-    DONE, RunDirectory, RunSummary, Status, SweepDirectory, find_runs, is_run_directory, is_sweep_directory,
+    DONE,
+    RunDirectory,
+    RunSummary,
+    Status,
+    SweepDirectory,
+    files,
+    find_runs,
+    is_run_directory,
+    is_sweep_directory,
     software_versions,
 )  # fmt: skip
 

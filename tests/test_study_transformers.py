@@ -19,8 +19,11 @@ pytest.importorskip("transformers")
 pytest.importorskip("tokenizers")
 
 import regimes  # noqa: E402
-from regimes.data import DataNotFoundError, load_dataset  # noqa: E402
-from regimes.data import text  # noqa: E402
+from regimes.data import (  # noqa: E402
+    DataNotFoundError,
+    load_dataset,
+    text,  # noqa: E402
+)
 from regimes.experiment import get_preset, train_run  # noqa: E402
 from regimes.experiment.tasks import get_task  # noqa: E402
 from regimes.zoo import create_model, model_sites  # noqa: E402

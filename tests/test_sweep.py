@@ -20,14 +20,14 @@ import pytest
 
 from regimes.analysis import aggregate
 from regimes.cli import main
-from regimes.experiment.callbacks import Callback
 from regimes.experiment import ConfigError, engines, get_preset, train_run
+from regimes.experiment.callbacks import Callback
 from regimes.experiment.engines import LocalEngine, make_engine
-from regimes.zoo import list_models
 from regimes.experiment.grids import GRID_FAMILIES, family_of, grid_from_dict, load_grid, resolve_grid, study_grid
 from regimes.experiment.sweep import plan_trials, run_sweep, select
 from regimes.records import RunDirectory
 from regimes.report import bootstrap_interval, load_runs, render, seed_statistics, study_table
+from regimes.zoo import list_models
 
 GRID = """\
 optimizer = ["sgd", "adam"]

@@ -23,7 +23,7 @@ import torch
 _GATHER_BITS = 0x0102040810204080
 
 
-@functools.lru_cache(maxsize=None)
+@functools.cache
 def _popcount_table(device: torch.device) -> torch.Tensor:
     return torch.tensor([bin(i).count("1") for i in range(256)], dtype=torch.uint8, device=device)
 

@@ -1,8 +1,8 @@
 """The study's experiments: configs, presets, the training loop."""
 
+from regimes.experiment.callbacks import Callback, EarlyStopping
 from regimes.experiment.config import ConfigError, RunConfig, apply_overrides, dump_toml, load_toml
 from regimes.experiment.presets import get_preset, list_presets
-from regimes.experiment.callbacks import Callback, EarlyStopping
 from regimes.experiment.training import RunState, train_run
 
 __all__ = [

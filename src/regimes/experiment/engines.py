@@ -15,8 +15,8 @@ import signal
 import sys
 
 from regimes.experiment.sweep import Job, run_job
-from regimes.records import Status
 from regimes.extras import MissingExtraError, require
+from regimes.records import Status
 from regimes.registry import Registry
 
 __all__ = ["LocalEngine", "RayEngine", "EngineError", "make_engine", "cpu_cores", "ENGINES"]

@@ -29,7 +29,10 @@ from regimes.extras import available
 from regimes.records import RunDirectory, RunSummary, Status, software_versions
 from regimes.zoo import create_model, model_sites
 
-__all__ = ["RunState", "train_run", "resolve_device", "setup_run", "train_epoch", "evaluate", "make_optimizer", "seed_everything", "batches_per_epoch"]
+__all__ = [
+    "RunState", "train_run", "resolve_device", "setup_run", "train_epoch", "evaluate", "make_optimizer",
+    "seed_everything", "batches_per_epoch",
+]  # fmt: skip
 
 
 def make_optimizer(config: RunConfig, model: torch.nn.Module) -> torch.optim.Optimizer:
@@ -168,7 +171,8 @@ def train_run(config: RunConfig, out, *, device: str | None = "cpu", data_dir=No
 
     notify(run.callbacks, "on_train_begin", run)
     try:
-        for run.epoch in range(run.epoch + 1, config.max_epochs + 1):
+        for epoch in range(run.epoch + 1, config.max_epochs + 1):
+            run.epoch = epoch
             row = train_epoch(run)
             run.epochs.append(row)
             if not math.isfinite(row["train_loss"]):

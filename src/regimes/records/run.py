@@ -29,7 +29,14 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 
 from regimes.records.files import (
-    atomic_write, describe_difference, parquet_bytes, read_json, read_toml, toml_round_trip, write_json, write_toml,
+    atomic_write,
+    describe_difference,
+    parquet_bytes,
+    read_json,
+    read_toml,
+    toml_round_trip,
+    write_json,
+    write_toml,
 )  # fmt: skip
 from regimes.records.summary import RunSummary
 
