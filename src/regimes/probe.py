@@ -62,16 +62,17 @@ class Probe:
         self.args, self.kwargs = _prepare(probe, self.device, dtype)
         self.size = _batch_size(self.args, self.kwargs)
         self.autocast = autocast
-        if attention_mask is None and isinstance(self.kwargs.get("attention_mask"), torch.Tensor):
-            attention_mask = self.kwargs["attention_mask"]
-        # An encoder-decoder's decoder sites read the decoder's mask: a site takes a mask
-        # whose [B, T] matches its leading dimensions, the decoder's first for sites
-        # named "*decoder*" (when both lengths are equal, the shape cannot tell).
-        # 4-D additive masks and the like have no per-position reading.
-        masks = {"encoder": attention_mask, "decoder": self.kwargs.get("decoder_attention_mask")}
-        self._masks = {k: m.to(self.device).bool() for k, m in masks.items() if isinstance(m, torch.Tensor) and m.dim() == 2}
+        self._masks = _token_masks(self.kwargs, attention_mask, self.device)
         self._warned_missing = False
+        self._masks_used: set[str] = set()
         self.layout, self._by_call, self.site_modules = self._discover(sites)
+        if unused := sorted(set(self._masks) - self._masks_used):
+            warnings.warn(
+                f"the probe's {' and '.join(unused)} padding mask fits none of the tracked sites "
+                f"({[s.shape for s in self.layout.sites]}): padded positions count as units there. The tracker "
+                "reads [B, T, ...], [T, B, ...] and flattened [B*T, ...] layouts of a [B, T] mask.",
+                stacklevel=3,
+            )
 
     # ------------------------------------------------------------------ running
 
@@ -150,17 +151,44 @@ class Probe:
         return layout, by_call, site_modules
 
     def _valid_positions(self, shape: torch.Size, decoder: bool = False) -> torch.Tensor | None:
-        """The attention mask shaped to broadcast over a site's output, when its leading dims are [B, T]."""
-        if len(shape) < 2:
-            return None
-        trailing = (1,) * (len(shape) - 2)
+        """The [B, T] token mask shaped to broadcast over a site's output, in whichever layout
+        the site has: [B, T, ...], sequence-first [T, B, ...], or flattened [B*T, ...] (OPT)."""
         order = ("decoder", "encoder") if decoder else ("encoder", "decoder")
-        for mask in (self._masks[k] for k in order if k in self._masks):
-            if tuple(shape[:2]) == tuple(mask.shape):
-                return mask.view(*mask.shape, *trailing).expand(shape)
-            if tuple(shape[:2]) == tuple(mask.shape[::-1]):  # sequence-first layouts [T, B, ...]
-                return mask.t().reshape(*mask.shape[::-1], *trailing).expand(shape)
+        for key in (k for k in order if k in self._masks):
+            mask = self._masks[key]
+            batch, length = mask.shape
+            trailing = (1,) * (len(shape) - 2)
+            if len(shape) >= 2 and tuple(shape[:2]) == (batch, length):
+                valid = mask.view(batch, length, *trailing)
+            elif len(shape) >= 2 and tuple(shape[:2]) == (length, batch):
+                valid = mask.t().reshape(length, batch, *trailing)
+            elif len(shape) >= 1 and shape[0] == batch * length and length > 1:
+                valid = mask.reshape(batch * length, *(1,) * (len(shape) - 1))
+            else:
+                continue
+            self._masks_used.add(key)
+            return valid.expand(shape)
         return None
+
+
+def _token_masks(kwargs: dict, attention_mask: torch.Tensor | None, device: torch.device) -> dict[str, torch.Tensor]:
+    """The probe's [B, T] token masks (True = a real token) for the encoder and the decoder, from
+    Hugging Face's `attention_mask` / `decoder_attention_mask` (nonzero = token) or PyTorch's
+    `src_key_padding_mask` / `tgt_key_padding_mask` (True = padding). 4-D additive masks and
+    the like have no per-position reading and are left alone."""
+
+    def given(name):
+        value = kwargs.get(name)
+        return value if isinstance(value, torch.Tensor) and value.dim() == 2 else None
+
+    tokens = {
+        "encoder": attention_mask if attention_mask is not None else given("attention_mask"),
+        "decoder": given("decoder_attention_mask"),
+    }
+    for side, padding_name in (("encoder", "src_key_padding_mask"), ("decoder", "tgt_key_padding_mask")):
+        if tokens[side] is None and (padding := given(padding_name)) is not None:
+            tokens[side] = ~padding.bool() if padding.dtype == torch.bool else padding == 0
+    return {side: mask.to(device).bool() for side, mask in tokens.items() if mask is not None}
 
 
 # ---------------------------------------------------------------------- inputs
