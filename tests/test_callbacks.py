@@ -105,3 +105,16 @@ def test_a_run_without_matplotlib_finishes_and_skips_its_figure(tmp_path, monkey
     assert summary["status"] == "finished"
     run = RunDirectory(tmp_path / "run")
     assert run.read_summary()["status"] == "finished" and not run.figure_path.exists()
+
+
+@pytest.mark.parametrize("reading", ["layerwise", "global"])
+def test_the_headline_rho_is_the_configured_weight_change(tmp_path, monkeypatch, reading):
+    monkeypatch.setenv("REGIMES_DATA", str(tmp_path / "data"))
+    summary = train_run(get_preset("mlp-breast-cancer").replace(max_epochs=3, weight_change=reading), tmp_path / "run")
+    steps = RunDirectory(tmp_path / "run").read_steps()
+    per_epoch = summary["batches_per_epoch"]
+    from regimes import summarize
+
+    assert summary["rho_global"] == summarize(steps["dw"], steps["da"], per_epoch)["rho"]
+    assert summary["rho_layerwise"] == summarize(steps["dw_layerwise"], steps["da"], per_epoch)["rho"]
+    assert summary["rho"] == summary[f"rho_{reading}"] != summary["rho_global" if reading == "layerwise" else "rho_layerwise"]

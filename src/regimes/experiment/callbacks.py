@@ -97,15 +97,14 @@ class RecordWriter(Callback):
 
     CURVES = ("dw", "dw_layerwise", "da")  # what the summary is computed from
 
-    def __init__(self, run_dir, columns=("dw", "da")):
+    def __init__(self, run_dir, columns=("dw", "dw_layerwise", "da")):
         self.run_dir, self.columns = run_dir, columns
 
     def on_train_begin(self, run, **kwargs) -> None:
-        # What is on disk (after a resume, rewound to the checkpoint) is the curve so far;
-        # the layerwise weight change is kept in memory only until the steps table has it.
-        on_disk = self.run_dir.read_steps(columns=["iteration", "dw", "da"])
+        # What is on disk (after a resume, rewound to the checkpoint) is the curve so far.
+        on_disk = self.run_dir.read_steps(columns=["iteration", *self.CURVES])
         self.written_ = int(on_disk["iteration"][-1]) if len(on_disk["iteration"]) else 0
-        self.curves_ = {name: [on_disk.get(name, np.full(len(on_disk["iteration"]), np.nan))] for name in self.CURVES}
+        self.curves_ = {name: [on_disk.get(name, np.zeros(0))] for name in self.CURVES}
 
     def on_epoch_end(self, run, **kwargs) -> None:
         tracker = run.tracker

@@ -21,6 +21,7 @@ else:  # pragma: no cover
 
 OPTIMIZERS = ("sgd", "adam", "adamw")
 PRECISIONS = ("fp32", "bf16")
+WEIGHT_CHANGES = ("layerwise", "global")
 
 
 class ConfigError(ValueError):
@@ -52,6 +53,9 @@ class RunConfig:
     # Site names or globs to track; empty: the model's registered sites, else all.
     sites: list = field(default_factory=list)
     precision: str = "fp32"  # fp32 | bf16 (torch.autocast around forward passes and the probe)
+    # Which weight change the headline rho uses: "layerwise" (the paper's "in practice": the
+    # mean over tensors of each tensor's mean |dw|) or "global" (eq. 2). Both are recorded.
+    weight_change: str = "layerwise"
     seed: int = 0
     preset: str = ""  # the preset this config came from, if any
     description: str = ""
@@ -77,6 +81,11 @@ class RunConfig:
             raise ConfigError(
                 f"optimizer must be one of {', '.join(OPTIMIZERS)}, "
                 f"got {self.optimizer!r}{suggestion(self.optimizer, OPTIMIZERS)}"
+            )
+        if self.weight_change not in WEIGHT_CHANGES:
+            raise ConfigError(
+                f"weight_change must be one of {', '.join(WEIGHT_CHANGES)}, "
+                f"got {self.weight_change!r}{suggestion(self.weight_change, WEIGHT_CHANGES)}"
             )
         if self.precision not in PRECISIONS:
             raise ConfigError(

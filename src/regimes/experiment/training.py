@@ -88,9 +88,10 @@ class RunState:
         """The run's summary from its whole curves so far (`dw`, `dw_layerwise`, `da`)."""
         config, stopper = self.config, self._early_stopping()
         per_epoch = max(1, self.batches_per_epoch // config.track_every)  # measurements per epoch
-        dw, da = curves["dw"], curves["da"]
-        numbers = summarize(dw, da, per_epoch) if len(dw) else {}
-        layerwise = summarize(curves["dw_layerwise"], da, per_epoch) if len(dw) else {}
+        da = curves["da"]
+        by_reading = {reading: summarize(curves[column], da, per_epoch) if len(da) else {}
+                      for reading, column in (("global", "dw"), ("layerwise", "dw_layerwise"))}  # fmt: skip
+        numbers = by_reading[config.weight_change]  # the headline rho and AUCs
         return RunSummary(
             preset=config.preset, model=config.model, dataset=config.dataset,
             optimizer=config.optimizer, momentum=config.momentum, nesterov=config.nesterov,
@@ -100,7 +101,7 @@ class RunState:
             best_score=stopper.best_score, best_epoch=stopper.best_epoch,
             stop_epoch=len(self.epochs), max_epochs=config.max_epochs,
             **{k: numbers.get(k) for k in ("auc_w", "auc_p", "rho", "stabilization_w", "stabilization_p", "window")},
-            rho_global=numbers.get("rho"), rho_layerwise=layerwise.get("rho"),
+            rho_global=by_reading["global"].get("rho"), rho_layerwise=by_reading["layerwise"].get("rho"),
             batches_per_epoch=self.batches_per_epoch, steps=int(self.tracker.iteration),
             sites=list(self.tracker.sites), probe_size=self.tracker.probe_size,
             train_size=len(self.splits.train), val_size=len(self.splits.val), data_source=self.splits.source,
