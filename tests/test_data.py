@@ -327,6 +327,39 @@ def test_mnist_reads_idx_files_gzipped_or_not(tmp_path, monkeypatch, layout):
     assert x_train[4, 0, 27, 0] == pytest.approx((pixel / 255 - MNIST_MEAN[0]) / MNIST_STD[0], abs=1e-5)
 
 
+def test_fashion_mnist_reads_the_debian_package_folder_after_the_usual_roots(tmp_path, monkeypatch):
+    """The same IDX reader; found in the system folder (Debian's) when no root has it, and a
+    root wins over the system folder. Fixtures in the package's layout (all four gzipped)."""
+    from regimes.data import images
+
+    system = tmp_path / "usr-share-datasets-fashion-mnist"
+    arrays = write_mnist(system, gzipped=("train", "t10k"))
+    monkeypatch.setattr(images, "DEBIAN_FASHION_MNIST", str(system))
+    monkeypatch.setenv("REGIMES_DATA", str(tmp_path / "empty"))
+    splits = load_dataset("fashion-mnist")
+    check_splits(splits, "fashion-mnist", (1, 28, 28), 10, n_train=5, n_val=3)
+    assert splits.source == f"local: {system}"
+    x_val, y_val = tensors(splits.val)
+    assert y_val.tolist() == [7, 8, 9]
+    pixel = arrays["t10k-images-idx3-ubyte"][1, 3, 4]
+    mean, std = images.FASHION_MNIST_MEAN[0], images.FASHION_MNIST_STD[0]
+    assert x_val[1, 0, 3, 4] == pytest.approx((pixel / 255 - mean) / std, abs=1e-5)
+
+    write_mnist(tmp_path / "mine" / "fashion-mnist", n_train=7)
+    splits = load_dataset("fashion-mnist", data_dir=tmp_path / "mine")
+    assert len(splits.train) == 7 and "mine" in splits.source
+
+
+def test_fashion_mnist_missing_says_how_to_install_it(tmp_path, monkeypatch):
+    from regimes.data import images
+
+    monkeypatch.setattr(images, "DEBIAN_FASHION_MNIST", str(tmp_path / "absent"))
+    monkeypatch.setenv("REGIMES_DATA", str(tmp_path))
+    monkeypatch.setitem(sys.modules, "datasets", None)  # no hub
+    with pytest.raises(DataNotFoundError, match="apt-get install dataset-fashion-mnist"):
+        load_dataset("fashion-mnist")
+
+
 def test_read_idx_rejects_a_truncated_file(tmp_path):
     path = tmp_path / "t10k-labels-idx1-ubyte"
     path.write_bytes(idx_bytes(np.arange(10))[:-1])

@@ -19,6 +19,7 @@ DATASET_LABELS = {
     "cifar10": "CIFAR10", "cifar100": "CIFAR100", "tinyimagenet": "TinyImageNet",
     "sst2": "SST-2", "ag_news": "AG News", "squad": "SQuAD", "wikitext2": "WikiText",
     "wikitext103": "WikiText-103", "food101": "Food-101", "digits": "Digits", "mnist1d": "MNIST-1D",
+    "fashion-mnist": "Fashion-MNIST",
 }  # fmt: skip
 OPTIMIZER_LABELS = {"sgd": "SGD", "adam": "Adam", "adamw": "AdamW"}
 

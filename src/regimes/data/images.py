@@ -21,6 +21,7 @@ from regimes.data.sources import fetch
 from regimes.extras import require
 
 MNIST_MEAN, MNIST_STD = (0.1307,), (0.3081,)
+FASHION_MNIST_MEAN, FASHION_MNIST_STD = (0.2860,), (0.3530,)  # of its 60,000 training images
 CIFAR10_MEAN, CIFAR10_STD = (0.4914, 0.4822, 0.4465), (0.2470, 0.2435, 0.2616)
 CIFAR100_MEAN, CIFAR100_STD = (0.5071, 0.4865, 0.4409), (0.2673, 0.2564, 0.2762)
 
@@ -85,6 +86,36 @@ def load_mnist(data_dir=None, split_seed: int = 0):
     (x_train, y_train), (x_val, y_val) = train, val
     x_train, x_val = (normalise_uint8(x, MNIST_MEAN, MNIST_STD) for x in (x_train, x_val))
     return make_splits("mnist", (x_train, y_train), (x_val, y_val), 10, source)
+
+
+# Where Debian's dataset-fashion-mnist package puts the four gzipped IDX files.
+DEBIAN_FASHION_MNIST = "/usr/share/datasets/fashion-mnist"
+
+
+@register("fashion-mnist", "Fashion-MNIST clothing images (IDX files; Debian's dataset-fashion-mnist): 1x28x28, 10 classes")
+def load_fashion_mnist(data_dir=None, split_seed: int = 0):
+    """Fashion-MNIST from the four IDX files (MNIST's format and names); the official test set
+    is the validation split. Found after the usual roots in Debian's package folder, so
+    `apt-get install dataset-fashion-mnist` is all it takes offline."""
+    (train, val), source = fetch(
+        "fashion-mnist",
+        data_dir,
+        folders=("FashionMNIST/raw", "FashionMNIST", "fashion-mnist"),
+        required=MNIST_FILES,
+        read_local=_read_mnist_dir,
+        how_to_get=(
+            "apt-get install dataset-fashion-mnist (Debian/Ubuntu: the files land in "
+            f"{DEBIAN_FASHION_MNIST}), or download the four files "
+            + ", ".join(f + ".gz" for f in MNIST_FILES)
+            + " from https://github.com/zalandoresearch/fashion-mnist into <root>/fashion-mnist/."
+        ),
+        hub_id="zalando-datasets/fashion_mnist",
+        read_hub=lambda hub: tuple(_hub_images(hub[s], "image", "label") for s in ("train", "test")),
+        system_dirs=(DEBIAN_FASHION_MNIST,),
+    )
+    (x_train, y_train), (x_val, y_val) = train, val
+    x_train, x_val = (normalise_uint8(x, FASHION_MNIST_MEAN, FASHION_MNIST_STD) for x in (x_train, x_val))
+    return make_splits("fashion-mnist", (x_train, y_train), (x_val, y_val), 10, source)
 
 
 def _read_mnist_dir(directory: Path):

@@ -40,16 +40,19 @@ def find_local(
     folders: Sequence[str],
     required: Sequence[str],
     data_dir: str | os.PathLike | None = None,
+    system_dirs: Sequence[str] = (),
 ) -> tuple[Path | None, list[Path]]:
     """The first directory holding every ``required`` file, and all directories looked at.
 
     Under each root the candidates are ``<root>/<name>``, ``<root>/<name>/<folder>``
-    and ``<root>/<folder>`` for each published folder name. A required file
-    also counts as present when only its gzipped version (``.gz``) is there.
+    and ``<root>/<folder>`` for each published folder name; then ``system_dirs``, where a
+    system package installs the data (Debian's dataset-fashion-mnist, say). A required
+    file also counts as present when only its gzipped version (``.gz``) is there.
     """
     searched: list[Path] = []
-    for root in search_roots(data_dir):
-        candidates = [root / name, *(root / name / f for f in folders), *(root / f for f in folders)]
+    roots = [[root / name, *(root / name / f for f in folders), *(root / f for f in folders)]
+             for root in search_roots(data_dir)]  # fmt: skip
+    for candidates in [*roots, [Path(d) for d in system_dirs]]:
         for directory in candidates:
             if directory in searched:
                 continue
@@ -93,6 +96,7 @@ def fetch(
     hub_id: str | None = None,
     read_hub: Callable[[object], T] | None = None,
     hub_config: str | None = None,
+    system_dirs: Sequence[str] = (),
 ) -> tuple[T, str]:
     """Read a data set from the first place that has it: ``(data, source)``.
 
@@ -100,7 +104,7 @@ def fetch(
     converts the hub copy, if the data set has one (``hub_id``, with its
     configuration name ``hub_config`` where it has several).
     """
-    directory, searched = find_local(name, folders, required, data_dir)
+    directory, searched = find_local(name, folders, required, data_dir, system_dirs)
     if directory is not None:
         return read_local(directory), f"local: {directory}"
     if hub_id is None:

@@ -149,6 +149,19 @@ PRESETS: Registry[dict] = Registry(
             model="mlp", model_args=_mlp(40, 10, (256, 128), STUDY_DROPOUT), dataset="mnist1d",
             optimizer="sgd", lr=1e-2, weight_decay=1e-4, batch_size=64, max_epochs=30,
         ),
+        # Real images without a network: Debian's dataset-fashion-mnist (apt-get install
+        # dataset-fashion-mnist), with the MNIST rows' configurations.
+        "mlp-fashion-mnist": dict(
+            description="MLP 784-256-128-10 on Fashion-MNIST (Debian's dataset-fashion-mnist, offline); "
+            "the MNIST row's config",
+            model="mlp", model_args=_mlp(784, 10, (256, 128), STUDY_DROPOUT), dataset="fashion-mnist",
+            optimizer="sgd", lr=1e-2, weight_decay=1e-4, batch_size=128, max_epochs=30,
+        ),
+        "lenet5-fashion-mnist": dict(
+            description="LeNet5 on Fashion-MNIST (Debian's dataset-fashion-mnist, offline); the MNIST row's config",
+            model="lenet5", model_args={"in_channels": 1, "num_classes": 10, "input_size": 28},
+            dataset="fashion-mnist", optimizer="sgd", lr=1e-2, weight_decay=1e-4, batch_size=128, max_epochs=30,
+        ),
     },
 )
 
