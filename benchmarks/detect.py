@@ -65,6 +65,15 @@ def ramp(rng):
     return x, bpe, 0.9 * end
 
 
+def power_decay(rng):
+    # SGD's weight change: keeps decaying with no floor; no single known settle time.
+    bpe = int(rng.choice(BATCHES))
+    t = np.arange(EPOCHS * bpe, dtype=float)
+    x = (1 + t / (rng.uniform(0.2, 2) * bpe)) ** -rng.uniform(0.5, 1.5)
+    x = x + _noise(rng, t.size, rng.uniform(0.002, 0.02))
+    return x, bpe, None
+
+
 def rise_then_decay(rng):
     # LeNet5's curves: quiet at first, then a burst, then a decay.
     bpe = int(rng.choice(BATCHES))
@@ -114,6 +123,7 @@ FAMILIES = {
     "step drop": step_drop,
     "ramp": ramp,
     "rise then decay": rise_then_decay,
+    "power-law decay": power_decay,
     **{f"noise: {kind}": stationary(kind) for kind in
        ("normal", "exponential", "lognormal", "pareto", "uniform", "binomial", "poisson", "ar1")},
 }
@@ -213,6 +223,7 @@ def main():
     parser.add_argument("--confirm-fraction", type=float, default=None)
     parser.add_argument("--max-quiet-before", type=float, default=None)
     parser.add_argument("--max-drift", type=float, default=None)
+    parser.add_argument("--max-level", type=float, default=None)
     parser.add_argument("--tau", type=float, default=0.1)
     sub = parser.add_subparsers(dest="mode", required=True)
     syn = sub.add_parser("synthetic")
@@ -230,6 +241,8 @@ def main():
         rule["max_quiet_before"] = args.max_quiet_before
     if args.max_drift is not None:
         rule["max_drift"] = args.max_drift
+    if args.max_level is not None:
+        rule["max_level"] = args.max_level
     print(f"rule: {rule}")
     (synthetic if args.mode == "synthetic" else runs)(args, rule)
 
