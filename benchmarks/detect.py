@@ -3,19 +3,24 @@
 Two modes:
 
     python benchmarks/detect.py synthetic [--curves 200] [--seed 0]
-        Random curves of known shape (exponential decays of several time constants,
-        step drops, ramps, rise-then-decay) and stationary noise of several
-        distributions. Per family: how often the offline t_tau and the online
-        detector say "settled", and, in epochs, the error of the detector's first
-        claim against the offline settle step and against the known decay time,
-        and the delay from the offline settle step to the claim (median and 90th
-        percentile over the curves).
+        Random curves of known shape (exponential decays of several time constants
+        and noise levels, step drops, ramps, rise-then-decay, power laws) and
+        stationary noise of eight distributions. Per family: how often the offline
+        t_tau and the online detector say "settled" (at the end; ever; withdrawn),
+        and, over the curves where both exist, in epochs, median and 90th
+        percentile of
+          error: the detector's first claimed settle step minus the reference
+                 (absolute), the reference being the offline settle step of the
+                 whole curve or the known decay time;
+          delay: the update at which that claim was made minus the reference.
 
     python benchmarks/detect.py runs RUN [RUN ...]
-        Finished run directories: the online answers beside the offline t_tau.
+        Finished run directories (`steps/` and `summary.json`): per curve, the
+        offline t_tau of the whole run beside the online answers.
 
-Steps are update counts (1-based), as the detector reports them; an epoch is
-`batches_per_epoch` steps. `--confirm-epochs` / `--confirm-fraction` try other rules.
+Steps are update counts (1-based), as the detector reports them; offline t_tau =
+i / len(x_hat) is step i + k. `--tau` and the detector's options (`--confirm-epochs`,
+`--max-level`, ...) try other rules.
 """
 
 from __future__ import annotations
@@ -124,81 +129,81 @@ FAMILIES = {
     "ramp": ramp,
     "rise then decay": rise_then_decay,
     "power-law decay": power_decay,
-    **{f"noise: {kind}": stationary(kind) for kind in
-       ("normal", "exponential", "lognormal", "pareto", "uniform", "binomial", "poisson", "ar1")},
+    **{
+        f"noise: {kind}": stationary(kind)
+        for kind in ("normal", "exponential", "lognormal", "pareto", "uniform", "binomial", "poisson", "ar1")
+    },
 }
 
 
-def follow(x, bpe, **rule):
-    """Feed a curve; return (first claim step, update it was claimed at, final answer, withdrawals)."""
+def follow(x, bpe, rule):
+    """Feed a curve; return (first claim, the update it was made at, final answer, withdrawals)."""
     detector = SettleDetector(bpe, **rule)
-    first = claimed_at = None
+    first = claimed_at = previous = None
     withdrawals = 0
-    previous = None
     for value in x:
         answer = detector.update(value)
         if answer is not None and first is None:
             first, claimed_at = answer, detector.steps
-        if previous is not None and answer is None:
-            withdrawals += 1
+        withdrawals += previous is not None and answer is None
         previous = answer
     return first, claimed_at, previous, withdrawals
 
 
-def quantiles(values):
+def median_p90(values, absolute=False):
     if not values:
-        return "-", "-"
-    a = np.abs(np.asarray(values, dtype=float))
-    return f"{np.median(a):.2f}", f"{np.percentile(a, 90):.2f}"
-
-
-def signed_median(values):
-    return f"{np.median(values):+.2f}" if values else "-"
+        return "-"
+    a = np.abs(values) if absolute else np.asarray(values, dtype=float)
+    sign = "" if absolute else "+"
+    return f"{np.median(a):{sign}.2f}, {np.percentile(a, 90):{sign}.2f}"
 
 
 def synthetic(args, rule):
     rng = np.random.default_rng(args.seed)
-    header = (
-        "| family | curves | offline settled | online settled (end) | end = offline | claimed ever | withdrawn "
-        "| claim - offline, ep (median signed; abs median, p90) | claim - known, ep (abs median, p90) "
-        "| delay to claim, ep (median, p90) |"
-    )
-    print(header)
-    print("|" + "---|" * (header.count("|") - 1))
+    columns = [
+        "family", "offline settles", "online settled at end", "end = offline", "ever claimed", "claim withdrawn",
+        "error vs offline: median, p90 of abs", "delay vs offline: median, p90",
+        "error vs known: median, p90 of abs", "delay vs known: median, p90",
+    ]  # fmt: skip
+    print(f"{args.curves} curves per family, {EPOCHS} epochs each; errors and delays in epochs\n")
+    print("| " + " | ".join(columns) + " |")
+    print("|" + "---|" * len(columns))
     for name, draw in FAMILIES.items():
-        n_off = n_end = agree = claimed = withdrawn = 0
-        err_off, err_known, delay = [], [], []
+        n_offline = n_end = agree = claimed = withdrawn = 0
+        error_offline, delay_offline, error_known, delay_known = [], [], [], []
         for _ in range(args.curves):
             x, bpe, known = draw(rng)
-            offline = offline_settle_step(x, bpe)
-            first, at, final, withdrawals = follow(x, bpe, **rule)
-            n_off += offline is not None
+            offline = offline_settle_step(x, bpe, rule["tau"])
+            first, at, final, withdrawals = follow(x, bpe, rule)
+            n_offline += offline is not None
             n_end += final is not None
             agree += final == offline
             claimed += first is not None
             withdrawn += withdrawals > 0
             if first is not None and offline is not None:
-                err_off.append((first - offline) / bpe)
-                delay.append((at - offline) / bpe)
+                error_offline.append((first - offline) / bpe)
+                delay_offline.append((at - offline) / bpe)
             if first is not None and known is not None:
-                err_known.append((first - known) / bpe)
-        share = lambda count: f"{100 * count / args.curves:.0f}%"  # noqa: E731
-        against_offline = f"{signed_median(err_off)}; {', '.join(quantiles(err_off))}" if err_off else "-"
-        delays = f"{signed_median(delay)}, {np.percentile(delay, 90):.2f}" if delay else "-"
-        print(
-            f"| {name} | {args.curves} | {share(n_off)} | {share(n_end)} | {share(agree)} | {share(claimed)} "
-            f"| {share(withdrawn)} | {against_offline} | {', '.join(quantiles(err_known))} | {delays} |"
-        )
+                error_known.append((first - known) / bpe)
+                delay_known.append((at - known) / bpe)
+        share = lambda count: f"{100 * count / args.curves:.1f}%"
+        cells = [
+            name, share(n_offline), share(n_end), share(agree), share(claimed), share(withdrawn),
+            median_p90(error_offline, absolute=True), median_p90(delay_offline),
+            median_p90(error_known, absolute=True), median_p90(delay_known),
+        ]  # fmt: skip
+        print("| " + " | ".join(cells) + " |")
 
 
 def runs(args, rule):
-    import pandas as pd  # the run directory's reader; capture itself never needs pandas
+    import pandas as pd  # the run directory's reader; the detector itself needs no pandas
 
-    print(
-        "| run | steps | batches/epoch | curve | offline t_tau | offline step | online first claim (at) "
-        "| online at end | end = offline |"
-    )
-    print("|---|---|---|---|---|---|---|---|---|")
+    columns = [
+        "run", "steps", "batches/epoch", "curve", "offline t_tau", "offline step", "online at end",
+        "first claim (made at)", "withdrawn", "end = offline",
+    ]  # fmt: skip
+    print("| " + " | ".join(columns) + " |")
+    print("|" + "---|" * len(columns))
     for run in args.runs:
         run = Path(run)
         summary = json.loads((run / "summary.json").read_text())
@@ -207,43 +212,33 @@ def runs(args, rule):
         k = smoothing_window(bpe)
         for column, curve in (("dw", "w"), ("da", "p")):
             x = table[column].to_numpy(dtype=np.float64)
-            offline = offline_settle_step(x, bpe)
+            offline = offline_settle_step(x, bpe, rule["tau"])
             t_tau = 1.0 if offline is None else (offline - k) / (x.size - k + 1)
-            first, at, final, _ = follow(x, bpe, **rule)
-            claim = "-" if first is None else f"{first} ({at})"
-            print(
-                f"| {run.name} | {x.size} | {bpe} | {curve} | {t_tau:.3f} | {offline or '-'} | {claim} "
-                f"| {final or '-'} | {'yes' if final == offline else 'no'} |"
-            )
+            first, at, final, withdrawals = follow(x, bpe, rule)
+            cells = [
+                run.name, x.size, bpe, curve, f"{t_tau:.3f}", offline or "-", final or "-",
+                "-" if first is None else f"{first} ({at})", withdrawals, "yes" if final == offline else "no",
+            ]  # fmt: skip
+            print("| " + " | ".join(map(str, cells)) + " |")
 
 
 def main():
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--confirm-epochs", type=float, default=None)
-    parser.add_argument("--confirm-fraction", type=float, default=None)
-    parser.add_argument("--max-quiet-before", type=float, default=None)
-    parser.add_argument("--max-drift", type=float, default=None)
-    parser.add_argument("--max-level", type=float, default=None)
     parser.add_argument("--tau", type=float, default=0.1)
-    sub = parser.add_subparsers(dest="mode", required=True)
-    syn = sub.add_parser("synthetic")
-    syn.add_argument("--curves", type=int, default=200)
-    syn.add_argument("--seed", type=int, default=0)
-    real = sub.add_parser("runs")
-    real.add_argument("runs", nargs="+")
+    for option in ("confirm_epochs", "confirm_fraction", "max_quiet_before", "max_level", "max_drift"):
+        parser.add_argument("--" + option.replace("_", "-"), type=float, default=None, help="the detector's option")
+    modes = parser.add_subparsers(dest="mode", required=True)
+    synthetic_mode = modes.add_parser("synthetic")
+    synthetic_mode.add_argument("--curves", type=int, default=200)
+    synthetic_mode.add_argument("--seed", type=int, default=0)
+    runs_mode = modes.add_parser("runs")
+    runs_mode.add_argument("runs", nargs="+", help="finished run directories")
     args = parser.parse_args()
     rule = {"tau": args.tau}
-    if args.confirm_epochs is not None:
-        rule["confirm_epochs"] = args.confirm_epochs
-    if args.confirm_fraction is not None:
-        rule["confirm_fraction"] = args.confirm_fraction
-    if args.max_quiet_before is not None:
-        rule["max_quiet_before"] = args.max_quiet_before
-    if args.max_drift is not None:
-        rule["max_drift"] = args.max_drift
-    if args.max_level is not None:
-        rule["max_level"] = args.max_level
-    print(f"rule: {rule}")
+    for option in ("confirm_epochs", "confirm_fraction", "max_quiet_before", "max_level", "max_drift"):
+        if getattr(args, option) is not None:
+            rule[option] = getattr(args, option)
+    print(f"rule: {rule} (the rest: SettleDetector's defaults)")
     (synthetic if args.mode == "synthetic" else runs)(args, rule)
 
 

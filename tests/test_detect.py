@@ -8,6 +8,7 @@ docstring with plain numpy. The detector must give the same answer after every s
 from __future__ import annotations
 
 import inspect
+import itertools
 import math
 import subprocess
 import sys
@@ -27,7 +28,7 @@ from regimes.detect import (
 )
 
 # The claim rule's defaults, spelled out so that changing them is a visible decision.
-RULE = dict(confirm_epochs=2.0, confirm_fraction=0.25, max_quiet_before=0.5, max_drift=1.0, max_level=0.3)
+RULE = {"confirm_epochs": 2.0, "confirm_fraction": 0.25, "max_quiet_before": 0.5, "max_drift": 1.0, "max_level": 0.3}
 
 
 def test_the_reference_uses_the_detectors_defaults():
@@ -167,7 +168,7 @@ def test_online_answer_equals_the_offline_rule_on_every_prefix(name):
 def test_the_reference_curves_exercise_claims_moves_and_withdrawals():
     """Guard against a vacuous reference test: the curves above reach every kind of answer."""
     kinds = set()
-    for name, x in REFERENCE_CURVES.items():
+    for x in REFERENCE_CURVES.values():
         detector = RegimeChangeDetector(15)
         for v in x:
             detector.update(v, v)
@@ -280,7 +281,17 @@ def stationary(kind, rng, size, bpe):
     raise ValueError(kind)
 
 
-NOISE = ["normal", "exponential", "lognormal", "pareto", "uniform", "student-t", "binomial flips", "poisson flips", "ar1"]
+NOISE = [
+    "normal",
+    "exponential",
+    "lognormal",
+    "pareto",
+    "uniform",
+    "student-t",
+    "binomial flips",
+    "poisson flips",
+    "ar1",
+]
 
 
 @pytest.mark.parametrize("kind", NOISE)
@@ -358,7 +369,7 @@ def test_events_settle_then_withdraw_when_the_curve_rises():
     assert w[-1].kind == "withdrawn" and w[-1].step is None and w[-1].at > 240
     assert detector.settled_w is None
     assert detector.first_settled_w == (w[0].step, w[0].at)  # the first claim is kept
-    for before, after in zip(w, w[1:]):  # a consistent chain of beliefs
+    for before, after in itertools.pairwise(w):  # a consistent chain of beliefs
         assert after.previous == before.step and after.at > before.at
 
 
@@ -405,11 +416,11 @@ def test_reset_starts_over():
 @pytest.mark.parametrize(
     "kwargs, message",
     [
-        (dict(batches_per_epoch=0), "batches_per_epoch"),
-        (dict(batches_per_epoch=10, tau=0.0), "tau"),
-        (dict(batches_per_epoch=10, tau=1.5), "tau"),
-        (dict(batches_per_epoch=10, confirm_fraction=1.0), "confirm_fraction"),
-        (dict(batches_per_epoch=10, max_level=0.0), "max_level"),
+        ({"batches_per_epoch": 0}, "batches_per_epoch"),
+        ({"batches_per_epoch": 10, "tau": 0.0}, "tau"),
+        ({"batches_per_epoch": 10, "tau": 1.5}, "tau"),
+        ({"batches_per_epoch": 10, "confirm_fraction": 1.0}, "confirm_fraction"),
+        ({"batches_per_epoch": 10, "max_level": 0.0}, "max_level"),
     ],
 )
 def test_bad_arguments_are_clear_errors(kwargs, message):
