@@ -53,7 +53,7 @@ at the end of a run, it equals the offline `t_tau` of the whole curve.
 The defaults (2 epochs, 0.25, 0.5, 0.3, 1) come from `benchmarks/detect.py`. On its
 synthetic families (500 curves each): of 4000 curves of stationary noise (normal,
 exponential, lognormal, Pareto, uniform, binomial and Poisson flips, AR(1)), one was
-ever claimed, for a few steps (a Pareto curve whose very first value was a spike,
+ever claimed, for one step (a Pareto curve whose very first value was a spike,
 which no rule can tell from a decay within one step); on exponential decays with up
 to 5% noise, the first claim fell within 1.2 epochs of the known decay time in 9
 cases out of 10, and was made about twice the decay time after the start.
