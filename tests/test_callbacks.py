@@ -118,3 +118,32 @@ def test_the_headline_rho_is_the_configured_weight_change(tmp_path, monkeypatch,
     assert summary["rho_global"] == summarize(steps["dw"], steps["da"], per_epoch)["rho"]
     assert summary["rho_layerwise"] == summarize(steps["dw_layerwise"], steps["da"], per_epoch)["rho"]
     assert summary["rho"] == summary[f"rho_{reading}"] != summary["rho_global" if reading == "layerwise" else "rho_layerwise"]
+
+
+def test_online_detection_in_the_runner_equals_the_detector_fed_the_written_curves(tmp_path, monkeypatch):
+    from regimes.detect import RegimeChangeDetector
+    from regimes.experiment.callbacks import RegimeDetection
+
+    monkeypatch.setenv("REGIMES_DATA", str(tmp_path / "data"))
+
+    class Events(Callback):
+        def __init__(self):
+            self.seen_ = []
+
+        def on_regime_change(self, run, event, iteration, **kwargs):
+            self.seen_.append((event, iteration))
+
+    loose = RegimeDetection(RunDirectory(tmp_path / "run"), tau=0.5)  # a second detector riding along
+    events = Events()
+    config = get_preset("mlp-breast-cancer").replace(max_epochs=8, patience=10)
+    summary = train_run(config, tmp_path / "run", callbacks=[loose, events])
+    steps = RunDirectory(tmp_path / "run").read_steps()
+    per_epoch = summary["batches_per_epoch"]
+    for tau, answers in ((0.1, (summary["settled_w_online"], summary["settled_p_online"])), (0.5, loose.settled)):
+        reference = RegimeChangeDetector(per_epoch, tau)
+        for dw, da in zip(steps["dw_layerwise"], steps["da"]):
+            reference.update(dw, da)
+        assert answers == (reference.settled_w, reference.settled_p)
+    # Both detectors' events reached the callback (tau 0.5 settles within 8 epochs here).
+    assert any(e.kind == "settled" for e, _ in events.seen_)
+    assert all(it == (e.step if e.step is None else e.step * config.track_every) for e, it in events.seen_)

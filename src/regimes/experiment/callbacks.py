@@ -23,7 +23,7 @@ import numpy as np
 
 from regimes.records import Status
 
-__all__ = ["Callback", "EarlyStopping", "RecordWriter", "Checkpoint", "ProgressBar", "notify"]
+__all__ = ["Callback", "EarlyStopping", "RecordWriter", "RegimeDetection", "Checkpoint", "ProgressBar", "notify"]
 
 
 class Callback:
@@ -44,6 +44,10 @@ class Callback:
     def on_interrupt(self, run, **kwargs) -> None:
         """On Ctrl-C or SIGTERM: the run stops as `interrupted` and can be resumed."""
 
+    def on_regime_change(self, run, **kwargs) -> None:
+        """The online detector changed its answer (`event`: a `regimes.detect.RegimeEvent`,
+        its steps in measurements; `iteration`: the optimizer step it settled at, or None)."""
+
     def state_dict(self) -> dict:
         return {}
 
@@ -51,9 +55,9 @@ class Callback:
         pass
 
 
-def notify(callbacks, event: str, run, **kwargs) -> None:
+def notify(callbacks, hook: str, run, **kwargs) -> None:
     for callback in callbacks:
-        getattr(callback, event)(run, **kwargs)
+        getattr(callback, hook)(run, **kwargs)
 
 
 @dataclass
@@ -132,6 +136,44 @@ class RecordWriter(Callback):
 
     def on_interrupt(self, run, **kwargs) -> None:
         self.run_dir.write_summary(run.summarize(self.curves(), Status.INTERRUPTED))
+
+
+class RegimeDetection(Callback):
+    """Feeds every measured step to the online detector (`regimes.detect`) at the end of each
+    epoch, in order, and tells every callback `on_regime_change`. It reads the curves the
+    headline rho is computed from (the config's weight change, and da); after a resume it
+    replays what is on disk, so its answers are those of an uninterrupted run."""
+
+    def __init__(self, run_dir, tau: float = 0.1):
+        self.run_dir, self.tau = run_dir, tau
+
+    def on_train_begin(self, run, **kwargs) -> None:
+        from regimes.detect import RegimeChangeDetector
+
+        self.weights_ = "dw_layerwise" if run.config.weight_change == "layerwise" else "dw"
+        self.every_ = run.config.track_every
+        self.detector_ = RegimeChangeDetector(max(1, run.batches_per_epoch // self.every_), self.tau)
+        on_disk = self.run_dir.read_steps(columns=["iteration", self.weights_, "da"])
+        for dw, da in zip(on_disk.get(self.weights_, ()), on_disk["da"]):
+            self.detector_.update(float(dw), float(da))  # replay: no events for the past
+        self.read_ = int(on_disk["iteration"][-1]) if len(on_disk["iteration"]) else 0
+
+    def on_epoch_end(self, run, **kwargs) -> None:
+        new = run.tracker.records(since=self.read_, names=[self.weights_, "da"])
+        if len(new["iteration"]):
+            self.read_ = int(new["iteration"][-1])
+        for dw, da in zip(new[self.weights_], new["da"]):
+            for event in self.detector_.update(float(dw), float(da)):
+                notify(run.callbacks, "on_regime_change", run, event=event, iteration=self.iteration(event.step))
+
+    def iteration(self, step: int | None) -> int | None:
+        """The optimizer step of the detector's `step`-th measurement."""
+        return None if step is None else step * self.every_
+
+    @property
+    def settled(self) -> tuple[int | None, int | None]:
+        """(dw, da): the iteration each curve settled at, as the detector says now."""
+        return self.iteration(self.detector_.settled_w), self.iteration(self.detector_.settled_p)
 
 
 class Checkpoint(Callback):

@@ -22,7 +22,7 @@ import torch
 import regimes
 from regimes.analysis import summarize
 from regimes.data import load_dataset
-from regimes.experiment.callbacks import Callback, Checkpoint, EarlyStopping, RecordWriter, notify
+from regimes.experiment.callbacks import Callback, Checkpoint, EarlyStopping, RecordWriter, RegimeDetection, notify
 from regimes.experiment.config import RunConfig
 from regimes.experiment.tasks import get_task
 from regimes.extras import available
@@ -86,7 +86,9 @@ class RunState:
 
     def summarize(self, curves: dict[str, np.ndarray], status: Status) -> RunSummary:
         """The run's summary from its whole curves so far (`dw`, `dw_layerwise`, `da`)."""
-        config, stopper = self.config, self._early_stopping()
+        config, stopper = self.config, self._callback(EarlyStopping)
+        detection = self._callback(RegimeDetection)
+        settled_w, settled_p = detection.settled if detection is not None and hasattr(detection, "detector_") else (None, None)
         per_epoch = max(1, self.batches_per_epoch // config.track_every)  # measurements per epoch
         da = curves["da"]
         by_reading = {reading: summarize(curves[column], da, per_epoch) if len(da) else {}
@@ -102,6 +104,7 @@ class RunState:
             stop_epoch=len(self.epochs), max_epochs=config.max_epochs,
             **{k: numbers.get(k) for k in ("auc_w", "auc_p", "rho", "stabilization_w", "stabilization_p", "window")},
             rho_global=by_reading["global"].get("rho"), rho_layerwise=by_reading["layerwise"].get("rho"),
+            settled_w_online=settled_w, settled_p_online=settled_p,
             batches_per_epoch=self.batches_per_epoch, steps=int(self.tracker.iteration),
             sites=list(self.tracker.sites), probe_size=self.tracker.probe_size,
             train_size=len(self.splits.train), val_size=len(self.splits.val), data_source=self.splits.source,
@@ -109,8 +112,8 @@ class RunState:
             device=str(self.device), versions=software_versions(), threads=torch.get_num_threads(),
         )  # fmt: skip
 
-    def _early_stopping(self) -> EarlyStopping:
-        return next(c for c in self.callbacks if isinstance(c, EarlyStopping))
+    def _callback(self, kind: type) -> Callback | None:
+        return next((c for c in self.callbacks if isinstance(c, kind)), None)
 
     # -- checkpoints: the state, and each callback's -----------------------------------------
 
@@ -163,7 +166,7 @@ def train_run(config: RunConfig, out, *, device: str | None = "cpu", data_dir=No
                 "epochs): use --resume to continue it, --force to start it again, or choose another --out"
             )
     run.callbacks = [EarlyStopping(config.early_stopping_patience, config.min_delta, run.task.higher_is_better),
-                     RecordWriter(run_dir), Checkpoint(run_dir), *callbacks]  # fmt: skip
+                     RegimeDetection(run_dir), RecordWriter(run_dir), Checkpoint(run_dir), *callbacks]  # fmt: skip
     if checkpoint is not None:
         run.load_state_dict(checkpoint, run_dir.read_epochs())
         run_dir.truncate_steps(run.tracker.iteration)

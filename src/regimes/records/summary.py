@@ -102,6 +102,8 @@ class RunSummary(Mapping):
     rho_global: float | None = None
     rho_layerwise: float | None = None
     freeze_iteration: int | None = None  # the iteration the regime was frozen at; None unless frozen
+    settled_w_online: int | None = None  # iteration the online detector says dw settled at (None: not settled)
+    settled_p_online: int | None = None  # the same for da (regimes.detect, never looking ahead)
     threads: int | None = None  # torch's thread count during the run
     error: str | None = None  # what ended a failed run
     extra: dict = field(default_factory=dict)
