@@ -186,7 +186,9 @@ def synthetic(args, rule):
             if first is not None and known is not None:
                 error_known.append((first - known) / bpe)
                 delay_known.append((at - known) / bpe)
-        share = lambda count: f"{100 * count / args.curves:.1f}%"
+        def share(count):
+            return f"{100 * count / args.curves:.1f}%"
+
         cells = [
             name, share(n_offline), share(n_end), share(agree), share(claimed), share(withdrawn),
             median_p90(error_offline, absolute=True), median_p90(delay_offline),
