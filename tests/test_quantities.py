@@ -9,7 +9,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 import torch
-from test_tracker import make_case, reference_patterns, run_forward, snapshot
+from test_tracker import make_case, reference_patterns, run_forward, snapshot, train
 from torch import nn
 
 import regimes
@@ -57,11 +57,7 @@ def test_records_are_named_and_read_incrementally():
     assert tracker.history.columns == names
     seen = []
     for _ in range(7):
-        x, y = data()
-        opt.zero_grad()
-        loss_fn(run_forward(model, x), y).backward()
-        opt.step()
-        tracker.step()
+        train(model, data, loss_fn, opt, 1, tracker)
         new = tracker.records(since=seen[-1] if seen else 0, names=["da"])
         assert set(new) == {"iteration", "da"}
         seen.extend(new["iteration"].tolist())
@@ -114,12 +110,7 @@ def test_load_state_dict_restores_quantity_state():
     model, probe, data, loss_fn = make_case("mlp")
     opt = torch.optim.SGD(model.parameters(), lr=0.5)
     a = regimes.Tracker(model, probe, quantities=[FlipsSinceStart()])
-    for _ in range(3):
-        x, y = data()
-        opt.zero_grad()
-        loss_fn(run_forward(model, x), y).backward()
-        opt.step()
-        a.step()
+    train(model, data, loss_fn, opt, 3, a)
     b = regimes.Tracker(model, probe, quantities=[FlipsSinceStart()])  # its own start would be now
     b.load_state_dict(a.state_dict())
     a.step()

@@ -148,12 +148,7 @@ class PatternChange(Quantity):
         return [step.layout.cumulative_flips(step.previous_pattern, step.pattern)]
 
     def read(self, queued, n):
-        layout = self.tracker.layout
-        cumulative = torch.stack(queued).cpu().double().numpy()  # [N, L]
-        da_layers = layout.flips_per_site(cumulative) / layout.units
-        out = {"da": da_layers.mean(1)}
-        out.update({f"da:{name}": da_layers[:, j] for j, name in enumerate(self.tracker.sites)})
-        return out
+        return _flipped_fractions("da", queued, self.tracker)
 
 
 class FlipsSinceStart(Quantity):
@@ -171,14 +166,20 @@ class FlipsSinceStart(Quantity):
         return [step.layout.cumulative_flips(self.start_pattern, step.pattern)]
 
     def read(self, queued, n):
-        layout = self.tracker.layout
-        per_site = layout.flips_per_site(torch.stack(queued).cpu().double().numpy()) / layout.units
-        out = {"da0": per_site.mean(1)}
-        out.update({f"da0:{name}": per_site[:, j] for j, name in enumerate(self.tracker.sites)})
-        return out
+        return _flipped_fractions("da0", queued, self.tracker)
 
     def state_dict(self) -> dict:
         return {"start_pattern": self.start_pattern.cpu()}
 
     def load_state_dict(self, state: dict) -> None:
         self.start_pattern = state["start_pattern"].to(self.tracker.device)
+
+
+def _flipped_fractions(prefix: str, queued: list[torch.Tensor], tracker) -> dict[str, np.ndarray]:
+    """`prefix` (mean over sites) and `prefix:<site>` columns from queued cumulative flip counts."""
+    layout = tracker.layout
+    cumulative = torch.stack(queued).cpu().double().numpy()  # [N, L]
+    per_site = layout.flips_per_site(cumulative) / layout.units
+    out = {prefix: per_site.mean(1)}
+    out.update({f"{prefix}:{name}": per_site[:, j] for j, name in enumerate(tracker.sites)})
+    return out
