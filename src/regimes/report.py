@@ -245,7 +245,7 @@ def aggregate_line(rows, fmt: str = "markdown", unreadable: int = 0) -> str:
                 "(only finished runs with a finite rho count)")  # fmt: skip
     rho = "$\\rho$" if fmt == "latex" else "rho"
     if not rhos:
-        return f"mean {rho}: no finished run with a finite rho{note}"
+        return f"mean {rho}: no run finished with a finite rho{note}"
     m, upper, lower = aggregate(rhos)
     runs = "run" if len(rhos) == 1 else "runs"
     counted = f" ({seeds} of them seeds of a sweep, each counted)" if seeds else ""

@@ -83,17 +83,28 @@ def read_run(path) -> dict:
     and `config`. `best_score` and `best_epoch` are the best validation score and its epoch
     in the run's epoch rows (see `best_validation`), where it has any."""
     directory = RunDirectory(path)
-    config = directory.read_config() if directory.has_config() else {}
-    run = dict(directory.read_summary() or RunSummary())
+    config = _read(directory.config_path, directory.read_config) if directory.has_config() else {}
+    run = dict(_read(directory.summary_path, directory.read_summary) or RunSummary())
     for key in ("model", "dataset", "seed"):
         if run.get(key) is None and key in config:
             run[key] = config[key]
-    best = best_validation(directory.read_epochs(), run.get("higher_is_better") is not False)
+    epochs = _read(directory.epochs_path, directory.read_epochs)
+    best = best_validation(epochs, run.get("higher_is_better") is not False)
     if best is not None:
         run["best_score"], run["best_epoch"] = best
     run["path"] = str(path)
     run["config"] = config
     return run
+
+
+def _read(path: Path, reader):
+    """`reader()`, with an error that does not name the file it could not read naming `path`."""
+    try:
+        return reader()
+    except ValueError as error:
+        if str(path) in str(error):
+            raise
+        raise ValueError(f"{path}: {error}") from error
 
 
 def read_sweep(path) -> dict:
