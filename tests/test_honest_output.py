@@ -103,7 +103,7 @@ def test_rows_say_their_seed_and_status(tmp_path):
     ]  # fmt: skip
     assert rows[3]["stop epoch"] == "4"
     csv_text = render(load_runs([tmp_path]), "csv")
-    assert csv_text.splitlines()[0].startswith("model,dataset,seed,optimizer,wd,lr,status,")
+    assert csv_text.splitlines()[0].startswith("model,dataset,optimizer,wd,lr,seed,status,")
     assert "Seed" in render(load_runs([tmp_path]), "latex") and "Status" in render(load_runs([tmp_path]), "latex")
 
 

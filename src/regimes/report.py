@@ -51,10 +51,10 @@ FORMATS = ("markdown", "csv", "latex")
 COLUMNS = (
     ("model", "model", "Model"),
     ("dataset", "dataset", "Dataset"),
-    ("seed", "seed", "Seed"),
     ("optimizer", "optimizer", "Optimizer"),
     ("wd", "WD", "WD"),
     ("lr", "LR", "LR"),
+    ("seed", "seed", "Seed"),
     ("status", "status", "Status"),
     ("best_score", "best val score", "Best val.\\ score"),
     ("stop_epoch", "stop epoch", "Stop epoch"),
@@ -88,10 +88,10 @@ def study_table(runs) -> list[dict]:
             {
                 "model": model_label(run.get("model") or "?"),
                 "dataset": dataset_label(run.get("dataset") or "?"),
-                "seed": seed if isinstance(seed, str) else _integer(seed),
                 "optimizer": optimizer_text(run),
                 "wd": as_float(config_value(run, "weight_decay", "wd")),
                 "lr": as_float(config_value(run, "lr")),
+                "seed": seed if isinstance(seed, str) else _integer(seed),
                 "status": Status(run.get("status") or Status.RUNNING),
                 "best_score": as_float(run.get("best_score")),
                 "stop_epoch": _integer(run.get("stop_epoch")),
