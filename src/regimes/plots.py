@@ -54,6 +54,12 @@ def _pyplot():
     return plt
 
 
+def _own_row(run) -> dict:
+    """The drawn run's own row (`read_run`), without its step records."""
+    path = run if isinstance(run, (str, Path)) else run.get("path")
+    return read_run(path) if path else dict(run)
+
+
 def _resolve(run) -> tuple[dict, dict, list[dict], dict]:
     """A row, the drawn run's own row, its epoch rows and step records (dw and da only).
 
@@ -194,7 +200,7 @@ def _describe(run: dict, keys) -> str:
 
 def _labels(runs: list) -> list[str]:
     """Each run's title line: its seed, and what differs between the runs (as `_facts` says)."""
-    rows = [_resolve(run)[1] for run in runs]
+    rows = [_own_row(run) for run in runs]
     facts = [_facts(row) for row in rows]
     differ = [k for k in facts[0] if k != "seed" and len({f[k] for f in facts}) > 1]
     return [_describe(row, ["seed", *differ]) for row in rows]

@@ -144,7 +144,7 @@ def format_table(rows, fmt: str = "markdown") -> str:
         ]
         return "\n".join(lines) + "\n"
     header = [md for _, md, _ in columns]
-    widths = [max(len(h), *(len(line[i]) for line in cells)) for i, h in enumerate(header)]
+    widths = [max([len(h), *(len(line[i]) for line in cells)]) for i, h in enumerate(header)]
     right = [key not in _TEXT_COLUMNS for key, _, _ in columns]
 
     def line(values):
