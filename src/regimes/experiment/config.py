@@ -168,7 +168,6 @@ def _top_level_key(line: str) -> str | None:
 def _key_notes(config: RunConfig) -> dict[str, str]:
     """What each key means, with the numbers this config gives it."""
     patience = config.early_stopping_patience
-    delta = f"more than {config.min_delta:g}" if config.min_delta else "anything"
     return {
         "task": "how batches become losses and scores",
         "optimizer": f"one of {', '.join(OPTIMIZERS)}; no learning rate schedule",
@@ -178,8 +177,8 @@ def _key_notes(config: RunConfig) -> dict[str, str]:
         "batch_size": "training batch; also sets the probe's size (probe_fraction)",
         "max_epochs": "at most this many epochs; early stopping may end the run sooner",
         "patience": (f"0: a third of max_epochs, here {patience}: " if config.patience == 0 else "")
-        + f"stop after {patience} epochs without a validation gain of {delta} (min_delta)",
-        "min_delta": "a validation gain counts only if larger than this (absolute, in the score's units)",
+        + f"stop after {patience} epochs in a row without a validation improvement larger than min_delta",
+        "min_delta": "an improvement of the validation score counts only if larger than this (absolute; 0: any)",
         "probe_fraction": f"probe |S| = round(probe_fraction * batch_size), at least 1: here {config.probe_size} "
         "validation samples, drawn with the seed",
         "track_every": "measure the weight and pattern change every this many optimizer steps",
