@@ -221,8 +221,9 @@ def _trial_line(row: dict, best: tuple[float, int] | None = None) -> str:
         return f"  {row['trial']:<28} failed    {row.get('error') or ''}"
     score, epoch = best if best is not None else (row["best_score"], row.get("best_epoch"))
     reference = ""
-    if best is not None and row.get("best_score") is not None and not math.isclose(row["best_score"], score):
-        reference = f" (early stopping's reference {_fmt(row['best_score'], '.4f')})"
+    stopping = row.get("best_score")
+    if best is not None and stopping is not None and math.isfinite(stopping) and not math.isclose(stopping, score):
+        reference = f" (early stopping's reference {stopping:.4f})"
     return (f"  {row['trial']:<28} {row['status']:<9} best {row.get('score_name') or 'score'} {_fmt(score, '.4f')}"
             f" at epoch {_fmt(epoch, 'd')}{reference}, stopped at epoch {_fmt(row.get('stop_epoch'), 'd')}"
             f"  rho {_fmt(row['rho'], '.2f')}  {_fmt(row['seconds'], '.1f')} s training (start-up not counted)")  # fmt: skip
