@@ -109,7 +109,7 @@ def test_study_table_rows(three_runs):
     assert [r["model"] for r in rows] == ["MLP", "ResNet34", "GPT-2"]
     assert rows[0]["dataset"] == "Breast Cancer" and rows[1]["dataset"] == "TinyImageNet"
     assert [r["optimizer"] for r in rows] == ["SGD", "SGD, Nesterov 0.9", "AdamW"]
-    assert list(rows[0]) == ["model", "dataset", "optimizer", "wd", "lr", "best_score", "stop_epoch",
+    assert list(rows[0]) == ["model", "dataset", "optimizer", "wd", "lr", "seed", "status", "best_score", "stop_epoch",
                              "auc_w", "auc_p", "rho"]  # fmt: skip
     for row, run in zip(rows, three_runs):
         assert row["lr"] == run["lr"] and row["wd"] == run["weight_decay"]
@@ -123,17 +123,18 @@ def test_format_markdown(three_runs):
     text = format_table(rows)
     lines = text.splitlines()
     assert [c.strip() for c in lines[0].strip("|").split("|")] == [
-        "model", "dataset", "optimizer", "WD", "LR", "best val score", "stop epoch", "AUC_W", "AUC_P", "rho",
+        "model", "dataset", "optimizer", "WD", "LR", "seed", "status", "best val score", "stop epoch", "AUC_W", "AUC_P",
+        "rho",
     ]  # fmt: skip
     assert set(lines[1]) <= set("|-:") and lines[1].endswith(":|")  # numbers right-aligned
     assert len(lines) == 2 + len(rows)
     first = [c.strip() for c in lines[2].strip("|").split("|")]
     assert first[3:5] == ["1e-4", "1e-2"]
-    assert first[5] == f"{rows[0]['best_score']:.4f}" and first[6] == "6"
-    assert first[7] == f"{rows[0]['auc_w']:.3f}" and first[9] == f"{rows[0]['rho']:.2f}"
+    assert first[7] == f"{rows[0]['best_score']:.4f}" and first[8] == "6"
+    assert first[9] == f"{rows[0]['auc_w']:.3f}" and first[11] == f"{rows[0]['rho']:.2f}"
     gpt2 = [c.strip() for c in lines[4].strip("|").split("|")]
     assert gpt2[3:5] == ["1e-2", "3e-4"]
-    assert len(gpt2[5].replace(".", "")) == 4  # a perplexity to four significant digits
+    assert len(gpt2[7].replace(".", "")) == 4  # a perplexity to four significant digits
 
 
 def test_format_csv_parses_back(three_runs):
@@ -141,8 +142,8 @@ def test_format_csv_parses_back(three_runs):
     rows[2]["rho"] = math.nan  # a missing number is an empty cell
     parsed = list(csv.DictReader(io.StringIO(format_table(rows, "csv"))))
     assert len(parsed) == 3
-    assert list(parsed[0]) == ["model", "dataset", "optimizer", "wd", "lr", "best_score", "stop_epoch",
-                               "auc_w", "auc_p", "rho"]  # fmt: skip
+    assert list(parsed[0]) == ["model", "dataset", "optimizer", "wd", "lr", "seed", "status", "best_score",
+                               "stop_epoch", "auc_w", "auc_p", "rho"]  # fmt: skip
     assert parsed[1]["optimizer"] == "SGD, Nesterov 0.9"  # quoted, the comma survives
     assert float(parsed[1]["wd"]) == 5e-3 and float(parsed[1]["lr"]) == 1e-3
     assert float(parsed[0]["rho"]) == pytest.approx(rows[0]["rho"], abs=0.005)
@@ -153,11 +154,11 @@ def test_format_latex(three_runs):
     rows = study_table(three_runs)
     rows[0]["dataset"] = "Breast & Cancer_1"
     text = format_table(rows, "latex")
-    assert text.startswith("\\begin{tabular}{lllrrrrrrr}")
+    assert text.startswith("\\begin{tabular}{lllrrrlrrrrr}")
     for rule in ("\\toprule", "\\midrule", "\\bottomrule", "\\end{tabular}"):
         assert rule in text
     body = text.split("\\midrule")[1].split("\\bottomrule")[0].strip().splitlines()
-    assert len(body) == 3 and all(line.endswith("\\\\") and line.count(" & ") == 9 for line in body)
+    assert len(body) == 3 and all(line.endswith("\\\\") and line.count(" & ") == 11 for line in body)
     assert "Breast \\& Cancer\\_1" in text and "$\\rho$" in text
 
 

@@ -30,18 +30,41 @@ def _config_for(args):
     return apply_overrides(config, overrides)
 
 
-def _print_result(summary: dict, out: Path) -> None:
-    def fmt(value, spec):
-        return "-" if value is None or (isinstance(value, float) and math.isnan(value)) else format(value, spec)
+def _fmt(value, spec: str) -> str:
+    return "-" if value is None or (isinstance(value, float) and math.isnan(value)) else format(value, spec)
 
+
+def _settled(fraction) -> str:
+    """A stabilisation time in words: 1.0 means the curve never stayed below tau."""
+    if fraction is None or (isinstance(fraction, float) and math.isnan(fraction)):
+        return "-"
+    return "never" if fraction >= 1 else f"after {fraction:.2f} of training"
+
+
+def _print_result(summary: dict, out: Path) -> None:
+    from regimes.records import RunDirectory, Status
+    from regimes.runs import best_validation
+
+    best = best_validation(RunDirectory(out).read_epochs(), summary.get("higher_is_better") is not False)
+    score, epoch = best if best is not None else (None, None)
+    stop, most, status = summary["stop_epoch"], summary.get("max_epochs"), summary["status"]
+    if status == Status.DIVERGED:
+        stopped = f"{stop} (diverged: the training loss became NaN or infinite)"
+    elif status == Status.FINISHED and most is not None and stop is not None:
+        stopped = f"{stop} of {most} ({'max_epochs' if stop >= most else 'early stopping'})"
+    else:
+        stopped = f"{stop} of {most} ({status})"
+    rho = _fmt(summary["rho"], ".2f")
+    if summary.get("rho_global") is not None and summary.get("rho_layerwise") is not None:
+        rho += f" (weight change: global {_fmt(summary['rho_global'], '.2f')}, layerwise {_fmt(summary['rho_layerwise'], '.2f')})"
     rows = [
         ("run", str(out)),
-        ("status", summary["status"]),
-        (f"best {summary['score_name']}", f"{fmt(summary['best_score'], '.4f')} (epoch {summary['best_epoch']})"),
-        ("stop epoch", str(summary["stop_epoch"])),
-        ("AUC_W / AUC_P", f"{fmt(summary['auc_w'], '.3f')} / {fmt(summary['auc_p'], '.3f')}"),
-        ("rho", fmt(summary["rho"], ".2f")),
-        ("settled (w / a)", f"{fmt(summary['stabilization_w'], '.2f')} / {fmt(summary['stabilization_p'], '.2f')} of training"),
+        ("status", str(status)),
+        (f"best {summary['score_name']}", f"{_fmt(score, '.4f')} (epoch {_fmt(epoch, 'd')})"),
+        ("stop epoch", stopped),
+        ("AUC_W / AUC_P", f"{_fmt(summary['auc_w'], '.3f')} / {_fmt(summary['auc_p'], '.3f')}"),
+        ("rho", rho),
+        ("settled (w / a)", f"{_settled(summary['stabilization_w'])} / {_settled(summary['stabilization_p'])}"),
     ]
     width = max(len(k) for k, _ in rows)
     for key, value in rows:
@@ -97,8 +120,13 @@ def cmd_report(args) -> int:
     from regimes.report import render
     from regimes.runs import load_runs
 
-    runs = load_runs(args.dirs)
-    print(render(runs, args.format))
+    skipped = []
+    runs = load_runs(args.dirs, strict=args.strict, skipped=skipped)
+    for path, reason in skipped:
+        print(f"regimes: skipped {path}, which cannot be read: {reason} (--strict stops instead)", file=sys.stderr)
+    if not runs:
+        raise ValueError(f"no readable run in {', '.join(args.dirs)}")
+    print(render(runs, args.format, unreadable=len(skipped)))
     if args.figure:
         from regimes.plots import plot_grid
 
@@ -170,8 +198,12 @@ class _SweepProgress:
             self.bar = tqdm(total=info["total"], initial=info["done"], desc=info["name"] + skipped,
                             unit="trial", dynamic_ncols=True)  # fmt: skip
         elif kind == "result":
+            from regimes.records import RunDirectory
+            from regimes.runs import best_validation
+
             row = info["row"]
-            self.bar.write(_trial_line(row))
+            epochs = RunDirectory(info["job"].out).read_epochs() if info.get("job") is not None else []
+            self.bar.write(_trial_line(row, best_validation(epochs, row.get("higher_is_better") is not False)))
             self.bar.update(1)
 
     def close(self):
@@ -180,40 +212,51 @@ class _SweepProgress:
             self.bar = None
 
 
-def _trial_line(row: dict) -> str:
+def _trial_line(row: dict, best: tuple[float, int] | None = None) -> str:
+    """A finished trial in one line: its best validation score and that epoch (`best`, from
+    its epoch rows; else the row's), the epoch it stopped at, rho, and its training time."""
     from regimes.records import Status
-
-    def fmt(value, spec):
-        return "-" if value is None or (isinstance(value, float) and math.isnan(value)) else format(value, spec)
 
     if row["status"] == Status.FAILED:
         return f"  {row['trial']:<28} failed    {row.get('error') or ''}"
-    return (f"  {row['trial']:<28} {row['status']:<9} {row.get('score_name') or 'score'} {fmt(row['best_score'], '.4f')}"
-            f"  epoch {fmt(row.get('stop_epoch'), 'd')}  rho {fmt(row['rho'], '.2f')}  {fmt(row['seconds'], '.1f')} s")  # fmt: skip
+    score, epoch = best if best is not None else (row["best_score"], row.get("best_epoch"))
+    reference = ""
+    stopping = row.get("best_score")
+    if best is not None and stopping is not None and math.isfinite(stopping) and not math.isclose(stopping, score):
+        reference = f" (early stopping's reference {stopping:.4f})"
+    return (f"  {row['trial']:<28} {row['status']:<9} best {row.get('score_name') or 'score'} {_fmt(score, '.4f')}"
+            f" at epoch {_fmt(epoch, 'd')}{reference}, stopped at epoch {_fmt(row.get('stop_epoch'), 'd')}"
+            f"  rho {_fmt(row['rho'], '.2f')}  {_fmt(row['seconds'], '.1f')} s training (start-up not counted)")  # fmt: skip
 
 
 def _print_sweep(selected: dict, out: Path) -> None:
     from regimes.records import SweepDirectory
     from regimes.report import short_scientific
+    from regimes.runs import read_run, read_sweep
 
     sweep = SweepDirectory(out)
     if selected.get("trial") is None:
         print(f"no trial finished; see {sweep.table_path(sweep.TRIALS, 'csv')}", file=sys.stderr)
         return
-    row = selected["row"]
-    print(f"selected  {selected['trial']}: {row['score_name']} {row['best_score']:.4f} at epoch {row['best_epoch']}, "
-          f"rho {row['rho']:.2f}  ({sweep.selected_path})")  # fmt: skip
+    row, winner = selected["row"], read_run(sweep.run(selected["path"]).path)
+    print(f"selected  {selected['trial']}: best {row['score_name']} {winner['best_score']:.4f} at epoch {winner['best_epoch']}, "
+          f"stopped at epoch {row['stop_epoch']}, rho {row['rho']:.2f}  ({sweep.selected_path})")  # fmt: skip
     config = selected["config"]
     print(f"          optimizer {config['optimizer']}, lr {short_scientific(config['lr'])}, "
           f"weight decay {short_scientific(config['weight_decay'])}")  # fmt: skip
     if selected.get("failed"):
         print(f"          {len(selected['failed'])} trial(s) did not finish: {', '.join(selected['failed'])}")
-    seeds = selected.get("seeds")
-    if seeds:
+    if selected.get("seeds"):
+        seeds = read_sweep(out)  # what `regimes report` shows for this sweep
         interval = (f", 95% interval [{seeds['rho_low']:.2f}, {seeds['rho_high']:.2f}]"
-                    if seeds.get("rho_low") is not None and math.isfinite(seeds["rho_low"]) else "")  # fmt: skip
-        print(f"seeds     {seeds['seeds']}: rho {seeds['rho']:.2f}{interval} "
-              f"(+{seeds['rho_upper']:.2f} / -{seeds['rho_lower']:.2f}), mean {row['score_name']} {seeds['best_score']:.4f}")  # fmt: skip
+                    if math.isfinite(seeds["rho_low"]) else "")  # fmt: skip
+        print(f"seeds     {seeds['seeds']} finished (seeds {seeds['seed']}): rho {seeds['rho']:.2f}{interval} "
+              f"(+{seeds['rho_upper']:.2f} / -{seeds['rho_lower']:.2f}), "
+              f"mean best {row['score_name']} {seeds['best_score']:.4f}")  # fmt: skip
+    wall = selected.get("wall_seconds") or {}
+    if wall:
+        phases = ", ".join(f"{name} {seconds:.1f} s" for name, seconds in wall.items())
+        print(f"time      {phases} (wall-clock, start-up included; trials already done are not rerun)")
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -243,6 +286,7 @@ def build_parser() -> argparse.ArgumentParser:
     report.add_argument("dirs", nargs="+", help="run directories, or folders holding them")
     report.add_argument("--format", choices=["markdown", "csv", "latex"], default="markdown")
     report.add_argument("--figure", help="also draw the grid figure to this file (.png, .svg, .pdf)")
+    report.add_argument("--strict", action="store_true", help="stop at a run that cannot be read (default: name it and skip it)")
     report.set_defaults(func=cmd_report)
 
     sweep = commands.add_parser("sweep", help="the study's sweep: a grid, the best config, several seeds")

@@ -2,7 +2,11 @@
 
 Each panel shows the train and validation score per epoch on the left axis and the
 normalised weight-change and pattern-change curves (the curves the AUCs are taken of) on a
-right axis in [0, 1]. Matplotlib is imported only when a figure is drawn.
+right axis in [0, 1], with a dotted line at the epoch of the best validation score. Its
+title says which run it is: model and data set, the seed, and in a grid what else differs
+between the runs shown (optimizer, lr, ...); the rho it gives is the rho of the curves it
+draws (for a sweep with seeds, the selected trial's, with the seeds' mean beside it).
+Matplotlib is imported only when a figure is drawn.
 
 ```python
 fig, ax = plot_run("runs/mlp-breast-cancer")          # a run directory or a load_runs() dict
@@ -21,8 +25,8 @@ from pathlib import Path
 import numpy as np
 
 from regimes.analysis import normalized_curve, smoothing_window
-from regimes.records import RunDirectory, atomic_write
-from regimes.runs import read_run
+from regimes.records import RunDirectory, Status, atomic_write
+from regimes.runs import as_float, config_value, optimizer_text, read_run
 from regimes.study import dataset_label, model_label
 
 __all__ = ["plot_run", "plot_grid", "save_run_figure", "FIGURE_SUFFIXES"]
@@ -30,8 +34,10 @@ __all__ = ["plot_run", "plot_grid", "save_run_figure", "FIGURE_SUFFIXES"]
 FIGURE_SUFFIXES = (".png", ".svg", ".pdf")
 
 _COLORS = {"train": "tab:blue", "val": "tab:orange", "dw": "tab:green", "da": "tab:red"}
-_PANEL_SIZE = (4.6, 3.2)  # inches per panel of a grid
-_FIGURE_SIZE = (5.0, 4.2)  # a single panel with its legend below
+_PANEL_SIZE = (4.6, 3.4)  # inches per panel of a grid
+_FIGURE_SIZE = (5.0, 4.4)  # a single panel with its legend below
+_LEGEND_ENTRY_WIDTH = 2.0  # inches a legend entry needs at fontsize "small", handle included
+_BEST_EPOCH = "epoch of the best val. score"
 
 
 def _pyplot():
@@ -48,23 +54,32 @@ def _pyplot():
     return plt
 
 
-def _resolve(run) -> tuple[dict, list[dict], dict]:
-    """A run's summary, epoch rows and step records (dw and da only).
+def _own_row(run) -> dict:
+    """The drawn run's own row (`read_run`), without its step records."""
+    path = run if isinstance(run, (str, Path)) else run.get("path")
+    return read_run(path) if path else dict(run)
+
+
+def _resolve(run) -> tuple[dict, dict, list[dict], dict]:
+    """A row, the drawn run's own row, its epoch rows and step records (dw and da only).
 
     `run` is a run directory, or a dict from `regimes.runs.load_runs` (or any mapping with
-    the summary's keys and the `path` of the run directory to read the records from).
+    the summary's keys and the `path` of the run directory to read the records from). The
+    drawn run's own row (`read_run`) gives the numbers of the curves drawn: for a sweep with
+    seeds, the row's rho is the seeds' mean while the curves are the selected trial's.
     """
     if isinstance(run, (str, Path)):
         run = {"path": str(run)}
     info = dict(run)
     directory = RunDirectory(info["path"]) if info.get("path") else None
     if directory is None:
-        return info, [], {}
-    if "status" not in info:  # a bare path: read the summary
-        info = {**read_run(directory.path), **info}
+        return info, info, [], {}
+    own = read_run(directory.path)
+    if "status" not in info:  # a bare path: the run's own row
+        info = {**own, **info}
     epochs = directory.read_epochs()
     steps = directory.read_steps(columns=["iteration", "epoch", "dw", "da"])
-    return info, epochs, steps
+    return info, own, epochs, steps
 
 
 def _batches_per_epoch(info: dict, steps: dict) -> int:
@@ -77,14 +92,16 @@ def _batches_per_epoch(info: dict, steps: dict) -> int:
     return 1
 
 
-def plot_run(run, ax=None, legend: bool = True):
+def plot_run(run, ax=None, legend: bool = True, label: str | None = None):
     """One panel: scores per epoch (left axis), normalised dw and da (right axis, [0, 1]).
 
     The smoothed curves have T - k + 1 points for T steps and window k; point j averages
     iterations j+1 .. j+k and is drawn at the end of its window, (j + k) / batches_per_epoch
-    epochs. Returns `(fig, ax)` with `ax` the left (score) axis; the right one is `ax.right_ax`.
+    epochs. `label` is the title's second line, which says which run this is (default: its
+    seed, optimizer, lr and weight decay). Returns `(fig, ax)` with `ax` the left (score)
+    axis; the right one is `ax.right_ax`.
     """
-    run, epochs, steps = _resolve(run)
+    info, own, epochs, steps = _resolve(run)
     if ax is None:
         fig, ax = _pyplot().subplots(figsize=_FIGURE_SIZE if legend else _PANEL_SIZE, layout="constrained")
     else:
@@ -93,38 +110,38 @@ def plot_run(run, ax=None, legend: bool = True):
     ax.right_ax = right  # so callers (and tests) can reach the curves' axis
 
     x = [row["epoch"] for row in epochs]
-    for key, label in (("train", "train score"), ("val", "validation score")):
+    for key, name in (("train", "train score"), ("val", "validation score")):
         y = [np.nan if row.get(f"{key}_score") is None else row[f"{key}_score"] for row in epochs]
-        ax.plot(x, y, color=_COLORS[key], marker="o", markersize=2.5, linewidth=1.4, label=label)
+        ax.plot(x, y, color=_COLORS[key], marker="o", markersize=2.5, linewidth=1.4, label=name)
 
-    bpe = _batches_per_epoch(run, steps)
+    bpe = _batches_per_epoch(own, steps)
     last_epoch = max(x, default=0)
-    for key, label in (("dw", "weight change (norm.)"), ("da", "pattern change (norm.)")):
+    for key, name in (("dw", "weight change (norm.)"), ("da", "pattern change (norm.)")):
         curve = np.asarray(steps.get(key, []), dtype=np.float64)
         if curve.size == 0:
             continue
         k = min(smoothing_window(bpe), curve.size)
         y = normalized_curve(curve, bpe)
         t = (np.arange(y.size) + k) / bpe
-        right.plot(t, y, color=_COLORS[key], linewidth=1.1, alpha=0.9, label=label)
+        right.plot(t, y, color=_COLORS[key], linewidth=1.1, alpha=0.9, label=name)
         last_epoch = max(last_epoch, float(t[-1]))
 
-    best = run.get("best_epoch")
+    ax.set_xlim(0, max(last_epoch, 1))
+    best = own.get("best_epoch") if epochs else info.get("best_epoch")
     if best:
-        ax.axvline(best, color="0.5", linestyle=":", linewidth=1.0, label=f"best epoch ({best})")
+        ax.axvline(best, color="0.5", linestyle=":", linewidth=1.0, label=_BEST_EPOCH)
+        left = best > 0.8 * ax.get_xlim()[1]  # the number on the side with room for it
+        ax.annotate(str(best), xy=(best, 1.0), xycoords=("data", "axes fraction"), xytext=(-2 if left else 2, -2),
+                    textcoords="offset points", ha="right" if left else "left", va="top", fontsize="x-small",
+                    color="0.35")  # fmt: skip
 
-    higher = run.get("higher_is_better") is not False  # unknown: treat as accuracy-like
-    name = run.get("score_name") or ("score" if higher else "perplexity")
+    higher = own.get("higher_is_better", info.get("higher_is_better")) is not False  # unknown: accuracy-like
+    name = own.get("score_name") or info.get("score_name") or ("score" if higher else "perplexity")
     ax.set_ylabel(f"{name} ({'higher' if higher else 'lower'} is better)")
     ax.set_xlabel("epoch")
-    ax.set_xlim(0, max(last_epoch, 1))
     right.set_ylim(-0.02, 1.02)
     right.set_ylabel("normalised change")
-    title = f"{model_label(run.get('model') or '?')} / {dataset_label(run.get('dataset') or '?')}"
-    rho = run.get("rho")
-    if isinstance(rho, (int, float)) and math.isfinite(rho):
-        title += f"   (rho = {rho:.2f})"
-    ax.set_title(title, fontsize="medium")
+    ax.set_title(_title(info, own, label), fontsize="medium")
     if legend:
         handles, labels = _legend_entries(ax)
         # Below the panel: inside it would cover curves on one axis or the other.
@@ -135,6 +152,60 @@ def plot_run(run, ax=None, legend: bool = True):
     return fig, ax
 
 
+def _title(info: dict, own: dict, label: str | None) -> str:
+    """"MLP / Breast Cancer   rho = 1.13" (the rho of the curves drawn), then which run it is;
+    a run that did not finish says so, and a sweep with seeds gives the seeds' mean rho."""
+    head = f"{model_label(info.get('model') or '?')} / {dataset_label(info.get('dataset') or '?')}"
+    rho = as_float(own.get("rho"))
+    if math.isfinite(rho):
+        head += f"   rho = {rho:.2f}"
+    which = label if label is not None else _describe(own, ("seed", "optimizer", "lr", "wd"))
+    lines = [head, f"selected trial, {which}" if info.get("members") else which]
+    status = Status(own.get("status") or Status.RUNNING)
+    if status != Status.FINISHED:
+        lines.append(f"{status} at epoch {own.get('stop_epoch') or 0} of {config_value(own, 'max_epochs') or '?'}")
+    mean = as_float(info.get("rho"))
+    if info.get("members") and math.isfinite(mean):
+        interval = ""
+        if math.isfinite(as_float(info.get("rho_low"))):
+            interval = f", 95% CI [{info['rho_low']:.2f}, {info['rho_high']:.2f}]"
+        lines.append(f"seeds {info.get('seed')}: mean rho = {mean:.2f}{interval}")
+    return "\n".join(lines)
+
+
+def _facts(run: dict) -> dict[str, str]:
+    """What tells runs apart, each as the title writes it."""
+    from regimes.report import short_scientific
+
+    def number(*names):
+        value = as_float(config_value(run, *names))
+        return short_scientific(value) if math.isfinite(value) else "?"
+
+    seed = run.get("seed")
+    return {
+        "seed": f"seed {seed if seed is not None else '?'}",
+        "optimizer": optimizer_text(run),
+        "lr": f"lr {number('lr')}",
+        "wd": f"wd {number('weight_decay', 'wd')}",
+        "batch_size": f"batch {number('batch_size')}",
+        "max_epochs": f"max {number('max_epochs')} epochs",
+        "preset": str(config_value(run, "preset") or ""),
+    }
+
+
+def _describe(run: dict, keys) -> str:
+    facts = _facts(run)
+    return ", ".join(facts[k] for k in keys if facts[k])
+
+
+def _labels(runs: list) -> list[str]:
+    """Each run's title line: its seed, and what differs between the runs (as `_facts` says)."""
+    rows = [_own_row(run) for run in runs]
+    facts = [_facts(row) for row in rows]
+    differ = [k for k in facts[0] if k != "seed" and len({f[k] for f in facts}) > 1]
+    return [_describe(row, ["seed", *differ]) for row in rows]
+
+
 def _legend_entries(*axes):
     """Handles and labels of the panels' curves, each label once."""
     entries = {}
@@ -142,14 +213,18 @@ def _legend_entries(*axes):
         for a in (ax, ax.right_ax):
             for handle, label in zip(*a.get_legend_handles_labels()):
                 entries.setdefault(label, handle)
+    if _BEST_EPOCH in entries:  # last: it explains a line, not a curve
+        entries[_BEST_EPOCH] = entries.pop(_BEST_EPOCH)
     return list(entries.values()), list(entries)
 
 
 def plot_grid(runs, path=None, ncols: int = 3):
     """One panel per run (`plot_run`), with one legend for all; saved to `path` if given.
 
-    The format follows the suffix of `path` (.png, .svg or .pdf). Returns `(fig, axes)`, the
-    panels' left axes in the order of `runs`.
+    Each panel's title names its run: the seed, and whatever else differs between the runs
+    shown (optimizer, lr, weight decay, batch size, max epochs, preset). The format follows
+    the suffix of `path` (.png, .svg or .pdf). Returns `(fig, axes)`, the panels' left axes
+    in the order of `runs`.
     """
     runs = list(runs)
     if not runs:
@@ -169,12 +244,11 @@ def plot_grid(runs, path=None, ncols: int = 3):
     for ax in grid[len(runs) :]:
         fig.delaxes(ax)
     axes = grid[: len(runs)]
-    for run, ax in zip(runs, axes):
-        plot_run(run, ax=ax, legend=False)
+    for run, ax, label in zip(runs, axes, _labels(runs)):
+        plot_run(run, ax=ax, legend=False, label=label)
     handles, labels = _legend_entries(*axes)
-    keep = [i for i, label in enumerate(labels) if not label.startswith("best epoch")]
-    fig.legend([handles[i] for i in keep], [labels[i] for i in keep], loc="outside lower center",
-               ncols=len(keep), fontsize="small", frameon=False)  # fmt: skip
+    columns = max(1, min(len(labels), int(_PANEL_SIZE[0] * ncols // _LEGEND_ENTRY_WIDTH)))  # rows of it rather than clipped
+    fig.legend(handles, labels, loc="outside lower center", ncols=columns, fontsize="small", frameon=False)
     if path is not None:
         _save(fig, path)
     return fig, axes

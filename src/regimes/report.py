@@ -7,10 +7,13 @@ print(format_table(rows))              # Markdown; fmt="csv" or fmt="latex"
 print(aggregate_line(rows, "markdown"))  # mean rho = 1.62 (+0.31 / -0.20) over 5 runs
 ```
 
-A sweep directory (`regimes sweep`) is one row: its selected configuration, and with
-several seeds the means over the seeds, rho with its 95% bootstrap interval. Reading the
-runs and the seeds' statistics live in `regimes.runs` (re-exported here); this module
-only makes and formats the table.
+Every row says its run's `seed` and `status`; only finished runs enter the aggregate line,
+which says how many it covers and how many it left out, and why. A sweep directory
+(`regimes sweep`) is one row: its selected configuration, and with several seeds the means
+over the seeds, rho with its 95% bootstrap interval; the aggregate line counts each of
+those seeds as a run, so the row and the line agree. Reading the runs and the seeds'
+statistics live in `regimes.runs` (re-exported here); this module only makes and formats
+the table.
 """
 
 from __future__ import annotations
@@ -18,11 +21,12 @@ from __future__ import annotations
 import csv
 import io
 import math
+from collections import Counter
 
 from regimes.analysis import aggregate, bootstrap_interval
-from regimes.records import is_sweep_directory
-from regimes.runs import as_float, load_runs, seed_statistics
-from regimes.study import dataset_label, model_label, optimizer_label
+from regimes.records import Status, is_sweep_directory
+from regimes.runs import as_float, config_value, load_runs, optimizer_text, seed_statistics, seed_text
+from regimes.study import dataset_label, model_label
 
 __all__ = [
     "load_runs",
@@ -50,6 +54,8 @@ COLUMNS = (
     ("optimizer", "optimizer", "Optimizer"),
     ("wd", "WD", "WD"),
     ("lr", "LR", "LR"),
+    ("seed", "seed", "Seed"),
+    ("status", "status", "Status"),
     ("best_score", "best val score", "Best val.\\ score"),
     ("stop_epoch", "stop epoch", "Stop epoch"),
     ("auc_w", "AUC_W", "$\\mathrm{AUC}_W$"),
@@ -62,23 +68,31 @@ SEED_COLUMNS = {
     "latex": (("rho_ci", "", "95\\% CI"), ("seeds", "", "Seeds")),
     "csv": (("rho_low", "", ""), ("rho_high", "", ""), ("seeds", "", "")),
 }
-_TEXT_COLUMNS = {"model", "dataset", "optimizer"}
+_TEXT_COLUMNS = {"model", "dataset", "optimizer", "status"}
 
 
 # -- the table -------------------------------------------------------------------------------
 
 
 def study_table(runs) -> list[dict]:
-    """One row per run with the study's columns (see COLUMNS); missing numbers are NaN."""
+    """One row per run with the study's columns (see COLUMNS); missing numbers are NaN.
+
+    `seed` is the run's seed (for a sweep with seeds, the seeds its means are over, as
+    text: "0-4"), `status` how the run stands (`regimes.records.Status`). A sweep row with
+    seeds also has `members`: each seed run's status and rho, which `aggregate_line` counts.
+    """
     rows = []
     for run in runs:
+        seed = run.get("seed")
         rows.append(
             {
                 "model": model_label(run.get("model") or "?"),
                 "dataset": dataset_label(run.get("dataset") or "?"),
-                "optimizer": _optimizer_label(run),
-                "wd": as_float(_lookup(run, "weight_decay", "wd")),
-                "lr": as_float(_lookup(run, "lr")),
+                "optimizer": optimizer_text(run),
+                "wd": as_float(config_value(run, "weight_decay", "wd")),
+                "lr": as_float(config_value(run, "lr")),
+                "seed": seed if isinstance(seed, str) else _integer(seed),
+                "status": Status(run.get("status") or Status.RUNNING),
                 "best_score": as_float(run.get("best_score")),
                 "stop_epoch": _integer(run.get("stop_epoch")),
                 "auc_w": as_float(run.get("auc_w")),
@@ -89,30 +103,9 @@ def study_table(runs) -> list[dict]:
         if run.get("seeds"):  # a sweep rerun with several seeds
             rows[-1].update(rho_low=as_float(run.get("rho_low")), rho_high=as_float(run.get("rho_high")),
                             seeds=int(run["seeds"]))  # fmt: skip
+        if run.get("members"):
+            rows[-1]["members"] = [dict(m) for m in run["members"]]
     return rows
-
-
-def _lookup(run: dict, *names):
-    """The first of `names` found in the summary, then in the config (flat or by section)."""
-    config = run.get("config") or {}
-    for source in [run, config, *(v for v in config.values() if isinstance(v, dict))]:
-        for name in names:
-            if source.get(name) is not None:
-                return source[name]
-    return None
-
-
-def _optimizer_label(run: dict) -> str:
-    name = _lookup(run, "optimizer")
-    if isinstance(name, dict):  # a config section such as [optimizer] name = "sgd"
-        name = name.get("name")
-    label = optimizer_label(name) if name is not None else "?"
-    momentum = as_float(_lookup(run, "momentum"))
-    if _lookup(run, "nesterov"):
-        label += f", Nesterov {momentum:g}" if momentum > 0 else ", Nesterov"
-    elif momentum > 0:
-        label += f", momentum {momentum:g}"
-    return label
 
 
 def _integer(value) -> int | None:
@@ -151,7 +144,7 @@ def format_table(rows, fmt: str = "markdown") -> str:
         ]
         return "\n".join(lines) + "\n"
     header = [md for _, md, _ in columns]
-    widths = [max(len(h), *(len(line[i]) for line in cells)) for i, h in enumerate(header)]
+    widths = [max([len(h), *(len(line[i]) for line in cells)]) for i, h in enumerate(header)]
     right = [key not in _TEXT_COLUMNS for key, _, _ in columns]
 
     def line(values):
@@ -175,6 +168,8 @@ def _cell(value, key: str, fmt: str) -> str:
         return {"markdown": f"{sign}inf", "csv": f"{sign}inf", "latex": f"${sign}\\infty$"}[fmt]
     if key in ("lr", "wd"):
         return short_scientific(value)
+    if key == "seed":
+        return str(value) if isinstance(value, str) else seed_text([value])
     if key == "stop_epoch":
         return str(int(value))
     if key == "best_score":
@@ -222,25 +217,58 @@ def _latex_escape(text: str) -> str:
     return "".join(special.get(c, c) for c in text)
 
 
-def aggregate_line(rows, fmt: str = "markdown") -> str:
-    """`mean rho = m (+u / -l) over n runs` (SPEC section 2), over the rows with a finite rho."""
+def aggregate_line(rows, fmt: str = "markdown", unreadable: int = 0) -> str:
+    """`mean rho = m (+u / -l) over n runs` (SPEC section 2), over the finished runs with a finite rho.
+
+    A sweep row with seeds (`members`) counts each seed run, so the line and the row's
+    interval are over the same runs. The line says what it left out and why: runs that are
+    running, interrupted, diverged or failed, finished ones without a finite rho, and
+    `unreadable` directories that `load_runs` skipped. A row without a status is taken as
+    finished (a table of numbers made by hand).
+    """
     if fmt not in FORMATS:
         raise ValueError(f"unknown format {fmt!r}; choose one of {', '.join(FORMATS)}")
-    rhos = [r for r in (as_float(row.get("rho")) for row in rows) if math.isfinite(r)]
-    skipped = len(rows) - len(rhos)
-    note = f" ({skipped} without a finite rho left out)" if skipped else ""
+    rhos, left_out, seeds = [], Counter(), 0
+    for row in rows:
+        for run in row.get("members") or [row]:
+            if (reason := _left_out_because(run)) is not None:
+                left_out[reason] += 1
+            else:
+                rhos.append(as_float(run.get("rho")))
+                seeds += bool(row.get("members"))
+    if unreadable:
+        left_out["unreadable"] = unreadable
+    note = ""
+    if left_out:
+        reasons = ", ".join(f"{left_out[k]} {k}" for k in _LEFT_OUT if k in left_out)
+        note = (f"; left out {left_out.total()} of {len(rhos) + left_out.total()}: {reasons} "
+                "(only finished runs with a finite rho count)")  # fmt: skip
     rho = "$\\rho$" if fmt == "latex" else "rho"
     if not rhos:
-        return f"mean {rho}: no run with a finite rho{note}"
+        return f"mean {rho}: no run finished with a finite rho{note}"
     m, upper, lower = aggregate(rhos)
     runs = "run" if len(rhos) == 1 else "runs"
-    return f"mean {rho} = {m:.2f} (+{upper:.2f} / -{lower:.2f}) over {len(rhos)} {runs}{note}"
+    counted = f" ({seeds} of them seeds of a sweep, each counted)" if seeds else ""
+    return f"mean {rho} = {m:.2f} (+{upper:.2f} / -{lower:.2f}) over {len(rhos)} {runs}{counted}{note}"
 
 
-def render(runs, fmt: str = "markdown") -> str:
-    """The table and, except for CSV (which must stay one table), the aggregate line under it."""
+# Why a run is left out of the aggregate, in the order the line lists them.
+_LEFT_OUT = (*map(str, (Status.RUNNING, Status.INTERRUPTED, Status.DIVERGED, Status.FAILED)), "without a finite rho",
+             "unreadable")  # fmt: skip
+
+
+def _left_out_because(run) -> str | None:
+    status = Status(run.get("status") or Status.FINISHED)
+    if status != Status.FINISHED:
+        return str(status)
+    return None if math.isfinite(as_float(run.get("rho"))) else "without a finite rho"
+
+
+def render(runs, fmt: str = "markdown", unreadable: int = 0) -> str:
+    """The table and, except for CSV (which must stay one table), the aggregate line under it
+    (`unreadable`: directories `load_runs` skipped, which the line counts as left out)."""
     rows = study_table(runs)
     text = format_table(rows, fmt)
     if fmt != "csv":
-        text += "\n" + aggregate_line(rows, fmt) + "\n"
+        text += "\n" + aggregate_line(rows, fmt, unreadable) + "\n"
     return text

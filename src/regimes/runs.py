@@ -2,8 +2,13 @@
 
 ```python
 runs = load_runs(["runs/", "sweeps/"])   # one dict per run or sweep, in the study's row order
-stats = seed_statistics(summaries)        # means over seeds, rho's interval and semi-deviations
+stats = seed_statistics(rows)             # means over seeds, rho's interval and semi-deviations
+best_validation(epochs)                   # (best validation score, its epoch) from the epoch rows
 ```
+
+A row's `best_score` and `best_epoch` are the best validation score and its epoch, read from
+the run's epoch rows. Early stopping's reference (which moves only by more than
+`min_delta`) can be lower; `describe_stop` names it when it says why a run stopped.
 
 It needs neither the experiment package (the training loop) nor matplotlib: the report, the
 figures and the sweep runner all read from here.
@@ -12,6 +17,7 @@ figures and the sweep runner all read from here.
 from __future__ import annotations
 
 import math
+import warnings
 from collections.abc import Mapping
 from pathlib import Path
 
@@ -19,18 +25,36 @@ import numpy as np
 
 from regimes.analysis import aggregate, bootstrap_interval
 from regimes.records import RunDirectory, RunSummary, Status, SweepDirectory, find_runs, is_sweep_directory
-from regimes.study import row_rank
+from regimes.study import optimizer_label, row_rank
 
-__all__ = ["load_runs", "read_run", "read_sweep", "seed_statistics", "as_float"]
+__all__ = [
+    "load_runs", "read_run", "read_sweep", "seed_statistics", "as_float", "best_validation", "describe_stop",
+    "config_value", "optimizer_text", "seed_text", "UnreadableRunError", "UnreadableRunWarning",
+]  # fmt: skip
+
+# A sweep row whose runs did not all finish takes the first of these that one of them has.
+_UNFINISHED = (Status.RUNNING, Status.INTERRUPTED, Status.FAILED, Status.DIVERGED)
 
 
-def load_runs(paths) -> list[dict]:
+class UnreadableRunError(ValueError):
+    """A run or sweep directory whose files cannot be read (a corrupt summary, config or table)."""
+
+
+class UnreadableRunWarning(UserWarning):
+    """A run or sweep directory left out of `load_runs` because its files cannot be read."""
+
+
+def load_runs(paths, *, strict: bool = False, skipped: list | None = None) -> list[dict]:
     """Read the runs at `paths`: run or sweep directories, or folders searched recursively for them.
 
     Each run is its summary (a flat dict) plus `path` and `config`; a sweep is its selected
     run, with the seeds' statistics when it has seeds (see `seed_statistics`). Runs come in
     the study's row order (model, then data set; rows the study does not have go after its
     rows of the same model), ties in the order found; a run reached twice is read once.
+
+    A directory whose files cannot be read (a corrupt summary.json, config.toml or table) is
+    left out and named: appended to `skipped` as `(path, reason)` when a list is given, else
+    in an `UnreadableRunWarning`. With `strict`, it is an `UnreadableRunError` instead.
     """
     if isinstance(paths, (str, Path)):
         paths = [paths]
@@ -40,27 +64,57 @@ def load_runs(paths) -> list[dict]:
         if (resolved := path.resolve()) in seen:
             continue
         seen.add(resolved)
-        runs.append(read_sweep(path) if is_sweep_directory(path) else read_run(path))
+        try:
+            runs.append(read_sweep(path) if is_sweep_directory(path) else read_run(path))
+        except (ValueError, OSError) as error:  # pyarrow's ArrowInvalid is a ValueError, its IO errors OSErrors
+            reason = str(error) or type(error).__name__
+            if strict:
+                raise UnreadableRunError(f"cannot read {path}: {reason}") from error
+            if skipped is None:
+                warnings.warn(f"skipped {path}: {reason}", UnreadableRunWarning, stacklevel=2)
+            else:
+                skipped.append((str(path), reason))
     return sorted(runs, key=_study_order)
 
 
 def read_run(path) -> dict:
     """One run as a row: its summary's keys (all of them; a run without a summary yet is
     running), the model and data set from its config when the summary lacks them, `path`
-    and `config`."""
+    and `config`. `best_score` and `best_epoch` are the best validation score and its epoch
+    in the run's epoch rows (see `best_validation`), where it has any."""
     directory = RunDirectory(path)
-    config = directory.read_config() if directory.has_config() else {}
-    run = dict(directory.read_summary() or RunSummary())
-    for key in ("model", "dataset"):
+    config = _read(directory.config_path, directory.read_config) if directory.has_config() else {}
+    run = dict(_read(directory.summary_path, directory.read_summary) or RunSummary())
+    for key in ("model", "dataset", "seed"):
         if run.get(key) is None and key in config:
             run[key] = config[key]
+    epochs = _read(directory.epochs_path, directory.read_epochs)
+    best = best_validation(epochs, run.get("higher_is_better") is not False)
+    if best is not None:
+        run["best_score"], run["best_epoch"] = best
     run["path"] = str(path)
     run["config"] = config
     return run
 
 
+def _read(path: Path, reader):
+    """`reader()`, with an error that does not name the file it could not read naming `path`."""
+    try:
+        return reader()
+    except ValueError as error:
+        if str(path) in str(error):
+            raise
+        raise ValueError(f"{path}: {error}") from error
+
+
 def read_sweep(path) -> dict:
-    """The sweep's row: its selected trial, or the seeds' means when it has seeds."""
+    """The sweep's row: its selected trial, or the seeds' means when it has seeds.
+
+    With seeds, `seed` is the seeds the means are over (`seed_text`), `members` each seed
+    run's status and rho (what the aggregate line counts), and `status` finished only when
+    every seed run finished (else the first of running, interrupted, failed, diverged that
+    one of them has). Scores are the best validation scores of the epoch rows (`read_run`).
+    """
     sweep = SweepDirectory(path)
     description = sweep.read_description()
     selected = sweep.read_selected()
@@ -74,9 +128,88 @@ def read_sweep(path) -> dict:
     run["trials"] = selected.get("trials")
     seed_runs = (selected.get("seeds") or {}).get("runs") or []  # the seeds of the current selection
     if seed_runs:
-        summaries = [sweep.run(name).read_summary() or RunSummary() for name in seed_runs]
-        run.update(seed_statistics(summaries))
+        rows = [read_run(sweep.run(name).path) for name in seed_runs]
+        run.update(seed_statistics(rows))
+        statuses = [Status(r.get("status") or Status.RUNNING) for r in rows]
+        run["status"] = next((s for s in _UNFINISHED if s in statuses), Status.FINISHED)
+        run["seed"] = seed_text([r.get("seed") for r in rows if r.get("status") == Status.FINISHED])
+        run["members"] = [{"seed": r.get("seed"), "status": s, "rho": r.get("rho")} for r, s in zip(rows, statuses)]
     return run
+
+
+def best_validation(epochs, higher_is_better: bool = True) -> tuple[float, int] | None:
+    """The best validation score in `epochs` (rows with `epoch` and `val_score`) and the
+    first epoch that reached it; None when no epoch has a finite score."""
+    best = None
+    for row in epochs:
+        score = as_float(row.get("val_score"))
+        if not math.isfinite(score):
+            continue
+        if best is None or (score > best[0] if higher_is_better else score < best[0]):
+            best = (score, int(row["epoch"]))
+    return best
+
+
+def describe_stop(*, status, stop_epoch, max_epochs, epochs=(), stopper=None, score_name="score") -> str:
+    """Why a run stopped, in words: "early at epoch 13 of 30: for 10 epochs val accuracy did
+    not beat 0.9561 (early stopping's reference, epoch 3) by more than 0.01; best 0.9649 at
+    epoch 4", "at max_epochs (30)", "at epoch 5: the training loss became NaN or infinite".
+
+    `stopper` is the run's early stopping (`regimes.experiment.callbacks.EarlyStopping`,
+    after its last update): its patience, min_delta, reference and count of epochs without
+    improvement; `epochs` the epoch rows, for the best score.
+    """
+    status = Status(status or Status.RUNNING)
+    if status == Status.DIVERGED:
+        return f"at epoch {stop_epoch}: the training loss became NaN or infinite (diverged)"
+    if status != Status.FINISHED:
+        return f"{status} after epoch {stop_epoch} of {max_epochs}"
+    stalled = stopper is not None and stopper.epochs_without_improvement >= stopper.patience
+    if not stalled or stop_epoch is None or max_epochs is None or stop_epoch >= max_epochs:
+        return f"at max_epochs ({stop_epoch})" if stop_epoch == max_epochs else f"at epoch {stop_epoch}"
+    higher = stopper.higher_is_better
+    beat = f"beat {stopper.best_score:.4f}" if higher else f"go below {stopper.best_score:.4f}"
+    by = f" by more than {stopper.min_delta:g}" if stopper.min_delta else ""
+    text = (f"early at epoch {stop_epoch} of {max_epochs}: for {stopper.patience} epochs val {score_name} did not "
+            f"{beat} (early stopping's reference, epoch {stopper.best_epoch}){by}")  # fmt: skip
+    best = best_validation(epochs, higher)
+    if best is not None and best[1] != stopper.best_epoch:
+        text += f"; best {best[0]:.4f} at epoch {best[1]}"
+    return text
+
+
+def config_value(run: Mapping, *names):
+    """The first of `names` found in a row (a summary), then in its config (flat or by section)."""
+    config = run.get("config") or {}
+    for source in [run, config, *(v for v in config.values() if isinstance(v, dict))]:
+        for name in names:
+            if source.get(name) is not None:
+                return source[name]
+    return None
+
+
+def optimizer_text(run: Mapping) -> str:
+    """The study's spelling of a run's optimizer: "SGD", "SGD, Nesterov 0.9", "AdamW"."""
+    name = config_value(run, "optimizer")
+    if isinstance(name, dict):  # a config section such as [optimizer] name = "sgd"
+        name = name.get("name")
+    label = optimizer_label(name) if name is not None else "?"
+    momentum = as_float(config_value(run, "momentum"))
+    if config_value(run, "nesterov"):
+        label += f", Nesterov {momentum:g}" if momentum > 0 else ", Nesterov"
+    elif momentum > 0:
+        label += f", momentum {momentum:g}"
+    return label
+
+
+def seed_text(seeds) -> str:
+    """Seeds as a table cell: "3", "0-4" for a run of consecutive seeds, else "0,2,5"."""
+    seeds = sorted({int(s) for s in seeds if s is not None})
+    if not seeds:
+        return "-"
+    if len(seeds) > 2 and seeds == list(range(seeds[0], seeds[-1] + 1)):
+        return f"{seeds[0]}-{seeds[-1]}"
+    return ",".join(map(str, seeds))
 
 
 def seed_statistics(runs, confidence: float = 0.95, resamples: int = 10_000) -> dict:

@@ -187,7 +187,8 @@ class Checkpoint(Callback):
 
 
 class ProgressBar(Callback):
-    """A tqdm bar over epochs with the last epoch's scores and the last dw and da."""
+    """A tqdm bar over epochs with the last epoch's scores and the last dw and da; at the end,
+    a line saying why a run stopped before max_epochs (early stopping, divergence), on stderr."""
 
     def on_train_begin(self, run, **kwargs) -> None:
         from tqdm.auto import tqdm
@@ -209,7 +210,16 @@ class ProgressBar(Callback):
         self.bar_.refresh()
 
     def on_train_end(self, run, **kwargs) -> None:
+        import sys
+
+        from regimes.runs import describe_stop
+
         self.bar_.close()
+        if run.status == Status.DIVERGED or len(run.epochs) < run.config.max_epochs:
+            stopper = next((c for c in run.callbacks if isinstance(c, EarlyStopping)), None)
+            reason = describe_stop(status=run.status, stop_epoch=len(run.epochs), max_epochs=run.config.max_epochs,
+                                   epochs=run.epochs, stopper=stopper, score_name=run.task.score_name)  # fmt: skip
+            self.bar_.write(f"stopped {reason}", file=sys.stderr)
 
     def on_interrupt(self, run, **kwargs) -> None:
         self.bar_.close()

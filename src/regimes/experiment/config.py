@@ -146,8 +146,58 @@ def load_toml(path) -> RunConfig:
     return RunConfig.from_dict(read_toml(path))
 
 
-def dump_toml(config: RunConfig) -> str:
-    return require("tomli_w", "writing a config as TOML").dumps(config.to_dict())
+def dump_toml(config: RunConfig, comments: bool = True) -> str:
+    """The config as TOML, each key whose meaning is not obvious from its value with a
+    comment saying it (`patience = 0  # 0: a third of max_epochs, here 10 ...`). The
+    comments are TOML comments: `load_toml` reads the text back to the same config."""
+    text = require("tomli_w", "writing a config as TOML").dumps(config.to_dict())
+    if not comments:
+        return text
+    notes = _key_notes(config)
+    lines = text.splitlines()
+    width = max((len(line) for line in lines if _top_level_key(line) in notes), default=0)
+    out, top_level = [], True
+    for line in lines:
+        if line.startswith("["):  # a table header: the keys after it are the table's
+            top_level = False
+            key = line.strip("[]")
+            out.append(f"{line}  # {notes[key]}" if key in notes else line)
+        elif top_level and (key := _top_level_key(line)) in notes:
+            out.append(f"{line:<{width}}  # {notes[key]}")
+        else:
+            out.append(line)
+    return "\n".join(out) + "\n"
+
+
+def _top_level_key(line: str) -> str | None:
+    key, equals, _ = line.partition(" = ")
+    return key if equals and key.isidentifier() else None
+
+
+def _key_notes(config: RunConfig) -> dict[str, str]:
+    """What each key means, with the numbers this config gives it."""
+    patience = config.early_stopping_patience
+    return {
+        "task": "how batches become losses and scores",
+        "optimizer": f"one of {', '.join(OPTIMIZERS)}; no learning rate schedule",
+        "weight_decay": "the optimizer's weight_decay (AdamW: decoupled)",
+        "momentum": "SGD only",
+        "nesterov": "SGD only, needs momentum > 0",
+        "batch_size": "training batch; also sets the probe's size (probe_fraction)",
+        "max_epochs": "at most this many epochs; early stopping may end the run sooner",
+        "patience": (f"0: a third of max_epochs, here {patience}: " if config.patience == 0 else "")
+        + f"stop after {patience} epochs in a row without a validation improvement larger than min_delta",
+        "min_delta": "an improvement of the validation score counts only if larger than this (absolute; 0: any)",
+        "probe_fraction": f"probe |S| = round(probe_fraction * batch_size), at least 1: here {config.probe_size} "
+        "validation samples, drawn with the seed",
+        "track_every": "measure the weight and pattern change every this many optimizer steps",
+        "sites": "site names or globs to track; []: the model's registered sites, else every ReLU",
+        "precision": f"one of {', '.join(PRECISIONS)} (bf16: autocast around forward passes and the probe)",
+        "seed": "model initialisation, data order and the probe",
+        "preset": "the preset this config came from",
+        "model_args": "passed to regimes.zoo.create_model",
+        "data_args": "passed to regimes.data.load_dataset",
+    }
 
 
 def parse_override(text: str) -> tuple[str, object]:
