@@ -27,6 +27,7 @@ from regimes.experiment.config import RunConfig
 from regimes.experiment.tasks import get_task
 from regimes.extras import available
 from regimes.records import RunDirectory, RunSummary, Status, software_versions
+from regimes.runs import best_validation
 from regimes.zoo import create_model, model_sites
 
 __all__ = [
@@ -94,13 +95,15 @@ class RunState:
         by_reading = {reading: summarize(curves[column], da, per_epoch) if len(da) else {}
                       for reading, column in (("global", "dw"), ("layerwise", "dw_layerwise"))}  # fmt: skip
         numbers = by_reading[config.weight_change]  # the headline rho and AUCs
+        best = best_validation(self.epochs, self.task.higher_is_better) or (math.nan, 0)
         return RunSummary(
             preset=config.preset, model=config.model, dataset=config.dataset,
             optimizer=config.optimizer, momentum=config.momentum, nesterov=config.nesterov,
             weight_decay=config.weight_decay, lr=config.lr, batch_size=config.batch_size,
             precision=config.precision, seed=config.seed,
             score_name=self.task.score_name, higher_is_better=self.task.higher_is_better,
-            best_score=stopper.best_score, best_epoch=stopper.best_epoch,
+            best_score=best[0], best_epoch=best[1],
+            stopping_score=stopper.best_score, stopping_epoch=stopper.best_epoch,
             stop_epoch=len(self.epochs), max_epochs=config.max_epochs,
             **{k: numbers.get(k) for k in ("auc_w", "auc_p", "rho", "stabilization_w", "stabilization_p", "window")},
             rho_global=by_reading["global"].get("rho"), rho_layerwise=by_reading["layerwise"].get("rho"),

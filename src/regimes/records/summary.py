@@ -75,8 +75,8 @@ class RunSummary(Mapping):
     # The task's score and early stopping.
     score_name: str | None = None
     higher_is_better: bool | None = None
-    best_score: float | None = None
-    best_epoch: int | None = None
+    best_score: float | None = None  # the best validation score of the run
+    best_epoch: int | None = None  # the first epoch that reached it
     stop_epoch: int | None = None
     max_epochs: int | None = None
     # The study's numbers (SPEC section 2); rho is the headline one.
@@ -102,6 +102,8 @@ class RunSummary(Mapping):
     rho_global: float | None = None
     rho_layerwise: float | None = None
     freeze_iteration: int | None = None  # the iteration the regime was frozen at; None unless frozen
+    stopping_score: float | None = None  # early stopping's reference (moves only by more than min_delta)
+    stopping_epoch: int | None = None  # the epoch of that reference
     settled_w_online: int | None = None  # iteration the online detector says dw settled at (None: not settled)
     settled_p_online: int | None = None  # the same for da (regimes.detect, never looking ahead)
     threads: int | None = None  # torch's thread count during the run
