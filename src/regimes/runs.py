@@ -52,7 +52,7 @@ def load_runs(paths, *, strict: bool = False, skipped: list | None = None) -> li
     the study's row order (model, then data set; rows the study does not have go after its
     rows of the same model), ties in the order found; a run reached twice is read once.
 
-    A directory whose files cannot be read (a corrupt summary.json, config.toml or table) is
+    A directory whose files cannot be read (a corrupt summary, config or table) is
     left out and named: appended to `skipped` as `(path, reason)` when a list is given, else
     in an `UnreadableRunWarning`. With `strict`, it is an `UnreadableRunError` instead.
     """
