@@ -1,0 +1,3 @@
+"""The paper's theory as instruments (SPEC section 5)."""
+from regimes.geometry._trace import NotPiecewiseLinearError
+from regimes.geometry.region import RegionBoundary, local_affine_map, region_boundary, region_distance
