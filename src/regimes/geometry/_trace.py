@@ -564,6 +564,7 @@ class Tracer(TorchFunctionMode):
     def _relu(self, func, args, kwargs):
         z = args[0]
         dependent = self.depends(z)
+        self.relu_input_slot = self.slot(z) if dependent else None
         before = len(self.site_calls)
         pre = z.detach().clone()
         out = func(*args, **kwargs)
