@@ -47,8 +47,8 @@ class SmallCNN(nn.Module):
 
 
 class ResidualCNN(nn.Module):
-    """BatchNorm, an in-place ReLU, a residual addition, functional relus, an overlapping
-    padded max-pool, average pooling, flatten and dropout."""
+    """BatchNorm, in-place ReLUs (module and functional), a residual addition, functional
+    relus, an overlapping padded max-pool, adaptive average pooling, flatten and dropout."""
 
     def __init__(self):
         super().__init__()
@@ -73,13 +73,37 @@ class ResidualCNN(nn.Module):
         out = self.bn2(self.conv2(h))
         out += identity
         self.seen.append(("relu", out.clone()))
-        out = F.relu(out)
+        out = F.relu(out, inplace=True)
         self.seen.append(("pool", out, dict(kernel_size=3, stride=2, padding=1)))
-        out = F.max_pool2d(out, 3, stride=2, padding=1)  # [B, 3, 4, 4]
-        out = F.avg_pool2d(out, 2)  # [B, 3, 2, 2]
+        out = F.max_pool2d(out, 3, stride=2, padding=1)  # [B, 3, 3, 3]
+        out = F.adaptive_avg_pool2d(out, 2)  # [B, 3, 2, 2], overlapping windows
         z = self.fc(self.drop(out.flatten(1)))
         self.seen.append(("relu", z.clone()))
         return self.head(z.relu())
+
+
+class AdaptiveCNN(nn.Module):
+    """conv -> ReLU -> adaptive max-pool with overlapping windows (5 -> 2: rows 0-2 and 2-4)."""
+
+    def __init__(self):
+        super().__init__()
+        self.conv = nn.Conv2d(1, 2, 3, padding=1)
+        self.pool = nn.AdaptiveMaxPool2d(2)
+        self.fc = nn.Linear(8, 3)
+        self.out = nn.Linear(3, 2)
+
+    def forward(self, x):
+        self.seen = []
+        z = self.conv(x)
+        self.seen.append(("relu", z))
+        h = torch.relu(z)
+        self.seen.append(("pool", h, dict(adaptive=2)))
+        z = self.fc(self.pool(h).flatten(1))
+        self.seen.append(("relu", z))
+        return self.out(z.relu())
+
+
+TEST_MODELS = (SmallCNN, ResidualCNN, AdaptiveCNN)
 
 
 def _settle_batchnorm(model: nn.Module, shape, generator) -> None:
@@ -96,14 +120,17 @@ def _settle_batchnorm(model: nn.Module, shape, generator) -> None:
 
 def make(name: str):
     """(model in float64, input batch) for each case; the models are left in train mode."""
-    g = torch.Generator().manual_seed({"mlp": 1, "small_cnn": 2, "residual_cnn": 3, "lenet5": 4, "one_hidden": 5}[name])
+    seeds = {"mlp": 1, "small_cnn": 2, "residual_cnn": 3, "lenet5": 4, "one_hidden": 5, "adaptive_cnn": 6}
+    g = torch.Generator().manual_seed(seeds[name])
     torch.manual_seed(g.initial_seed())
     if name == "mlp":
         model, shape = create_model("mlp", input_size=30, num_classes=2, hidden=[64, 32], dropout=0.2), (30,)
     elif name == "small_cnn":
         model, shape = SmallCNN(), (1, 6, 6)
     elif name == "residual_cnn":
-        model, shape = ResidualCNN(), (1, 8, 8)
+        model, shape = ResidualCNN(), (1, 6, 6)
+    elif name == "adaptive_cnn":
+        model, shape = AdaptiveCNN(), (1, 5, 5)
     elif name == "lenet5":
         model, shape = create_model("lenet5", in_channels=1, num_classes=10, input_size=28), (1, 28, 28)
     else:
@@ -111,7 +138,8 @@ def make(name: str):
     model = model.double()
     _settle_batchnorm(model, shape, g)
     model.train()
-    x = torch.randn(3, *shape, generator=g, dtype=torch.float64)
+    batch = 2 if name in ("lenet5", "residual_cnn") else 3  # the costlier references
+    x = torch.randn(batch, *shape, generator=g, dtype=torch.float64)
     return model, x
 
 
@@ -121,7 +149,7 @@ def make(name: str):
 def observe(model: nn.Module, x: torch.Tensor) -> list[tuple]:
     """Every ReLU input and max-pool input of one forward, in call order: the test models
     list theirs in `seen`; for the zoo's, hooks on nn.ReLU and nn.MaxPool2d modules."""
-    if isinstance(model, (SmallCNN, ResidualCNN)):
+    if isinstance(model, TEST_MODELS):
         model(x)
         return model.seen
     seen, handles = [], []
@@ -147,6 +175,9 @@ def pattern(model: nn.Module, x: torch.Tensor) -> list[torch.Tensor]:
         for entry in observe(model, x):
             if entry[0] == "relu":
                 bits.append((entry[1] > 0).flatten(1))
+            elif "adaptive" in entry[2]:
+                _, winners = F.adaptive_max_pool2d(entry[1], entry[2]["adaptive"], return_indices=True)
+                bits.append(winners.flatten(1))
             else:
                 _, winners = F.max_pool2d(entry[1], **entry[2], return_indices=True)
                 bits.append(winners.flatten(1))
@@ -158,8 +189,15 @@ def same_pattern(a: list[torch.Tensor], b: list[torch.Tensor]) -> torch.Tensor:
     return torch.stack([(p == q).all(dim=1) for p, q in zip(a, b)]).all(dim=0)
 
 
-def pool_windows(height, width, kernel_size, stride, padding):
+def pool_windows(height, width, kernel_size=None, stride=None, padding=0, adaptive=None):
     """Input positions of each output window, by hand."""
+    if adaptive is not None:  # rows floor(i H / n) .. ceil((i + 1) H / n) - 1, likewise columns
+        for oh in range(adaptive):
+            for ow in range(adaptive):
+                rows = range(oh * height // adaptive, -(-(oh + 1) * height // adaptive))
+                cols = range(ow * width // adaptive, -(-(ow + 1) * width // adaptive))
+                yield oh * adaptive + ow, [(i, j) for i in rows for j in cols]
+        return
     out_h = (height + 2 * padding - kernel_size) // stride + 1
     out_w = (width + 2 * padding - kernel_size) // stride + 1
     for oh in range(out_h):
@@ -194,10 +232,9 @@ def brute_force_distance(model: nn.Module, x: torch.Tensor) -> torch.Tensor:
                     consider(z)
             else:
                 _, v, p = entry
-                k, s, pad = (p["kernel_size"], p["stride"], p["padding"])
-                k, s, pad = (k if isinstance(k, int) else k[0]), (s if isinstance(s, int) else s[0]), (pad if isinstance(pad, int) else pad[0])
+                p = {key: value if isinstance(value, int) else value[0] for key, value in p.items()}
                 for c in range(v.shape[1]):
-                    for _, cells in pool_windows(v.shape[2], v.shape[3], k, s, pad):
+                    for _, cells in pool_windows(v.shape[2], v.shape[3], **p):
                         values = [v[0, c, i, j] for i, j in cells]
                         winner = max(range(len(values)), key=lambda t: values[t].item())
                         for t, value in enumerate(values):
@@ -223,7 +260,7 @@ def random_unit(shape, generator, dtype=torch.float64) -> torch.Tensor:
 
 # ---------------------------------------------------------------- local affine map
 
-CASES = ["mlp", "small_cnn", "residual_cnn", "lenet5", "one_hidden"]
+CASES = ["mlp", "small_cnn", "residual_cnn", "adaptive_cnn", "lenet5", "one_hidden"]
 
 
 @pytest.mark.parametrize("name", CASES)
@@ -254,7 +291,7 @@ def test_the_map_holds_on_the_whole_ball(name):
 # ---------------------------------------------------------------- region distance
 
 
-@pytest.mark.parametrize("name", ["mlp", "small_cnn", "residual_cnn", "one_hidden"])
+@pytest.mark.parametrize("name", ["mlp", "small_cnn", "residual_cnn", "adaptive_cnn", "one_hidden"])
 def test_region_distance_is_the_brute_force_minimum(name):
     model, x = make(name)
     torch.testing.assert_close(region_distance(model, x), brute_force_distance(model, x), rtol=1e-9, atol=0)
@@ -283,6 +320,7 @@ SITE_ORDER = {
     "mlp": ["blocks.0.relu", "blocks.1.relu"],
     "small_cnn": ["relu", "pool", "relu()"],
     "residual_cnn": ["relu()#0", "act", "relu()#1", "max_pool2d()", "relu()#2"],
+    "adaptive_cnn": ["relu()#0", "pool", "relu()#1"],
 }
 
 
@@ -301,7 +339,11 @@ def test_region_boundary_names_the_nearest_unit(name):
             assert boundary.competitor[b] == -1
             value = entry[1].flatten()[boundary.unit[b]]
         else:
-            winner = F.max_pool2d(entry[1], **entry[2]).flatten()[boundary.unit[b]]
+            if "adaptive" in entry[2]:
+                pooled = F.adaptive_max_pool2d(entry[1], entry[2]["adaptive"])
+            else:
+                pooled = F.max_pool2d(entry[1], **entry[2])
+            winner = pooled.flatten()[boundary.unit[b]]
             value = winner - entry[1].flatten()[boundary.competitor[b]]
         (g,) = torch.autograd.grad(value, xb)
         assert abs(value.item()) / g.norm().item() == pytest.approx(boundary.distance[b].item(), rel=1e-9)
@@ -314,7 +356,7 @@ def relu_pattern_at(model: nn.Module, parameters: dict, x: torch.Tensor) -> list
     """ReLU bits with the model's parameters replaced (functional_call)."""
     model.eval()
     with torch.no_grad():
-        if isinstance(model, (SmallCNN, ResidualCNN)):
+        if isinstance(model, TEST_MODELS):
             functional_call(model, parameters, (x,))
             entries = model.seen
         else:
@@ -342,7 +384,7 @@ def margin_directions(model: nn.Module, x: torch.Tensor, units: int = 4):
     params = {n: p.detach().clone().requires_grad_(True) for n, p in trainable(model).items()}
     out = []
     for b in range(x.shape[0]):
-        if isinstance(model, (SmallCNN, ResidualCNN)):
+        if isinstance(model, TEST_MODELS):
             functional_call(model, params, (x[b : b + 1],))
             zs = [e[1] for e in model.seen if e[0] == "relu"]
         else:
@@ -365,7 +407,7 @@ def margin_directions(model: nn.Module, x: torch.Tensor, units: int = 4):
     return out
 
 
-@pytest.mark.parametrize("name", ["mlp", "small_cnn", "residual_cnn", "one_hidden"])
+@pytest.mark.parametrize("name", ["mlp", "small_cnn", "residual_cnn", "adaptive_cnn", "one_hidden"])
 def test_certified_radius_is_sound(name):
     model, x = make(name)
     certified, empirical = parameter_radius(model, x)
@@ -505,6 +547,16 @@ def test_a_model_without_relus_has_no_boundary():
     assert torch.isinf(certified).all() and torch.isinf(empirical).all()
     K, c = local_affine_map(model, x)
     torch.testing.assert_close(K[0], model[1].weight @ model[0].weight)
+
+
+def test_parameters_computed_in_the_forward_are_refused_by_parameter_radius_only():
+    torch.manual_seed(0)
+    layer = nn.utils.parametrizations.weight_norm(nn.Linear(4, 6))
+    model = nn.Sequential(layer, nn.ReLU(), nn.Linear(6, 2))
+    x = torch.randn(3, 4)
+    assert torch.isfinite(region_distance(model, x)).all()
+    with pytest.raises(NotImplementedError, match="parametrization"):
+        parameter_radius(model, x)
 
 
 def test_integer_inputs_are_refused():

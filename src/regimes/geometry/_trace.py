@@ -554,8 +554,6 @@ class Tracer(TorchFunctionMode):
         if self.builder is not None:
             step = self.builder(kind, short, func, args, kwargs, out, self)
         outputs = [t for t in flat_tensors(out) if t.is_floating_point()]
-        if step is not None:
-            step.inputs = step.inputs if step.inputs is not None else []
         slots = [self._assign(t) for t in outputs]
         if step is not None:
             step.outputs = slots

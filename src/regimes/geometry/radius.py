@@ -26,7 +26,6 @@ from regimes.geometry._trace import (
     replace_argument,
     signature,
     trace,
-    trainable_parameters,
 )
 
 __all__ = ["parameter_radius"]
@@ -369,7 +368,7 @@ def _ntuple(value, n: int) -> tuple[int, ...]:
     return (int(value),) * n
 
 
-def _replay(steps: list[_Step], eps: torch.Tensor, n_sites: int, locate: bool = False):
+def _replay(steps: list[_Step], eps: torch.Tensor, locate: bool = False):
     """The largest ratio |z~_j - z_j| bound / |z_j| over every unit, per sample [B]; with `locate`,
     also the site and unit where it is reached."""
     states = {0: (None, torch.zeros_like(eps))}
@@ -394,13 +393,13 @@ def _replay(steps: list[_Step], eps: torch.Tensor, n_sites: int, locate: bool = 
     return (worst, where_site, where_unit) if locate else worst
 
 
-def _certify(steps: list[_Step], batch: int, dtype, device, n_sites: int):
+def _certify(steps: list[_Step], batch: int, dtype, device):
     """Per sample, the largest eps at which every unit's bound stays below its |z| (geometric bisection)."""
     eps = torch.ones(batch, dtype=dtype, device=device)
     lo = torch.zeros_like(eps)
     hi = torch.full_like(eps, math.inf)
     for _ in range(200):
-        holds = _replay(steps, eps, n_sites) < 1
+        holds = _replay(steps, eps) < 1
         lo = torch.where(holds, torch.maximum(lo, eps), lo)
         hi = torch.where(holds, hi, torch.minimum(hi, eps))
         bracketed = (lo > 0) & torch.isfinite(hi)
@@ -411,7 +410,7 @@ def _certify(steps: list[_Step], batch: int, dtype, device, n_sites: int):
         eps = torch.where(bracketed, (lo * hi).sqrt(), grow)
     certified = torch.where(torch.isinf(hi) & (lo > 1e30), math.inf, lo * (1 - _SAFETY))
     certified = torch.where(hi < 1e-30, 0.0, certified)
-    _, site, unit = _replay(steps, torch.where(torch.isfinite(hi), hi, lo), n_sites, locate=True)
+    _, site, unit = _replay(steps, torch.where(torch.isfinite(hi), hi, lo), locate=True)
     return certified, site, unit
 
 
@@ -541,7 +540,7 @@ def parameter_radius(
     module, x = prepare(model, x)
     batch = x.shape[0]
     tr = trace(module, x, builder=_Program(batch))
-    certified, site, unit = _certify(tr.steps, batch, x.dtype, x.device, len(tr.sites))
+    certified, site, unit = _certify(tr.steps, batch, x.dtype, x.device)
     empirical = _empirical(module, x, tr, certified, site, unit, directions, seed)
     return certified, empirical
 
@@ -567,7 +566,7 @@ def _empirical(module, x, tr: Trace, certified, site, unit, n_random: int, seed:
             direction = {name: torch.randn(p.shape, generator=generator, device=p.device, dtype=p.dtype) for name, p in params.items()}
             norm = math.sqrt(sum(float(d.pow(2).sum()) for d in direction.values()))
             by_id = {id(params[name]): d / norm for name, d in direction.items()}
-            found = _first_flip(lambda t: _flips(module, x, t, by_id, pattern), start)
+            found = _first_flip(lambda t, by_id=by_id: _flips(module, x, t, by_id, pattern), start)
             best = torch.minimum(best, found)
         best = torch.minimum(best, _gradient_search(module, x, tr, params, site, unit, start, pattern))
     return best
@@ -612,7 +611,6 @@ def _gradient_search(module, x, tr, params, site, unit, start, pattern) -> torch
         sign = torch.where(value > 0, -1.0, 1.0).to(x.dtype) / norm.clamp_min(torch.finfo(x.dtype).tiny)
         direction = {name: g * sign.view(-1, *[1] * (g.dim() - 1)) for name, g in gradients.items()}
         pattern_chunk = [p[begin:end] for p in pattern]
-        evaluate = lambda t: vmap(flips)(xs, t, direction, pattern_chunk)  # noqa: E731
-        found = _first_flip(evaluate, start[begin:end])
+        found = _first_flip(lambda t, xs=xs, d=direction, p=pattern_chunk: vmap(flips)(xs, t, d, p), start[begin:end])
         result[begin:end] = torch.where(usable, found, math.inf)
     return result
