@@ -429,18 +429,39 @@ def test_certified_radius_is_sound(name):
             assert all((p == q).all() for p, q in zip(base, relu_pattern_at(model, moved, xb)))
 
 
-def test_certified_radius_is_near_exact_for_one_hidden_layer():
+class MatmulNet(nn.Module):
+    """One hidden layer written with a bare parameter matrix: relu(x @ W + b) @ V."""
+
+    def __init__(self):
+        super().__init__()
+        self.W = nn.Parameter(torch.randn(6, 12) / 3)
+        self.b = nn.Parameter(torch.randn(12) / 3)
+        self.V = nn.Parameter(torch.randn(12, 3) / 3)
+
+    def hidden(self, x):
+        return x @ self.W + self.b
+
+    def forward(self, x):
+        return F.relu(self.hidden(x)) @ self.V
+
+
+@pytest.mark.parametrize("written_as", ["nn.Linear", "matmul"])
+def test_certified_radius_is_near_exact_for_one_hidden_layer(written_as):
     model, x = make("one_hidden")
+    if written_as == "matmul":
+        torch.manual_seed(0)
+        model = MatmulNet().double()
     certified, empirical = parameter_radius(model, x)
     # Exact: only the first layer moves z; unit j reads row j, z_j(theta + d) = z_j + dw_j . x + db_j,
     # so the smallest perturbation that zeroes it has norm |z_j| / ||(x, 1)|| (Cauchy-Schwarz,
     # attained along -sign(z_j) (x, 1)); the radius is the minimum over j.
     with torch.no_grad():
-        z = model[0](x)
+        z = model[0](x) if written_as == "nn.Linear" else model.hidden(x)
         exact = (z.abs() / torch.sqrt(x.pow(2).sum(1, keepdim=True) + 1)).min(dim=1).values
     assert (certified <= exact).all()
     assert (certified >= exact / 2).all()
-    torch.testing.assert_close(certified, exact, rtol=2e-4, atol=0)
+    if written_as == "nn.Linear":  # weight and bias in one call: the bound is the exact radius
+        torch.testing.assert_close(certified, exact, rtol=2e-4, atol=0)
     torch.testing.assert_close(empirical, exact, rtol=1e-3, atol=0)
 
 

@@ -510,6 +510,13 @@ class Tracer(TorchFunctionMode):
                     f"{where} multiplies two tensors that both depend on the input ({full}, as attention "
                     f"does), {_NOT_PL}"
                 )
+        if short in PARAMETERISED:
+            bound = bind(signature(short), args, kwargs)
+            if self.depends(bound.get("input")) and self.depends(bound.get("weight")):
+                raise _refuse(
+                    f"{where} calls {full} with weights that depend on the input, a product of two "
+                    f"input-dependent tensors, {_NOT_PL}"
+                )
         if short in ("div", "true_divide", "divide"):
             bound = bind(SIGNATURES["binary"], args, kwargs)
             if self.depends(bound.get("other")):

@@ -85,13 +85,7 @@ class _Program:
     def __call__(self, kind, short, func, args, kwargs, out, tracer) -> _Step:
         self.tracer = tracer
         self.trainable = tracer.trainable
-        rule = getattr(self, f"_{kind}", None)
-        if rule is None:
-            raise NotImplementedError(
-                f"parameter_radius: {tracer.where()} calls {op_name(func)[0]}, which is piecewise linear but has no "
-                "norm-propagation rule (they exist for linear, conv, batch_norm, ReLU, max and average pooling, "
-                "dropout, additions, products with constants or parameters, sums and data movement)"
-            )
+        rule = getattr(self, f"_{kind}", self._other_linear)
         for t in flat_tensors(out):
             if t.is_floating_point() and (t.dim() == 0 or t.shape[0] != self.batch):
                 raise NotImplementedError(
@@ -109,13 +103,14 @@ class _Program:
             raise NotImplementedError(f"parameter_radius: {self.tracer.where()} uses an input-dependent tensor as the weights of {short}")
 
     # -- rules
-    def _parameterised(self, short, func, args, kwargs, out):
+    def _parameterised(self, short, func, args, kwargs, out, weight_owner=None):
         if short == "batch_norm":
             return self._batch_norm(args, kwargs, out)
         b = bind(signature(short), args, kwargs, {"bias": None, "stride": 1, "padding": 0, "dilation": 1, "groups": 1})
         h, W, bias = b["input"], b["weight"], b["bias"]
         self._refuse_dependent(short, W, bias)
-        wt, bt = float(self._is_trainable(W)), float(self._is_trainable(bias))
+        wt = float(self._is_trainable(W if weight_owner is None else weight_owner))
+        bt = float(self._is_trainable(bias))
         if short == "linear":
             row = W.detach().norm(dim=1)  # [out]
             lip = _spectral_bound(W, self.spectral)
@@ -150,6 +145,18 @@ class _Program:
             return U_out, _norm(U_out, d_out)
 
         return _Step(run, [self.tracer.slot(h)])
+
+    def _other_linear(self, short, func, args, kwargs, out):
+        # `h @ W` with W not depending on the input is a linear layer with weight W^T.
+        if short in ("matmul", "mm") and len(args) == 2 and not kwargs:
+            h, W = args
+            if self.tracer.depends(h) and not self.tracer.depends(W) and W.dim() == 2 and h.dim() >= 2:
+                return self._parameterised("linear", func, (h, W.mT), {}, out, weight_owner=W)
+        raise NotImplementedError(
+            f"parameter_radius: {self.tracer.where()} calls {op_name(func)[0]}, which is piecewise linear but has "
+            "no norm-propagation rule (they exist for linear, conv, batch_norm, ReLU, max and average pooling, "
+            "dropout, additions, products with constants or parameters, h @ W, sums and data movement)"
+        )
 
     def _batch_norm(self, args, kwargs, out):
         b = bind(SIGNATURES["batch_norm"], args, kwargs, {"weight": None, "bias": None, "eps": 1e-5})
@@ -417,6 +424,9 @@ def _certify(steps: list[_Step], batch: int, dtype, device):
 # ---------------------------------------------------------------- empirical: search for a flip
 
 
+_PERTURBED = frozenset("linear conv1d conv2d conv3d batch_norm add sub rsub mul multiply matmul mm".split())
+
+
 class _Perturbed(TorchFunctionMode):
     """The forward at parameters `theta + t * D`, with t per sample: every parameterised
     operation (affine in its parameters) adds `t * (its derivative along D)`. Records every
@@ -433,7 +443,7 @@ class _Perturbed(TorchFunctionMode):
             self.relu_inputs.append(args[0].clone())
             return func(*args, **kwargs)
         full, short, inplace = op_name(func)
-        if short not in ("linear", "conv1d", "conv2d", "conv3d", "batch_norm", "add", "sub", "rsub", "mul", "multiply"):
+        if short not in _PERTURBED:
             return func(*args, **kwargs)
         if not any(id(t) in self.directions for t in flat_tensors((args, kwargs))):
             return func(*args, **kwargs)
@@ -456,8 +466,9 @@ class _Perturbed(TorchFunctionMode):
         # linear, conv, batch_norm, mul: linear in their parameters, so the derivative is the
         # same call with each trainable parameter replaced by its direction and every other
         # parameter (a frozen weight or bias) by zero.
-        names = signature(short) if short != "mul" and short != "multiply" else SIGNATURES["binary"]
-        keys = ("weight", "bias") if short not in ("mul", "multiply") else ("input", "other")
+        products = ("mul", "multiply", "matmul", "mm")
+        names = SIGNATURES["binary"] if short in products else signature(short)
+        keys = ("input", "other") if short in products else ("weight", "bias")
         b = bind(names, args, kwargs)
         for key in keys:
             value = b.get(key)
@@ -465,7 +476,7 @@ class _Perturbed(TorchFunctionMode):
                 continue
             if id(value) in self.directions:
                 args, kwargs = replace_argument(names, args, kwargs, key, self.directions[id(value)])
-            elif isinstance(value, nn.Parameter) and short not in ("mul", "multiply"):
+            elif isinstance(value, nn.Parameter) and short not in products:
                 args, kwargs = replace_argument(names, args, kwargs, key, torch.zeros_like(value))
         return func(*args, **kwargs)
 
