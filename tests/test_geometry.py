@@ -103,7 +103,28 @@ class AdaptiveCNN(nn.Module):
         return self.out(z.relu())
 
 
-TEST_MODELS = (SmallCNN, ResidualCNN, AdaptiveCNN)
+class ResidualMLP(nn.Module):
+    """Two ReLU layers joined by an in-place residual addition: relu(b(x) + c(relu(a(x)))).
+    The first layer's units sit far from zero, so the second layer limits the radius."""
+
+    def __init__(self):
+        super().__init__()
+        self.a, self.b, self.c, self.out = nn.Linear(5, 8), nn.Linear(5, 8), nn.Linear(8, 8), nn.Linear(8, 2)
+        with torch.no_grad():
+            self.a.bias.fill_(3.0)
+
+    def forward(self, x):
+        self.seen = []
+        z = self.a(x)
+        self.seen.append(("relu", z))
+        h = torch.relu(z)
+        z = self.b(x)
+        z += self.c(h)
+        self.seen.append(("relu", z.clone()))
+        return self.out(F.relu(z))
+
+
+TEST_MODELS = (SmallCNN, ResidualCNN, AdaptiveCNN, ResidualMLP)
 
 
 def _settle_batchnorm(model: nn.Module, shape, generator) -> None:
@@ -120,7 +141,7 @@ def _settle_batchnorm(model: nn.Module, shape, generator) -> None:
 
 def make(name: str):
     """(model in float64, input batch) for each case; the models are left in train mode."""
-    seeds = {"mlp": 1, "small_cnn": 2, "residual_cnn": 3, "lenet5": 4, "one_hidden": 5, "adaptive_cnn": 6}
+    seeds = {"mlp": 1, "small_cnn": 2, "residual_cnn": 3, "lenet5": 4, "one_hidden": 5, "adaptive_cnn": 6, "residual_mlp": 7}
     g = torch.Generator().manual_seed(seeds[name])
     torch.manual_seed(g.initial_seed())
     if name == "mlp":
@@ -129,6 +150,8 @@ def make(name: str):
         model, shape = SmallCNN(), (1, 6, 6)
     elif name == "residual_cnn":
         model, shape = ResidualCNN(), (1, 6, 6)
+    elif name == "residual_mlp":
+        model, shape = ResidualMLP(), (5,)
     elif name == "adaptive_cnn":
         model, shape = AdaptiveCNN(), (1, 5, 5)
     elif name == "lenet5":
@@ -260,7 +283,7 @@ def random_unit(shape, generator, dtype=torch.float64) -> torch.Tensor:
 
 # ---------------------------------------------------------------- local affine map
 
-CASES = ["mlp", "small_cnn", "residual_cnn", "adaptive_cnn", "lenet5", "one_hidden"]
+CASES = ["mlp", "small_cnn", "residual_cnn", "adaptive_cnn", "residual_mlp", "lenet5", "one_hidden"]
 
 
 @pytest.mark.parametrize("name", CASES)
@@ -379,7 +402,7 @@ def trainable(model):
 
 
 def margin_directions(model: nn.Module, x: torch.Tensor, units: int = 4):
-    """Per sample, the directions -sign(z_j) grad_theta z_j / ||.|| of its `units` smallest |z_j|."""
+    """Per sample, the directions -sign(z_j) grad_theta z_j / ||.|| of the `units` smallest |z_j| of each site."""
     model.eval()
     params = {n: p.detach().clone().requires_grad_(True) for n, p in trainable(model).items()}
     out = []
@@ -396,8 +419,12 @@ def margin_directions(model: nn.Module, x: torch.Tensor, units: int = 4):
                 for h in handles:
                     h.remove()
         flat = torch.cat([z.flatten() for z in zs])
+        offsets = [0]
+        for z in zs:
+            offsets.append(offsets[-1] + z.numel())
+        nearest = [o + z.flatten().abs().argsort()[:units] for o, z in zip(offsets, zs)]  # per site
         directions = []
-        for j in flat.abs().argsort()[:units]:
+        for j in torch.cat(nearest):
             grads = torch.autograd.grad(flat[j], list(params.values()), retain_graph=True, allow_unused=True)
             grads = [torch.zeros_like(p) if g is None else g for g, p in zip(grads, params.values())]
             norm = torch.sqrt(sum(g.pow(2).sum() for g in grads))
@@ -407,7 +434,7 @@ def margin_directions(model: nn.Module, x: torch.Tensor, units: int = 4):
     return out
 
 
-@pytest.mark.parametrize("name", ["mlp", "small_cnn", "residual_cnn", "adaptive_cnn", "one_hidden"])
+@pytest.mark.parametrize("name", ["mlp", "small_cnn", "residual_cnn", "adaptive_cnn", "residual_mlp", "one_hidden"])
 def test_certified_radius_is_sound(name):
     model, x = make(name)
     certified, empirical = parameter_radius(model, x)
@@ -463,6 +490,19 @@ def test_certified_radius_is_near_exact_for_one_hidden_layer(written_as):
     if written_as == "nn.Linear":  # weight and bias in one call: the bound is the exact radius
         torch.testing.assert_close(certified, exact, rtol=2e-4, atol=0)
     torch.testing.assert_close(empirical, exact, rtol=1e-3, atol=0)
+
+
+def test_frozen_parameters_do_not_count():
+    model, x = make("one_hidden")
+    model[0].weight.requires_grad_(False)  # only the first bias can move the pattern: z_j + db_j
+    certified, empirical = parameter_radius(model, x)
+    with torch.no_grad():
+        exact = model[0](x).abs().min(dim=1).values
+    torch.testing.assert_close(certified, exact, rtol=2e-4, atol=0)
+    torch.testing.assert_close(empirical, exact, rtol=1e-3, atol=0)
+    model[0].bias.requires_grad_(False)  # now nothing before the ReLU moves
+    certified, empirical = parameter_radius(model, x)
+    assert torch.isinf(certified).all() and torch.isinf(empirical).all()
 
 
 def test_parameter_radius_on_lenet5_float32():

@@ -10,7 +10,7 @@ Three TorchFunctionModes share one vocabulary of operations (`op_kind`):
   operation to an optional builder (the norm propagation of `parameter_radius`).
 - `Recorder` only collects ReLU inputs and max-pool inputs, in call order; it runs
   inside `torch.func` transforms (jacobians) and under autograd.
-- `radius.Perturbed` (in radius.py) rewrites the parameterised operations.
+- `radius._Perturbed` rewrites the parameterised operations (the network at perturbed weights).
 
 The model is always evaluated in eval mode; every flag and hook is restored in a
 `finally`.
@@ -436,6 +436,7 @@ class Tracer(TorchFunctionMode):
         self.pools: list[PoolRecord] = []
         self.steps: list = []
         self.dependent_numel = 0
+        self.snapshots: dict[int, tuple[torch.Tensor, int]] = {}
         self.batch = x.shape[0]
         self._assign(x)
 
@@ -448,7 +449,10 @@ class Tracer(TorchFunctionMode):
 
     def slot(self, t: torch.Tensor) -> int | None:
         k = self.slots.get(id(t))
-        return k if k is not None and self.alive[k] is t else None
+        if k is not None and self.alive[k] is t:
+            return k
+        copy = self.snapshots.get(id(t))  # a copy taken before an in-place call stands for its original
+        return copy[1] if copy is not None and copy[0] is t else None
 
     def depends(self, t) -> bool:
         return isinstance(t, torch.Tensor) and self.slot(t) is not None
@@ -481,6 +485,7 @@ class Tracer(TorchFunctionMode):
         kind = self._classify(full, short, args, kwargs, dependents)
         pre_args, pre_kwargs = args, kwargs
         if inplace and self.builder is not None:  # the rules read the input as it was
+            self.snapshots.clear()
             pre_args, pre_kwargs = _snapshot(args, self), _snapshot(kwargs, self)
         out = func(*args, **kwargs)
         if kind == "unknown":
@@ -605,8 +610,13 @@ class Tracer(TorchFunctionMode):
 
 
 def _snapshot(obj, tracer: Tracer):
+    """The structure with every input-dependent tensor copied; each copy keeps its original's slot."""
     if isinstance(obj, torch.Tensor):
-        return obj.detach().clone() if tracer.depends(obj) else obj
+        if not tracer.depends(obj):
+            return obj
+        copy = obj.detach().clone()
+        tracer.snapshots[id(copy)] = (copy, tracer.slot(obj))
+        return copy
     if isinstance(obj, (list, tuple)):
         return type(obj)(_snapshot(o, tracer) for o in obj)
     if isinstance(obj, dict):

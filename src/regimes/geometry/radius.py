@@ -61,18 +61,18 @@ def _norm(U: torch.Tensor | None, d: torch.Tensor) -> torch.Tensor:
 def _spectral_bound(W: torch.Tensor, cache: dict) -> float:
     """A proven upper bound on the largest singular value of a matrix."""
     key = (id(W), tuple(W.shape))
-    if key not in cache:
-        W = W.detach()
-        if min(W.shape) <= 1024:  # exact: the Gram matrix's top eigenvalue, in float64
-            A = W if W.shape[0] <= W.shape[1] else W.T
-            A = A.double()
-            value = float(torch.linalg.eigvalsh(A @ A.T)[-1].clamp_min(0).sqrt()) * (1 + 1e-6)
-        else:  # ||W||_2 <= ||W||_F and <= sqrt(||W||_1 ||W||_inf)
-            fro = float(W.norm())
-            schur = math.sqrt(float(W.abs().sum(0).max()) * float(W.abs().sum(1).max()))
-            value = min(fro, schur) * (1 + 1e-5)
-        cache[key] = value
-    return cache[key]
+    if key in cache and cache[key][0] is W:  # the cache holds W, so its id is not reused meanwhile
+        return cache[key][1]
+    M = W.detach()
+    if min(M.shape) <= 1024:  # exact: the Gram matrix's top eigenvalue, in float64
+        A = (M if M.shape[0] <= M.shape[1] else M.T).double()
+        value = float(torch.linalg.eigvalsh(A @ A.T)[-1].clamp_min(0).sqrt()) * (1 + 1e-6)
+    else:  # ||W||_2 <= ||W||_F and <= sqrt(||W||_1 ||W||_inf)
+        fro = float(M.norm())
+        schur = math.sqrt(float(M.abs().sum(0).max()) * float(M.abs().sum(1).max()))
+        value = min(fro, schur) * (1 + 1e-5)
+    cache[key] = (W, value)
+    return value
 
 
 class _Program:
@@ -476,7 +476,7 @@ class _Perturbed(TorchFunctionMode):
                 continue
             if id(value) in self.directions:
                 args, kwargs = replace_argument(names, args, kwargs, key, self.directions[id(value)])
-            elif isinstance(value, nn.Parameter) and short not in products:
+            elif short not in products:  # a frozen or non-parameter weight or bias: no change
                 args, kwargs = replace_argument(names, args, kwargs, key, torch.zeros_like(value))
         return func(*args, **kwargs)
 
