@@ -334,9 +334,8 @@ def test_pattern_holds_inside_and_changes_just_past_the_boundary(name):
     for _ in range(20):
         inside = x + (0.99 * boundary.distance).view(view) * random_unit(x.shape, g)
         assert same_pattern(before, pattern(model, inside)).all()
-    on_boundary = x + boundary.distance.view(view) * boundary.direction
-    assert same_pattern(before, pattern(model, x + (0.999 * boundary.distance).view(view) * boundary.direction)).all()
-    assert on_boundary.shape == x.shape
+    just_inside = x + (0.999 * boundary.distance).view(view) * boundary.direction
+    assert same_pattern(before, pattern(model, just_inside)).all()
 
 
 SITE_ORDER = {
