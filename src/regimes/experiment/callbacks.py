@@ -132,6 +132,8 @@ class RecordWriter(Callback):
         self.run_dir.write_summary(run.summary)
 
     def on_interrupt(self, run, **kwargs) -> None:
+        if not hasattr(self, "curves_"):  # interrupted before the loop began: the curves are on disk
+            self.on_train_begin(run)
         self.run_dir.write_summary(run.summarize(self.curves(), Status.INTERRUPTED))
 
 
@@ -171,4 +173,5 @@ class ProgressBar(Callback):
         self.bar_.close()
 
     def on_interrupt(self, run, **kwargs) -> None:
-        self.bar_.close()
+        if hasattr(self, "bar_"):
+            self.bar_.close()
