@@ -188,7 +188,7 @@ class RunDirectory:
             raise NotADirectoryError(f"{self.path} exists and is not a directory: choose another --out")
         try:
             self.path.mkdir(parents=True, exist_ok=True)
-        except FileExistsError:  # a parent is a file
+        except (FileExistsError, NotADirectoryError):  # a folder on the way is a file
             raise NotADirectoryError(f"{self.path}: a folder on its path is a file: choose another --out") from None
         except OSError as error:
             raise self._cannot_write(error) from None
