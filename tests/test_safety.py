@@ -210,6 +210,13 @@ def test_a_mistake_leaves_no_directory_and_the_corrected_command_runs(mistake, t
     assert main(["run", "mlp-breast-cancer", "--out", str(out), "--quiet", "--set", "max_epochs=1"]) == 0  # no --force
 
 
+def test_a_sweep_with_a_misspelt_name_leaves_no_directory(tmp_path, capsys):
+    for typo in ("model_args.hiddn=[8]", "model=mlpp", "dataset=breast-cancr", "task=clasification"):
+        assert main(["sweep", "mlp-breast-cancer", "--out", str(tmp_path / "sweep"), "--grid", "small", "--set", typo, "--quiet"]) == 2
+        assert "did you mean" in errors(capsys)
+        assert list(tmp_path.iterdir()) == []
+
+
 def test_missing_data_leaves_nothing_in_the_working_directory(tmp_path, monkeypatch, capsys):
     cwd = tmp_path / "cwd"
     cwd.mkdir()

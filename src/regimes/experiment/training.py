@@ -23,16 +23,17 @@ import torch
 import regimes
 from regimes.analysis import summarize
 from regimes.data import load_dataset
+from regimes.data.registry import DATASETS
 from regimes.experiment.callbacks import Callback, Checkpoint, EarlyStopping, RecordWriter, notify
 from regimes.experiment.config import RunConfig
 from regimes.experiment.tasks import get_task
 from regimes.extras import available
 from regimes.records import RunDirectory, RunSummary, Status, software_versions
 from regimes.zoo import create_model, model_sites
-from regimes.zoo.registry import ModelArgumentError, missing_arguments
+from regimes.zoo.registry import ModelArgumentError, check_arguments, missing_arguments
 
 __all__ = [
-    "RunState", "train_run", "resolve_device", "setup_run", "train_epoch", "evaluate", "make_optimizer",
+    "RunState", "train_run", "resolve_device", "check_names", "setup_run", "train_epoch", "evaluate", "make_optimizer",
     "seed_everything", "batches_per_epoch",
 ]  # fmt: skip
 
@@ -235,6 +236,14 @@ def resolve_device(name: str | torch.device | None = None) -> torch.device:
     elif device.type not in ("cpu", "cuda", "mps"):
         raise ValueError(f"device {name!r} is not supported by the runner: use cpu, cuda, cuda:N or mps")
     return device
+
+
+def check_names(config: RunConfig) -> None:
+    """The config's task, data set, model and model arguments exist; checked without loading
+    or building anything (a sweep checks every trial before it starts)."""
+    get_task(config.task)
+    DATASETS.get(config.dataset)
+    check_arguments(config.model, config.model_args, complete=False)  # the data may fix what is missing
 
 
 def setup_run(config: RunConfig, device: torch.device, data_dir=None) -> RunState:

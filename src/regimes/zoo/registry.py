@@ -90,7 +90,13 @@ def missing_arguments(name: str, kwargs: dict) -> list[str]:
     ]
 
 
-def _check_arguments(entry: ModelEntry, kwargs: dict) -> None:
+def check_arguments(name: str, kwargs: dict, *, complete: bool = True) -> None:
+    """Raise ModelArgumentError for an argument model ``name`` does not take, and (``complete``)
+    for one it needs that ``kwargs`` leaves out; nothing is built."""
+    _check_arguments(MODELS.get(name), kwargs, complete)
+
+
+def _check_arguments(entry: ModelEntry, kwargs: dict, complete: bool = True) -> None:
     # Checked before building so a typo in a preset gets a readable message
     # instead of a bare "unexpected keyword argument" from deep in a factory.
     parameters = inspect.signature(entry.factory).parameters
@@ -102,6 +108,6 @@ def _check_arguments(entry: ModelEntry, kwargs: dict) -> None:
             f"unknown argument {unknown[0]!r} for model {entry.name!r}"
             f"{suggestion(unknown[0], accepted)}; it takes: {', '.join(accepted)}"
         )
-    missing = missing_arguments(entry.name, kwargs)
+    missing = missing_arguments(entry.name, kwargs) if complete else []
     if missing:
         raise ModelArgumentError(f"model {entry.name!r} needs the argument(s): {', '.join(missing)}")
