@@ -35,8 +35,11 @@ BATCHES = 15  # mlp-breast-cancer: 455 training samples in batches of 32 (the la
 
 
 @pytest.fixture(autouse=True)
-def _data_cache(tmp_path_factory, monkeypatch):
+def _data_cache_and_cwd(tmp_path_factory, monkeypatch):
     monkeypatch.setenv("REGIMES_DATA", str(tmp_path_factory.getbasetemp() / "data"))
+    # A command that is refused writes nothing; one that is not (a test that fails) must not write
+    # into the checkout either: the default --out is under the working directory.
+    monkeypatch.chdir(tmp_path_factory.mktemp("cwd"))
 
 
 def small(**changes):
@@ -419,9 +422,9 @@ def test_resume_refuses_changes_to_the_run(interrupted_run, capsys):
     assert snapshot(interrupted_run.path) == before
 
 
-def test_config_numbers_must_be_finite(capsys):
+def test_config_numbers_must_be_finite(tmp_path, capsys):
     for text in ("lr=inf", "weight_decay=nan", "model_args.dropout=-inf"):
-        assert main(["run", "mlp-breast-cancer", "--set", text]) == 2
+        assert main(["run", "mlp-breast-cancer", "--out", str(tmp_path / "run"), "--set", text]) == 2
         assert "must be a finite number" in errors(capsys)
 
 

@@ -27,6 +27,7 @@ import io
 import os
 import re
 import shutil
+import time
 from collections.abc import Mapping
 from pathlib import Path
 
@@ -153,13 +154,14 @@ class RunDirectory:
     # -- lifecycle -----------------------------------------------------------------------
 
     @contextlib.contextmanager
-    def writer(self):
+    def writer(self, wait: float = 2.0):
         """Hold the run's writer lock for the block: the one process that writes this run.
 
         Makes the folder if need be. The lock is `fcntl.flock` on `.lock` (the holder's PID
         written inside), so the operating system releases it however the process ends, kill
-        -9 included. A second writer gets `RunLockedError` naming the holder; an --out that is
-        a file, or a folder that cannot be written, is a one-line error too.
+        -9 included. A lock still held after `wait` seconds (time for a killed process to
+        finish dying) is `RunLockedError` naming the holder; an --out that is a file, or a
+        folder that cannot be written, is a one-line error too.
         """
         self._make_folder()
         try:
@@ -167,16 +169,13 @@ class RunDirectory:
         except OSError as error:
             raise self._cannot_write(error) from None
         try:
-            if fcntl is not None:
-                try:
-                    fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-                except BlockingIOError:
-                    holder = os.pread(fd, 32, 0).decode("ascii", "replace").strip()
-                    process = f"process {holder}" if holder.isdigit() else "another process"
-                    raise RunLockedError(
-                        f"{self.path} is being written by {process} (a `regimes run` or a sweep's trial); "
-                        "wait for it to end, stop it (Ctrl-C or kill; it can be resumed), or choose another --out"
-                    ) from None
+            if fcntl is not None and not _lock(fd, wait):
+                holder = os.pread(fd, 32, 0).decode("ascii", "replace").strip()
+                process = f"process {holder}" if holder.isdigit() else "another process"
+                raise RunLockedError(
+                    f"{self.path} is being written by {process} (a `regimes run` or a sweep's trial); "
+                    "wait for it to end, stop it (Ctrl-C or kill; it can be resumed), or choose another --out"
+                )
             os.ftruncate(fd, 0)
             os.pwrite(fd, f"{os.getpid()}\n".encode("ascii"), 0)
             yield self
@@ -461,6 +460,19 @@ def is_run_directory(path) -> bool:
 
 
 # -- helpers ---------------------------------------------------------------------------------
+
+
+def _lock(fd: int, wait: float) -> bool:
+    """Take an exclusive flock on `fd`, trying for up to `wait` seconds; False if another holds it."""
+    deadline = time.monotonic() + wait
+    while True:
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            return True
+        except BlockingIOError:
+            if time.monotonic() >= deadline:
+                return False
+            time.sleep(0.05)
 
 
 def _iterations(chunk: Path) -> np.ndarray:
