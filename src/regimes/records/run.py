@@ -94,7 +94,7 @@ class RunDirectory:
     FIGURE = "figure.png"
     CHECKPOINT = "checkpoint.pt"
     ERROR = "error.txt"
-    LOCK = ".lock"  # the writer's lock; never removed while the folder lives (see `writer`)
+    LOCK = ".lock"  # the writer's lock, kept for the folder's life: a removed one lets two writers in
     # Files a run owns; create(force=True) removes these (and steps/) and nothing else the user put there.
     FILES = (CONFIG, EPOCHS, SUMMARY, FIGURE, CHECKPOINT, ERROR)
 
