@@ -89,7 +89,8 @@ GATED = textwrap.dedent(
         original(self, run, **kwargs)
         if run.epoch == 1:
             gate.with_suffix(".ready").touch()
-            while not gate.exists():
+            give_up = time.time() + 300  # never outlive a test run that was itself killed
+            while not gate.exists() and time.time() < give_up:
                 time.sleep(0.02)
 
     Checkpoint.on_epoch_end = wait_at_the_gate
@@ -108,23 +109,36 @@ def _regimes(*args, cwd=None) -> subprocess.CompletedProcess:
                           env=_env(), cwd=cwd, timeout=300)  # fmt: skip
 
 
-def _start_gated(tmp_path, *args) -> tuple[subprocess.Popen, Path]:
-    script, gate = tmp_path / "gated.py", tmp_path / "gate"
-    script.write_text(GATED)
-    process = subprocess.Popen([sys.executable, str(script), str(gate), *map(str, args)], env=_env(),
-                               stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)  # fmt: skip
-    deadline = time.time() + 240
-    while not gate.with_suffix(".ready").exists():
-        if process.poll() is not None or time.time() > deadline:
+@pytest.fixture
+def start_gated(tmp_path):
+    """Start a gated `regimes run ARGS`; returns (process, gate) once it waits at the gate. The
+    process is killed at the end of the test whatever happened (a failing test must not leave
+    it waiting)."""
+    started = []
+
+    def start(*args) -> tuple[subprocess.Popen, Path]:
+        script, gate = tmp_path / "gated.py", tmp_path / "gate"
+        script.write_text(GATED)
+        process = subprocess.Popen([sys.executable, str(script), str(gate), *map(str, args)], env=_env(),
+                                   stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)  # fmt: skip
+        started.append(process)
+        deadline = time.time() + 240
+        while not gate.with_suffix(".ready").exists():
+            if process.poll() is not None or time.time() > deadline:
+                pytest.fail(f"the gated run did not reach its first epoch: {process.communicate(timeout=5)}")
+            time.sleep(0.05)
+        return process, gate
+
+    yield start
+    for process in started:
+        if process.poll() is None:
             process.kill()
-            pytest.fail(f"the gated run did not reach its first epoch: {process.communicate()}")
-        time.sleep(0.05)
-    return process, gate
+            process.communicate()
 
 
-def test_concurrent_run_and_resume_the_second_is_refused_and_the_first_is_intact(tmp_path):
+def test_concurrent_run_and_resume_the_second_is_refused_and_the_first_is_intact(tmp_path, start_gated):
     out = tmp_path / "run"
-    first, gate = _start_gated(tmp_path, "run", "mlp-breast-cancer", "--out", out, "--set", "max_epochs=3", "--quiet")
+    first, gate = start_gated("run", "mlp-breast-cancer", "--out", out, "--set", "max_epochs=3", "--quiet")
     before = snapshot(out)
     resume = _regimes("run", "--resume", out)
     assert resume.returncode == 2, resume.stderr
@@ -142,9 +156,9 @@ def test_concurrent_run_and_resume_the_second_is_refused_and_the_first_is_intact
     np.testing.assert_array_equal(steps["iteration"], np.arange(1, summary["steps"] + 1))
 
 
-def test_kill_9_releases_the_lock_and_the_run_resumes(tmp_path):
+def test_kill_9_releases_the_lock_and_the_run_resumes(tmp_path, start_gated):
     out = tmp_path / "run"
-    first, _gate = _start_gated(tmp_path, "run", "mlp-breast-cancer", "--out", out, "--set", "max_epochs=2", "--quiet")
+    first, _gate = start_gated("run", "mlp-breast-cancer", "--out", out, "--set", "max_epochs=2", "--quiet")
     first.kill()  # SIGKILL: no handler runs, the kernel drops the lock
     first.wait(timeout=60)
     assert RunDirectory(out).lock_path.read_text().strip() == str(first.pid)  # a stale PID, no longer a lock
@@ -153,9 +167,9 @@ def test_kill_9_releases_the_lock_and_the_run_resumes(tmp_path):
     assert summary["status"] == "finished" and summary["steps"] == 2 * BATCHES
 
 
-def test_sigterm_ends_a_run_like_ctrl_c(tmp_path):
+def test_sigterm_ends_a_run_like_ctrl_c(tmp_path, start_gated):
     out = tmp_path / "run"
-    first, _gate = _start_gated(tmp_path, "run", "mlp-breast-cancer", "--out", out, "--set", "max_epochs=2", "--quiet")
+    first, _gate = start_gated("run", "mlp-breast-cancer", "--out", out, "--set", "max_epochs=2", "--quiet")
     first.send_signal(signal.SIGTERM)
     _stdout, stderr = first.communicate(timeout=120)
     assert first.returncode == 130, stderr
