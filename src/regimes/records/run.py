@@ -170,14 +170,15 @@ class RunDirectory:
             raise self._cannot_write(error) from None
         try:
             if fcntl is not None and not _lock(fd, wait):
-                holder = os.pread(fd, 32, 0).decode("ascii", "replace").strip()
+                holder = os.read(fd, 32).decode("ascii", "replace").strip()
                 process = f"process {holder}" if holder.isdigit() else "another process"
                 raise RunLockedError(
                     f"{self.path} is being written by {process} (a `regimes run` or a sweep's trial); "
                     "wait for it to end, stop it (Ctrl-C or kill; it can be resumed), or choose another --out"
                 )
             os.ftruncate(fd, 0)
-            os.pwrite(fd, f"{os.getpid()}\n".encode("ascii"), 0)
+            os.lseek(fd, 0, os.SEEK_SET)
+            os.write(fd, f"{os.getpid()}\n".encode("ascii"))
             yield self
         finally:
             os.close(fd)  # releases the lock
