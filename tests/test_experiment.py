@@ -209,7 +209,7 @@ def test_cli_run_report_and_errors(tmp_path, capsys):
     assert main(["run", "mlp-breast-cancer", "--out", str(out), "--seed", "5", "--quiet"]) == 2
     assert "--force" in capsys.readouterr().err
     assert main(["run", "--resume", str(tmp_path / "nothing")]) == 2
-    assert main(["run", "mlp-adult", "--data-dir", str(tmp_path / "empty"), "--quiet"]) == 2
+    assert main(["run", "mlp-adult", "--data-dir", str(tmp_path / "empty"), "--out", str(tmp_path / "adult"), "--quiet"]) == 2
     assert "adult" in capsys.readouterr().err
 
 

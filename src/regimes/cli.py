@@ -13,6 +13,8 @@ Errors print one line; REGIMES_DEBUG=1 shows the traceback.
 from __future__ import annotations
 
 import argparse
+import contextlib
+import errno
 import math
 import os
 import sys
@@ -20,10 +22,11 @@ from pathlib import Path
 
 
 def _config_for(args):
-    from regimes.experiment import apply_overrides, get_preset, load_toml
+    from regimes.experiment import apply_overrides, get_preset, list_presets, load_toml
 
     target = args.preset
-    config = load_toml(target) if target.endswith(".toml") or Path(target).is_file() else get_preset(target)
+    is_file = target.endswith(".toml") or Path(target).is_file() or (Path(target).is_dir() and target not in list_presets())
+    config = load_toml(target) if is_file else get_preset(target)
     overrides = list(args.set or [])
     if args.seed is not None:
         overrides.append(f"seed={args.seed}")
@@ -77,6 +80,14 @@ def cmd_run(args) -> int:
 
     if args.resume:
         out = Path(args.resume)
+        changes = [flag for flag, given in (("a preset or config", args.preset), ("--set", args.set),
+                                            ("--seed", args.seed is not None), ("--force", args.force)) if given]  # fmt: skip
+        if changes:
+            raise ValueError(
+                f"--resume continues the run as its {RunDirectory.CONFIG} says, so {' and '.join(changes)} cannot go with "
+                f"it; to train with other settings, start a new run: `regimes run {out / RunDirectory.CONFIG} --set ... "
+                "--out OTHER_DIR`"
+            )
         run = RunDirectory(out)
         run.check_resumable()
         config = load_toml(run.config_path)
@@ -88,15 +99,40 @@ def cmd_run(args) -> int:
     from regimes.experiment.callbacks import ProgressBar
 
     try:
-        summary = train_run(config, out, device=args.device, data_dir=args.data_dir, resume=bool(args.resume),
-                            force=args.force, callbacks=[] if args.quiet else [ProgressBar()])  # fmt: skip
+        with _sigterm_as_interrupt():
+            summary = train_run(config, out, device=args.device, data_dir=args.data_dir, resume=bool(args.resume),
+                                force=args.force, callbacks=[] if args.quiet else [ProgressBar()])  # fmt: skip
     except KeyboardInterrupt:
-        print(f"\ninterrupted: the records up to the last finished epoch are in {out}; "
-              f"continue with `regimes run --resume {out}`", file=sys.stderr)  # fmt: skip
+        if RunDirectory(out).has_config():
+            print(f"\ninterrupted: the records up to the last finished epoch are in {out}; "
+                  f"continue with `regimes run --resume {out}`", file=sys.stderr)  # fmt: skip
+        else:
+            print("\ninterrupted before the run started: nothing was written", file=sys.stderr)
         return 130
     if not args.quiet:
         _print_result(summary, out)
     return 0 if summary["status"] != Status.DIVERGED else 3
+
+
+@contextlib.contextmanager
+def _sigterm_as_interrupt():
+    """`kill` (SIGTERM) stops like Ctrl-C: the run ends as interrupted and can be resumed.
+    A second SIGTERM while it is stopping is ignored (kill -9 still ends it at once)."""
+    import signal
+
+    def stop(signum, frame):
+        signal.signal(signal.SIGTERM, signal.SIG_IGN)
+        raise KeyboardInterrupt
+
+    try:
+        previous = signal.signal(signal.SIGTERM, stop)
+    except ValueError:  # not the main thread: leave signals alone
+        yield
+        return
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGTERM, previous)
 
 
 def cmd_presets(args) -> int:
@@ -267,7 +303,7 @@ def build_parser() -> argparse.ArgumentParser:
     run.add_argument("preset", nargs="?", help="a preset name (`regimes presets`) or a TOML config file")
     run.add_argument("--seed", type=int, help="the run's seed (default: the config's, 0)")
     run.add_argument("--out", help="run directory (default: runs/<preset>-seed<seed>)")
-    run.add_argument("--device", default="cpu", help="cpu, cuda, cuda:1, mps, ...")
+    run.add_argument("--device", help="cpu, cuda, cuda:1, mps (default: cuda if present, else cpu)")
     run.add_argument("--set", action="append", metavar="KEY=VALUE", help="override a config value (TOML syntax), repeatable")
     run.add_argument("--data-dir", help="where the data sets are (default: $REGIMES_DATA, then ~/.cache/regimes)")
     run.add_argument("--resume", metavar="DIR", help="continue an interrupted run from its last finished epoch")
@@ -300,7 +336,7 @@ def build_parser() -> argparse.ArgumentParser:
     sweep.add_argument("--gpus-per-trial", type=float, help="ray: GPUs per trial, a fraction shares one (default: 1 with --device cuda)")
     sweep.add_argument("--out", help="sweep directory (default: sweeps/<preset>)")
     sweep.add_argument("--seed", type=int, help="the base seed (the grid's trials; seeds count up from it)")
-    sweep.add_argument("--device", help="cpu, cuda, ... (default: cuda if present; cuda spreads workers over every GPU)")
+    sweep.add_argument("--device", help="cpu, cuda, ... (default: cuda if present, else cpu; cuda spreads workers over every GPU)")
     sweep.add_argument("--set", action="append", metavar="KEY=VALUE", help="change the base config (TOML syntax), repeatable")
     sweep.add_argument("--data-dir", help="where the data sets are (default: $REGIMES_DATA, then ~/.cache/regimes)")
     sweep.add_argument("--force", action="store_true", help="start again in an --out that holds another sweep (removes its runs)")
@@ -315,16 +351,30 @@ def main(argv=None) -> int:
     from regimes.experiment import ConfigError
     from regimes.experiment.engines import EngineError
     from regimes.extras import MissingExtraError
+    from regimes.records import RunDirectoryError
     from regimes.tracker import ProbeError
 
+    # A user's mistake, or a file system that refuses (permissions, a file where a folder
+    # should be, a full disk), is one line; anything else is a bug of ours and keeps its traceback.
     try:
         return args.func(args)
     except (ConfigError, DataNotFoundError, EngineError, FileExistsError, FileNotFoundError, MissingExtraError,
-            ProbeError, ValueError) as error:  # fmt: skip
-        if os.environ.get("REGIMES_DEBUG"):
+            NotADirectoryError, ProbeError, RunDirectoryError, ValueError) as error:  # fmt: skip
+        return _one_line(str(error))
+    except OSError as error:
+        if not isinstance(error, PermissionError) and error.errno not in _REFUSED_BY_THE_FILE_SYSTEM:
             raise
-        print(f"regimes: error: {error}", file=sys.stderr)
-        return 2
+        return _one_line(f"cannot write {error.filename or 'a file'}: {error.strerror}; choose a place you can write to")
+
+
+def _one_line(message: str) -> int:
+    if os.environ.get("REGIMES_DEBUG"):
+        raise
+    print(f"regimes: error: {message}", file=sys.stderr)
+    return 2
+
+
+_REFUSED_BY_THE_FILE_SYSTEM = {errno.EACCES, errno.EPERM, errno.EROFS, errno.ENOSPC, errno.EDQUOT}
 
 
 if __name__ == "__main__":

@@ -77,12 +77,50 @@ def load_from_hub(hub_id: str, convert: Callable[[object], T], config: str | Non
         datasets = require("datasets", "the Hugging Face hub")
     except MissingExtraError as error:
         return None, f"Hugging Face hub id {hub_id!r} was not tried: {error}."
+    if not hub_offline() and (unreachable := hub_unreachable()) is not None:
+        # `datasets` would retry for half a minute; offline mode reads only its own cache.
+        return None, (f"Hugging Face hub id {hub_id!r} was not tried: the hub cannot be reached ({unreachable}). "
+                      "With HF_HUB_OFFLINE=1, a copy in the `datasets` cache is used.")  # fmt: skip
     try:
         name = hub_id if config is None else f"{hub_id} ({config})"
         table = datasets.load_dataset(hub_id) if config is None else datasets.load_dataset(hub_id, config)
         return convert(table), f"hub: {name}"
     except Exception as error:  # any failure here means "not available", see docstring
         return None, f"Hugging Face hub id {hub_id!r} failed: {type(error).__name__}: {error}"
+
+
+def hub_offline() -> bool:
+    """True when the environment puts the Hugging Face libraries offline (HF_HUB_OFFLINE and
+    the older HF_DATASETS_OFFLINE / TRANSFORMERS_OFFLINE): `datasets` then reads its cache only."""
+    names = ("HF_HUB_OFFLINE", "HF_DATASETS_OFFLINE", "TRANSFORMERS_OFFLINE")
+    return any(os.environ.get(name, "").strip().upper() in ("1", "ON", "YES", "TRUE") for name in names)
+
+
+def hub_unreachable(timeout: float = 1.5) -> str | None:
+    """Why the hub (or the HTTPS proxy in front of it) cannot be reached, or None when a TCP
+    connection to it opens within `timeout` seconds (name lookup included)."""
+    import socket
+    import threading
+    from urllib.parse import urlsplit
+
+    proxy = next((os.environ[k] for k in ("HTTPS_PROXY", "https_proxy", "ALL_PROXY", "all_proxy") if os.environ.get(k)), None)
+    url = urlsplit(proxy or os.environ.get("HF_ENDPOINT") or "https://huggingface.co")
+    if not url.hostname:
+        return None  # an address we cannot read: let the library try it
+    host, port = url.hostname, url.port or (443 if url.scheme == "https" else 80)
+    outcome: list[str | None] = []
+
+    def connect() -> None:
+        try:
+            socket.create_connection((host, port), timeout=timeout).close()
+            outcome.append(None)
+        except OSError as error:
+            outcome.append(f"{host}:{port}: {error.strerror or error}")
+
+    worker = threading.Thread(target=connect, daemon=True)  # a name lookup has no timeout of its own
+    worker.start()
+    worker.join(timeout)
+    return outcome[0] if outcome else f"{host}:{port}: no answer in {timeout:g} s"
 
 
 def fetch(

@@ -135,6 +135,8 @@ class RecordWriter(Callback):
         self.run_dir.write_summary(run.summary)
 
     def on_interrupt(self, run, **kwargs) -> None:
+        if not hasattr(self, "curves_"):  # interrupted before the loop began: the curves are on disk
+            self.on_train_begin(run)
         self.run_dir.write_summary(run.summarize(self.curves(), Status.INTERRUPTED))
 
 
@@ -222,4 +224,5 @@ class ProgressBar(Callback):
             self.bar_.write(f"stopped {reason}", file=sys.stderr)
 
     def on_interrupt(self, run, **kwargs) -> None:
-        self.bar_.close()
+        if hasattr(self, "bar_"):
+            self.bar_.close()

@@ -7,6 +7,7 @@ directory, output folder) is not part of it, so a run can resume elsewhere.
 from __future__ import annotations
 
 import dataclasses
+import math
 import sys
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -77,6 +78,9 @@ class RunConfig:
             expected = {"str": str, "int": int, "float": (int, float), "bool": bool, "dict": dict, "list": list}[f.type]
             if isinstance(value, bool) and f.type in ("int", "float") or not isinstance(value, expected):
                 raise ConfigError(f"{f.name} must be a {f.type}, got {value!r} ({type(value).__name__})")
+        for name, value in _numbers(self.to_dict()):
+            if not math.isfinite(value):
+                raise ConfigError(f"{name} must be a finite number, got {value!r}")
         if self.optimizer not in OPTIMIZERS:
             raise ConfigError(
                 f"optimizer must be one of {', '.join(OPTIMIZERS)}, "
@@ -133,13 +137,38 @@ class RunConfig:
         return RunConfig.from_dict({**self.to_dict(), **changes})
 
 
+def _numbers(data: dict, prefix: str = ""):
+    """(dotted key, value) of every float in a config, nested tables and lists included."""
+    for key, value in data.items():
+        name = f"{prefix}{key}"
+        if isinstance(value, float):
+            yield name, value
+        elif isinstance(value, dict):
+            yield from _numbers(value, f"{name}.")
+        elif isinstance(value, list):
+            yield from _numbers({f"[{i}]": v for i, v in enumerate(value)}, name)
+
+
 def read_toml(path) -> dict:
-    """A TOML file as a dict; a syntax error becomes a ConfigError naming the file."""
+    """A TOML file as a dict; a syntax error, a missing file or a folder is a ConfigError naming it."""
     path = Path(path)
+    if path.is_dir():
+        raise ConfigError(
+            f"{path} is a folder, not a TOML config: name a file (`regimes show PRESET > my.toml` writes one)"
+            f"{'; to continue the run in it, `regimes run --resume ' + str(path) + '`' if _holds_run(path) else ''}"
+        )
+    if not path.is_file():
+        raise ConfigError(f"no config file {path}: name a TOML file, or a preset (`regimes presets` lists them)")
     try:
         return tomllib.loads(path.read_text())
     except tomllib.TOMLDecodeError as error:
         raise ConfigError(f"{path} is not valid TOML: {error}") from error
+
+
+def _holds_run(path: Path) -> bool:
+    from regimes.records import is_run_directory
+
+    return is_run_directory(path)
 
 
 def load_toml(path) -> RunConfig:

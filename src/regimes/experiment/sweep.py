@@ -24,6 +24,7 @@ from pathlib import Path
 
 from regimes.experiment.config import RunConfig
 from regimes.experiment.grids import Grid
+from regimes.experiment.training import check_names
 from regimes.records import DONE, RunDirectory, RunSummary, Status, SweepDirectory, software_versions
 from regimes.runs import as_float, seed_statistics
 
@@ -134,6 +135,8 @@ def run_sweep(base: RunConfig, grid: Grid, out, engine, *, seeds: int = 0, force
 def _sweep(base, grid, out, engine, seeds, force, events) -> dict:
     directory = SweepDirectory(out)
     jobs = plan_trials(base, grid, out)
+    for job in jobs:  # a misspelt name fails here, before the sweep's folder exists
+        check_names(job.config)
     _check_runs_match(jobs, force)
     directory.start({
         "preset": base.preset, "model": base.model, "dataset": base.dataset, "base": base.to_dict(),

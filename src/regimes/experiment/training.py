@@ -15,6 +15,7 @@ import math
 import random
 import time
 from dataclasses import dataclass, field
+from pathlib import Path
 
 import numpy as np
 import torch
@@ -22,6 +23,7 @@ import torch
 import regimes
 from regimes.analysis import summarize
 from regimes.data import load_dataset
+from regimes.data.registry import DATASETS
 from regimes.experiment.callbacks import Callback, Checkpoint, EarlyStopping, RecordWriter, RegimeDetection, notify
 from regimes.experiment.config import RunConfig
 from regimes.experiment.tasks import get_task
@@ -29,9 +31,10 @@ from regimes.extras import available
 from regimes.records import RunDirectory, RunSummary, Status, software_versions
 from regimes.runs import best_validation
 from regimes.zoo import create_model, model_sites
+from regimes.zoo.registry import ModelArgumentError, check_arguments, missing_arguments
 
 __all__ = [
-    "RunState", "train_run", "resolve_device", "setup_run", "train_epoch", "evaluate", "make_optimizer",
+    "RunState", "train_run", "resolve_device", "check_names", "setup_run", "train_epoch", "evaluate", "make_optimizer",
     "seed_everything", "batches_per_epoch",
 ]  # fmt: skip
 
@@ -146,54 +149,80 @@ class RunState:
 
 
 
-def train_run(config: RunConfig, out, *, device: str | None = "cpu", data_dir=None, resume: bool = False,
+def train_run(config: RunConfig, out, *, device: str | None = None, data_dir=None, resume: bool = False,
               force: bool = False, callbacks: list[Callback] = ()) -> RunSummary:  # fmt: skip
     """Train one run into the directory `out` and return its summary.
 
+    `device`: None trains on CUDA if present, else on the CPU (`resolve_device`).
     `callbacks` are called after the built-in ones (early stopping, records, checkpoint).
+
+    One process writes a run: the directory's lock (`RunDirectory.writer`) is held from the
+    first look at it to the last write, so a second writer is refused before it changes
+    anything. A run that fails before its first epoch is recorded leaves no directory behind
+    (an interrupted one keeps its `interrupted` summary, and the next run there replaces it).
     """
     run_dir = RunDirectory(out)
+    device = resolve_device(device)
     if resume:
         run_dir.check_resumable()
-        if (previous := run_dir.read_summary()) is not None and previous.status.done:
-            return previous  # nothing left to do
-    checkpoint = run_dir.read_checkpoint() if resume else None
-    # Everything that can be wrong with the config, the data or the device shows up in
-    # setup, before the run directory exists, so a failed start leaves nothing behind.
-    run = setup_run(config, resolve_device(device), data_dir)
-    if not resume:
-        run_dir.create(config.to_dict(), force=force)  # refuses a different run unless force
-        if not force and (existing := run_dir.read_summary()) is not None:
-            raise FileExistsError(
-                f"{run_dir.path} already holds this run ({existing.get('status')}, {existing.get('stop_epoch')} "
-                "epochs): use --resume to continue it, --force to start it again, or choose another --out"
-            )
-    run.callbacks = [EarlyStopping(config.early_stopping_patience, config.min_delta, run.task.higher_is_better),
-                     RegimeDetection(run_dir), RecordWriter(run_dir), Checkpoint(run_dir), *callbacks]  # fmt: skip
-    if checkpoint is not None:
-        run.load_state_dict(checkpoint, run_dir.read_epochs())
-        run_dir.truncate_steps(run.tracker.iteration)
-    elif resume:  # interrupted before its first epoch ended: start over in place
-        run_dir.create(config.to_dict(), force=True)
+    else:
+        # Everything that can be wrong with the config, the data or the device shows up in
+        # setup, before the run directory exists, so a failed start leaves nothing behind.
+        run = setup_run(config, device, data_dir)
+    made = _first_missing_folder(run_dir.path)  # what a failed start removes again
+    with run_dir.writer():
+        checkpoint = None
+        if resume:
+            if (previous := run_dir.read_summary()) is not None and previous.status.done:
+                return previous  # nothing left to do
+            checkpoint = run_dir.read_checkpoint()  # a damaged one: one message, nothing changed
+            run_dir.check_records()
+            run = setup_run(config, device, data_dir)
+        started_here = checkpoint is None  # this call writes the run's first records
+        if started_here:
+            run_dir.create(config.to_dict(), force=force or resume)  # refuses a different run unless force
+            if not force and not resume and (existing := run_dir.read_summary()) is not None:
+                raise FileExistsError(
+                    f"{run_dir.path} already holds this run ({existing.get('status')}, {existing.get('stop_epoch')} "
+                    "epochs): use --resume to continue it, --force to start it again, or choose another --out"
+                )
+        run.callbacks = [EarlyStopping(config.early_stopping_patience, config.min_delta, run.task.higher_is_better),
+                         RegimeDetection(run_dir), RecordWriter(run_dir), Checkpoint(run_dir), *callbacks]  # fmt: skip
+        try:
+            if checkpoint is not None:
+                run.load_state_dict(checkpoint, run_dir.read_epochs())
+                run_dir.truncate_steps(run.tracker.iteration)
+            notify(run.callbacks, "on_train_begin", run)
+            for epoch in range(run.epoch + 1, config.max_epochs + 1):
+                run.epoch = epoch
+                row = train_epoch(run)
+                run.epochs.append(row)
+                if not math.isfinite(row["train_loss"]):
+                    run.status, run.stop = Status.DIVERGED, True
+                notify(run.callbacks, "on_epoch_end", run, row=row)
+                if run.stop:
+                    break
+        except KeyboardInterrupt:  # Ctrl-C, or SIGTERM in the CLI: resumable from the last epoch
+            notify(run.callbacks, "on_interrupt", run)
+            raise
+        except BaseException:
+            if started_here and not run_dir.has_records():  # failed before its first epoch: leave nothing
+                run_dir.remove(up_to=made)
+            raise
+        notify(run.callbacks, "on_train_end", run)
+        _save_figure(run_dir)
+        run.tracker.close()
+        return run.summary
 
-    notify(run.callbacks, "on_train_begin", run)
-    try:
-        for epoch in range(run.epoch + 1, config.max_epochs + 1):
-            run.epoch = epoch
-            row = train_epoch(run)
-            run.epochs.append(row)
-            if not math.isfinite(row["train_loss"]):
-                run.status, run.stop = Status.DIVERGED, True
-            notify(run.callbacks, "on_epoch_end", run, row=row)
-            if run.stop:
-                break
-    except KeyboardInterrupt:
-        notify(run.callbacks, "on_interrupt", run)
-        raise
-    notify(run.callbacks, "on_train_end", run)
-    _save_figure(run_dir)
-    run.tracker.close()
-    return run.summary
+
+def _first_missing_folder(path: Path):
+    """The outermost folder of `path` that does not exist yet (None when `path` exists)."""
+    path = Path(path).absolute()
+    if path.exists():
+        return None
+    while not path.parent.exists():
+        path = path.parent
+    return path
 
 
 def resolve_device(name: str | torch.device | None = None) -> torch.device:
@@ -216,6 +245,14 @@ def resolve_device(name: str | torch.device | None = None) -> torch.device:
     return device
 
 
+def check_names(config: RunConfig) -> None:
+    """The config's task, data set, model and model arguments exist; checked without loading
+    or building anything (a sweep checks every trial before it starts)."""
+    get_task(config.task)
+    DATASETS.get(config.dataset)
+    check_arguments(config.model, config.model_args, complete=False)  # the data may fix what is missing
+
+
 def setup_run(config: RunConfig, device: torch.device, data_dir=None) -> RunState:
     """Data, model, optimizer and tracker, all seeded from the config."""
     task = get_task(config.task)
@@ -223,6 +260,7 @@ def setup_run(config: RunConfig, device: torch.device, data_dir=None) -> RunStat
     splits = load_dataset(config.dataset, data_dir, **config.data_args)
     task.setup(splits)
     _check_vocabulary(config, splits)
+    _check_data_arguments(config, splits)
     model = create_model(config.model, **config.model_args).to(device)
     optimizer = make_optimizer(config, model)
     probe_rng = torch.Generator().manual_seed(config.seed)
@@ -298,6 +336,20 @@ def _check_vocabulary(config: RunConfig, splits) -> None:
         raise ValueError(
             f"model_args.vocab_size = {vocab} is smaller than the tokenizer's vocabulary ({splits.vocab_size}) "
             f"for {config.dataset}: set model_args.vocab_size = data_args.vocab_size"
+        )
+
+
+def _check_data_arguments(config: RunConfig, splits) -> None:
+    """A model argument the data set fixes (input size, classes) that the config leaves out is
+    an error that gives the data set's values, so that the config stays the whole record."""
+    from_data = {"input_size": math.prod(splits.input_shape), "num_classes": splits.num_classes}
+    missing = [name for name in missing_arguments(config.model, config.model_args) if name in from_data]
+    if missing:
+        values = ", ".join(f"{name} = {from_data[name]}" for name in missing)
+        sets = " ".join(f"--set model_args.{name}={from_data[name]}" for name in missing)
+        raise ModelArgumentError(
+            f"model {config.model!r} needs {', '.join(missing)}; for data set {config.dataset!r} that is {values}: "
+            f"add them to the config's [model_args] table, or pass {sets}"
         )
 
 

@@ -7,6 +7,7 @@ never a part of one, and the dot prefix keeps a left-over temporary file out of 
 
 from __future__ import annotations
 
+import contextlib
 import io
 import json
 import math
@@ -44,8 +45,12 @@ def atomic_write(path: Path, data: bytes) -> None:
             f.flush()
             os.fsync(f.fileno())
         os.replace(tmp, path)
-    except BaseException:
-        tmp.unlink(missing_ok=True)
+    except BaseException as error:
+        with contextlib.suppress(OSError):
+            tmp.unlink(missing_ok=True)
+        if isinstance(error, OSError) and error.errno is not None and error.filename == str(tmp):
+            # The message names the file the caller asked for, not our hidden temporary one.
+            raise type(error)(error.errno, error.strerror, str(path)) from None
         raise
 
 

@@ -10,17 +10,24 @@ RUN/
   figure.png        the run's figure (regimes.plots.save_run_figure)
   checkpoint.pt     what a resume needs (the runner's state, saved with torch.save)
   error.txt         the traceback of a failed run (a sweep's trial that raised)
+  .lock             held (flock) by the one process that writes the run; its PID inside
 ```
 
 `pd.read_parquet("RUN/steps")` and `pl.read_parquet("RUN/steps/*.parquet")` open the records.
-Every file is written atomically (`regimes.records.files.atomic_write`).
+Every file is written atomically (`regimes.records.files.atomic_write`), and one process at
+a time writes a run: `with run_dir.writer():` holds an OS lock on `.lock` (released however the
+process ends, kill -9 included); a second writer gets `RunLockedError` naming the first's PID.
 """
 
 from __future__ import annotations
 
+import contextlib
+import errno
 import io
+import os
 import re
 import shutil
+import time
 from collections.abc import Mapping
 from pathlib import Path
 
@@ -40,7 +47,26 @@ from regimes.records.files import (
 )  # fmt: skip
 from regimes.records.summary import RunSummary
 
-__all__ = ["RunDirectory", "is_run_directory"]
+try:
+    import fcntl
+except ImportError:  # pragma: no cover - not POSIX: no lock, one writer is then up to the user
+    fcntl = None
+
+__all__ = ["RunDirectory", "RunDirectoryError", "RunLockedError", "DamagedRecordError", "is_run_directory"]
+
+
+class RunDirectoryError(Exception):
+    """A run directory that cannot be used as asked (another process writes it, it cannot be
+    written here, a file in it is damaged); the message says why and what to do."""
+
+
+class RunLockedError(RunDirectoryError):
+    """Another process is writing the run: one writer per run directory."""
+
+
+class DamagedRecordError(RunDirectoryError, ValueError):
+    """A file of the run cannot be read (cut short or overwritten outside regimes)."""
+
 
 _INT_COLUMNS = ("iteration", "epoch")
 _STEP_REQUIRED = ("iteration", "epoch", "dw", "da")
@@ -68,6 +94,7 @@ class RunDirectory:
     FIGURE = "figure.png"
     CHECKPOINT = "checkpoint.pt"
     ERROR = "error.txt"
+    LOCK = ".lock"  # the writer's lock, kept for the folder's life: a removed one lets two writers in
     # Files a run owns; create(force=True) removes these (and steps/) and nothing else the user put there.
     FILES = (CONFIG, EPOCHS, SUMMARY, FIGURE, CHECKPOINT, ERROR)
 
@@ -116,26 +143,95 @@ class RunDirectory:
     def has_checkpoint(self) -> bool:
         return self.checkpoint_path.is_file()
 
+    def has_records(self) -> bool:
+        """True once the run finished an epoch: it has step chunks, epoch rows or a checkpoint."""
+        return self.has_checkpoint() or self.epochs_path.is_file() or bool(self.chunk_paths())
+
+    @property
+    def lock_path(self) -> Path:
+        return self.path / self.LOCK
+
     # -- lifecycle -----------------------------------------------------------------------
+
+    @contextlib.contextmanager
+    def writer(self, wait: float = 2.0):
+        """Hold the run's writer lock for the block: the one process that writes this run.
+
+        Makes the folder if need be. The lock is `fcntl.flock` on `.lock` (the holder's PID
+        written inside), so the operating system releases it however the process ends, kill
+        -9 included. A lock still held after `wait` seconds (time for a killed process to
+        finish dying) is `RunLockedError` naming the holder; an --out that is a file, or a
+        folder that cannot be written, is a one-line error too.
+        """
+        self._make_folder()
+        try:
+            fd = os.open(self.lock_path, os.O_RDWR | os.O_CREAT, 0o644)
+        except OSError as error:
+            raise self._cannot_write(error) from None
+        try:
+            if fcntl is not None and not _lock(fd, wait):
+                holder = os.read(fd, 32).decode("ascii", "replace").strip()
+                process = f"process {holder}" if holder.isdigit() else "another process"
+                raise RunLockedError(
+                    f"{self.path} is being written by {process} (a `regimes run` or a sweep's trial); "
+                    "wait for it to end, stop it (Ctrl-C or kill; it can be resumed), or choose another --out"
+                )
+            os.ftruncate(fd, 0)
+            os.lseek(fd, 0, os.SEEK_SET)
+            os.write(fd, f"{os.getpid()}\n".encode("ascii"))
+            yield self
+        finally:
+            os.close(fd)  # releases the lock
+
+    def _make_folder(self) -> None:
+        if self.path.exists() and not self.path.is_dir():
+            raise NotADirectoryError(f"{self.path} exists and is not a directory: choose another --out")
+        try:
+            self.path.mkdir(parents=True, exist_ok=True)
+        except (FileExistsError, NotADirectoryError):  # a folder on the way is a file
+            raise NotADirectoryError(f"{self.path}: a folder on its path is a file: choose another --out") from None
+        except OSError as error:
+            raise self._cannot_write(error) from None
+
+    def _cannot_write(self, error: OSError) -> Exception:
+        if error.errno in (errno.EACCES, errno.EPERM, errno.EROFS):
+            why = "read-only file system" if error.errno == errno.EROFS else "permission denied"
+            return RunDirectoryError(f"cannot write the run into {self.path} ({why}): choose another --out")
+        return error
+
+    def remove(self, up_to=None) -> None:
+        """Remove the run's files and lock (nothing else the user put there); with `up_to`, also
+        the folder and its parents up to and including `up_to` (those a failed start made), each
+        only when it is left empty."""
+        self._clear()
+        self.lock_path.unlink(missing_ok=True)
+        if up_to is None:
+            return
+        path, up_to = self.path.absolute(), Path(up_to).absolute()
+        folders = [path, *(p for p in path.parents if p == up_to or up_to in p.parents)]
+        for folder in folders:
+            try:
+                folder.rmdir()  # only when empty: anything the user put there stays
+            except OSError:
+                break
 
     def create(self, config: Mapping, force: bool = False) -> None:
         """Make the folder and write `config`.
 
         A folder that already holds a run with a different config is refused
         (FileExistsError) unless `force`, which removes that run's files first. A run with
-        the same config is left as it is: the caller resumes it or passes `force`.
+        the same config is left as it is: the caller resumes it or passes `force`. A run
+        that recorded nothing (it ended before its first epoch) is replaced either way.
         """
-        if self.path.exists() and not self.path.is_dir():
-            raise NotADirectoryError(f"{self.path} exists and is not a directory")
+        self._make_folder()
         if is_run_directory(self.path):
-            if force:
+            if force or not self.has_records():
                 self._clear()
             elif (why := self.config_difference(config)) is not None:
                 raise FileExistsError(
                     f"{self.path} already holds a different run ({why}); "
                     "use --force to replace it or --resume to continue it, or choose another --out"
                 )
-        self.path.mkdir(parents=True, exist_ok=True)
         self.steps_dir.mkdir(exist_ok=True)
         self.write_config(config)
 
@@ -159,7 +255,7 @@ class RunDirectory:
         target = Path(path)
         staging = target.with_name(f".{target.name}.copy")
         shutil.rmtree(staging, ignore_errors=True)
-        shutil.copytree(self.path, staging)
+        shutil.copytree(self.path, staging, ignore=shutil.ignore_patterns(self.LOCK))
         staging.rename(target)
         return RunDirectory(target)
 
@@ -200,7 +296,7 @@ class RunDirectory:
             return
         chunks = self.chunk_paths()
         if chunks:
-            names = pq.read_schema(chunks[-1]).names
+            names = _read(pq.read_schema, chunks[-1]).names
             if names != table.column_names:
                 raise ValueError(
                     f"step columns {table.column_names} differ from the chunks already in "
@@ -228,7 +324,7 @@ class RunDirectory:
             if iterations.size and iterations.min() > after_iteration:
                 path.unlink()
             elif iterations.size and iterations.max() > after_iteration:
-                table = pq.read_table(path)
+                table = _read(pq.read_table, path)
                 kept = table.filter(pa.array(iterations <= after_iteration))
                 atomic_write(path, parquet_bytes(kept))
             else:
@@ -245,7 +341,7 @@ class RunDirectory:
                 "da": np.zeros(0, np.float64),
             }
             return {k: v for k, v in empty.items() if columns is None or k in columns}
-        table = pa.concat_tables(pq.read_table(p, columns=columns) for p in chunks)
+        table = pa.concat_tables(_read(pq.read_table, p, columns=columns) for p in chunks)
         out = {name: table.column(name).to_numpy() for name in table.column_names}
         if "iteration" in out and np.any(np.diff(out["iteration"]) < 0):
             order = np.argsort(out["iteration"], kind="stable")
@@ -257,7 +353,7 @@ class RunDirectory:
         chunks = self.chunk_paths()
         if not chunks:
             return []
-        return [n[3:] for n in pq.read_schema(chunks[0]).names if n.startswith("da:")]
+        return [n[3:] for n in _read(pq.read_schema, chunks[0]).names if n.startswith("da:")]
 
     # -- per-epoch scores ----------------------------------------------------------------
 
@@ -274,7 +370,7 @@ class RunDirectory:
     def read_epochs(self) -> list[dict]:
         if not self.epochs_path.is_file():
             return []
-        return pq.read_table(self.epochs_path).to_pylist()
+        return _read(pq.read_table, self.epochs_path).to_pylist()
 
     # -- summary -------------------------------------------------------------------------
 
@@ -304,12 +400,44 @@ class RunDirectory:
         atomic_write(self.checkpoint_path, buffer.getvalue())
 
     def read_checkpoint(self, map_location="cpu") -> dict | None:
-        """The last checkpoint, or None when the run has none (it ended no epoch yet)."""
+        """The last checkpoint, or None when the run has none (it ended no epoch yet).
+
+        A checkpoint that cannot be read is a `DamagedRecordError` saying what is kept and
+        how to start the run again."""
         if not self.has_checkpoint():
             return None
         import torch
 
-        return torch.load(self.checkpoint_path, map_location=map_location, weights_only=False)
+        try:
+            state = torch.load(self.checkpoint_path, map_location=map_location, weights_only=False)
+        except Exception as error:  # torch.load raises many types for a damaged file
+            raise DamagedRecordError(
+                f"{self.checkpoint_path} cannot be read ({type(error).__name__}: {error}), so the run cannot "
+                f"continue. {self._kept_and_restart()}"
+            ) from None
+        if not isinstance(state, dict):
+            raise DamagedRecordError(f"{self.checkpoint_path} holds no checkpoint (a {type(state).__name__}). "
+                                     f"{self._kept_and_restart()}")  # fmt: skip
+        return state
+
+    def check_records(self) -> None:
+        """Read every step chunk's and the epoch table's metadata: a damaged file is a
+        `DamagedRecordError` saying what is kept and how to start again (a resume checks
+        first, so that it changes nothing on a run it cannot continue)."""
+        for path in [*self.chunk_paths(), *([self.epochs_path] if self.epochs_path.is_file() else [])]:
+            try:
+                _read(pq.read_metadata, path)
+            except DamagedRecordError as error:
+                raise DamagedRecordError(
+                    f"{error}, so the run cannot continue with its records whole. {self._kept_and_restart()}"
+                ) from None
+
+    def _kept_and_restart(self) -> str:
+        return (
+            f"Nothing in {self.path} was changed: its records are kept as they are. "
+            f"To train it again from the start: `regimes run {self.config_path} --out {self.path} --force` "
+            "(replaces them), or the same with another --out (keeps them)"
+        )
 
     # -- the error of a failed run ---------------------------------------------------------
 
@@ -335,8 +463,31 @@ def is_run_directory(path) -> bool:
 # -- helpers ---------------------------------------------------------------------------------
 
 
+def _lock(fd: int, wait: float) -> bool:
+    """Take an exclusive flock on `fd`, trying for up to `wait` seconds; False if another holds it."""
+    deadline = time.monotonic() + wait
+    while True:
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            return True
+        except BlockingIOError:
+            if time.monotonic() >= deadline:
+                return False
+            time.sleep(0.05)
+
+
 def _iterations(chunk: Path) -> np.ndarray:
-    return pq.read_table(chunk, columns=["iteration"]).column("iteration").to_numpy()
+    return _read(pq.read_table, chunk, columns=["iteration"]).column("iteration").to_numpy()
+
+
+def _read(reader, path: Path, **options):
+    """`reader(path)` for a Parquet file; a file that is not one is a `DamagedRecordError` naming it."""
+    try:
+        return reader(path, **options)
+    except (pa.ArrowException, OSError) as error:
+        if isinstance(error, FileNotFoundError):
+            raise
+        raise DamagedRecordError(f"{path} is damaged ({type(error).__name__}: {error})") from None
 
 
 def _steps_table(records: dict) -> pa.Table:

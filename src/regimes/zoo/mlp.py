@@ -31,6 +31,8 @@ class MLP(nn.Module):
         batchnorm: bool = True,
     ):
         super().__init__()
+        if isinstance(hidden, (str, bytes)) or not isinstance(hidden, Sequence):
+            raise ValueError(f"hidden must be a list of positive integers (e.g. [64, 32]), got {hidden!r}")
         hidden = tuple(hidden)  # presets come from TOML, where this is a list
         _check_positive(input_size=input_size, num_classes=num_classes)
         _check_positive(**{f"hidden[{i}]": width for i, width in enumerate(hidden)})

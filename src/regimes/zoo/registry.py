@@ -78,7 +78,25 @@ def create_model(name: str, **kwargs) -> nn.Module:
     return entry.factory(**kwargs)
 
 
-def _check_arguments(entry: ModelEntry, kwargs: dict) -> None:
+def missing_arguments(name: str, kwargs: dict) -> list[str]:
+    """The arguments model ``name`` needs (no default) that ``kwargs`` does not give."""
+    parameters = inspect.signature(MODELS.get(name).factory).parameters
+    return [
+        key
+        for key, p in parameters.items()
+        if p.default is inspect.Parameter.empty
+        and p.kind in (inspect.Parameter.KEYWORD_ONLY, inspect.Parameter.POSITIONAL_OR_KEYWORD)
+        and key not in kwargs
+    ]
+
+
+def check_arguments(name: str, kwargs: dict, *, complete: bool = True) -> None:
+    """Raise ModelArgumentError for an argument model ``name`` does not take, and (``complete``)
+    for one it needs that ``kwargs`` leaves out; nothing is built."""
+    _check_arguments(MODELS.get(name), kwargs, complete)
+
+
+def _check_arguments(entry: ModelEntry, kwargs: dict, complete: bool = True) -> None:
     # Checked before building so a typo in a preset gets a readable message
     # instead of a bare "unexpected keyword argument" from deep in a factory.
     parameters = inspect.signature(entry.factory).parameters
@@ -90,12 +108,6 @@ def _check_arguments(entry: ModelEntry, kwargs: dict) -> None:
             f"unknown argument {unknown[0]!r} for model {entry.name!r}"
             f"{suggestion(unknown[0], accepted)}; it takes: {', '.join(accepted)}"
         )
-    missing = [
-        name
-        for name, p in parameters.items()
-        if p.default is inspect.Parameter.empty
-        and p.kind in (inspect.Parameter.KEYWORD_ONLY, inspect.Parameter.POSITIONAL_OR_KEYWORD)
-        and name not in kwargs
-    ]
+    missing = missing_arguments(entry.name, kwargs) if complete else []
     if missing:
         raise ModelArgumentError(f"model {entry.name!r} needs the argument(s): {', '.join(missing)}")
