@@ -32,7 +32,8 @@ from regimes.data.images import (
 from regimes.data.tabular import ADULT_CATEGORIES, ADULT_CONTINUOUS, ADULT_FEATURES
 
 ALL_DATASETS = [
-    "adult", "ag_news", "breast-cancer", "cifar10", "cifar100", "digits", "food101", "har", "mnist", "mnist1d",
+    "adult", "ag_news", "breast-cancer", "cifar10", "cifar100", "digits", "fashion-mnist", "food101", "har",
+    "mnist", "mnist1d",
     "squad", "sst2", "tinyimagenet", "wikitext103", "wikitext2",
 ]  # fmt: skip  (the text and large image sets are tested in test_study_transformers.py)
 EXTERNAL_DATASETS = ["adult", "cifar10", "cifar100", "har", "mnist"]
@@ -467,6 +468,15 @@ def fake_datasets_module(load):
     return module
 
 
+@pytest.fixture
+def reachable_hub(monkeypatch):
+    """The fake `datasets` modules below stand for a hub that answers: skip the network check."""
+    from regimes.data import sources
+
+    monkeypatch.setattr(sources, "hub_unreachable", lambda timeout=1.5: None)
+
+
+@pytest.mark.usefixtures("reachable_hub")
 def test_a_failing_hub_falls_through_to_data_not_found(tmp_path, monkeypatch):
     def offline(hub_id):
         raise ConnectionError("no network")
@@ -476,6 +486,7 @@ def test_a_failing_hub_falls_through_to_data_not_found(tmp_path, monkeypatch):
         load_dataset("cifar100", data_dir=tmp_path)
 
 
+@pytest.mark.usefixtures("reachable_hub")
 def test_mnist_from_a_fake_hub(tmp_path, monkeypatch):
     from PIL import Image
 
@@ -497,6 +508,7 @@ def test_mnist_from_a_fake_hub(tmp_path, monkeypatch):
     assert tensors(splits.train)[0][3, 0, 0, 0] == pytest.approx((30 / 255 - MNIST_MEAN[0]) / MNIST_STD[0], abs=1e-5)
 
 
+@pytest.mark.usefixtures("reachable_hub")
 def test_cifar10_from_a_fake_hub(tmp_path, monkeypatch):
     from PIL import Image
 
@@ -521,6 +533,7 @@ class _FakeTable(dict):
         return list(self)
 
 
+@pytest.mark.usefixtures("reachable_hub")
 def test_adult_from_a_fake_hub_holds_out_20_percent(tmp_path, monkeypatch):
     names = [
         "age", "workclass", "fnlwgt", "education", "education.num", "marital.status",
