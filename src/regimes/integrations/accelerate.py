@@ -91,7 +91,7 @@ class RegimesTracking:
         self.session.epoch = epoch + 1
 
     def finish(self):
-        """The end of the loop: steps, summary with rho, figure. Returns the summary (main process)."""
+        """The end of the loop: steps, summary with rho, figure. Returns the `RunSummary` (main process; else None)."""
         return self.session.finish()
 
     # accelerator.register_for_checkpointing(tracking): save_state / load_state call these.

@@ -85,6 +85,7 @@ class RegimesCallback(transformers.TrainerCallback):
         self.out, self.config, self.force = out, config, force
         self.log_sites, self.score, self.higher_is_better = log_sites, score, higher_is_better
         self.tracker_options = tracker_options
+        self.summary = None  # the run's RunSummary at the end of the fit, on the process that writes
         self.tracker = None  # the regimes.Tracker, on the process that tracks, once training has begun
         self.trainer_ = None
         self.session_: TrackingSession | None = None
@@ -159,7 +160,7 @@ class RegimesCallback(transformers.TrainerCallback):
 
     def on_train_end(self, args, state, control, **kwargs):
         if self.session_ is not None:
-            self.session_.finish()
+            self.summary = self.session_.finish()
         if self.gate_ is not None:
             self.gate_.close()
             self.gate_ = None

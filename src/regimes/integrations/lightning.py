@@ -71,6 +71,7 @@ class RegimesCallback(pl.Callback):
         self.log_every_n_steps, self.log_sites, self.score, self.higher_is_better = (
             log_every_n_steps, log_sites, score, higher_is_better)  # fmt: skip
         self.tracker_options = tracker_options
+        self.summary = None  # the run's RunSummary at the end of the fit, on the process that writes
         self.tracker = None  # the regimes.Tracker, on the process that tracks, once the fit has started
         self.session_: TrackingSession | None = None
         self.gate_: StepGate | None = None
@@ -116,7 +117,7 @@ class RegimesCallback(pl.Callback):
             self.session_.flush()  # the steps table holds every record the checkpoint's state has seen
 
     def on_train_end(self, trainer, pl_module) -> None:
-        self.session_.finish()
+        self.summary = self.session_.finish()
         self._close()
 
     def on_exception(self, trainer, pl_module, exception: BaseException) -> None:
