@@ -203,3 +203,61 @@ def test_fsdp2_every_process_tracks_and_the_weight_change_sums_the_shards(tmp_pa
     assert run.read_summary().steps == 7 and len(run.read_steps()["dw"]) == 7
     worst = max(abs(a - b) / b for a, b in zip(first["dw"], first["reference_dw"]))
     print(f"\nFSDP2: max relative dw difference from the gathered reference {worst:.2e}")
+
+
+# ---------------------------------------------------------------------- torchrun -m regimes run
+
+
+def torchrun(*args, processes=2):
+    """`torchrun --standalone --nproc-per-node N -m regimes run ...` with this checkout's regimes."""
+    import subprocess
+    import sys
+
+    import regimes
+
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(Path(regimes.__file__).parents[1]),
+                                                          os.environ.get("PYTHONPATH", "")])}  # fmt: skip
+    command = [sys.executable, "-m", "torch.distributed.run", "--standalone", f"--nproc-per-node={processes}",
+               "-m", "regimes", "run", *args, "--quiet"]  # fmt: skip
+    done = subprocess.run(command, env=env, capture_output=True, text=True, timeout=300)
+    assert done.returncode == 0, done.stderr[-3000:]
+
+
+NO_BATCHNORM = ["--set", "model_args.batchnorm=false", "--set", "model_args.dropout=0.0"]
+
+
+def test_torchrun_trains_one_run_with_the_global_batch_of_the_single_process_run(tmp_path):
+    """Without BatchNorm (whose statistics are per process) and dropout, two processes give the
+    single-process curves: each global batch of 32 is split 16 + 16 (the last, of 7: 4 + 3,
+    weighted by share), and the first process alone writes the one run directory."""
+    import pandas as pd
+
+    from regimes.experiment import apply_overrides, get_preset, train_run
+
+    torchrun("mlp-breast-cancer", "--set", "max_epochs=2", *NO_BATCHNORM, "--out", str(tmp_path / "ddp"))
+    config = apply_overrides(get_preset("mlp-breast-cancer"), ["max_epochs=2", "model_args.batchnorm=false",
+                                                                 "model_args.dropout=0.0"])  # fmt: skip
+    single = train_run(config, tmp_path / "single")
+    ddp, one = pd.read_parquet(tmp_path / "ddp" / "steps"), pd.read_parquet(tmp_path / "single" / "steps")
+    assert len(ddp) == len(one) == 2 * 15  # 455 samples, batches of 32: 15 optimizer steps an epoch
+    np.testing.assert_array_equal(ddp["iteration"], one["iteration"])
+    np.testing.assert_allclose(ddp["dw"], one["dw"], rtol=1e-5)
+    np.testing.assert_allclose(ddp["da"], one["da"], atol=1e-12)
+    summary = RunDirectory(tmp_path / "ddp").read_summary()
+    assert summary.status == Status.FINISHED and summary.batches_per_epoch == single["batches_per_epoch"]
+    print(f"\ntorchrun x2 vs one process: max relative dw difference {np.max(np.abs(ddp.dw - one.dw) / one.dw):.2e}, "
+          f"max da difference {np.max(np.abs(ddp.da - one.da)):.2e}")
+
+
+def test_torchrun_resume_equals_the_uninterrupted_run(tmp_path):
+    import pandas as pd
+
+    torchrun("mlp-breast-cancer", "--set", "max_epochs=3", "--out", str(tmp_path / "whole"))
+    torchrun("mlp-breast-cancer", "--set", "max_epochs=2", "--out", str(tmp_path / "cut"))
+    cut = RunDirectory(tmp_path / "cut")
+    cut.write_config({**cut.read_config(), "max_epochs": 3})  # as if the 3-epoch run had stopped after epoch 2
+    cut.write_summary(cut.read_summary().replace(status=Status.INTERRUPTED))
+    torchrun("--resume", str(tmp_path / "cut"))
+    pd.testing.assert_frame_equal(pd.read_parquet(tmp_path / "whole" / "steps"), pd.read_parquet(tmp_path / "cut" / "steps"))
+    whole, resumed = RunDirectory(tmp_path / "whole").read_summary(), cut.read_summary()
+    assert resumed.status == Status.FINISHED and resumed.steps == whole.steps == 45 and resumed.rho == whole.rho

@@ -71,6 +71,8 @@ def cmd_run(args) -> int:
         print(f"\ninterrupted: the records up to the last finished epoch are in {out}; "
               f"continue with `regimes run --resume {out}`", file=sys.stderr)  # fmt: skip
         return 130
+    if summary is None:  # a DDP process other than the first (torchrun): the first one reports
+        return 0
     if not args.quiet:
         _print_result(summary, out)
     return 0 if summary["status"] != Status.DIVERGED else 3
