@@ -430,10 +430,11 @@ def test_trainer_reports_to_wandb_offline(tmp_path, monkeypatch):
     np.testing.assert_allclose([logged[s] for s in sorted(logged)], callback.tracker.delta_w, rtol=1e-12)
 
 
-def test_trainer_without_attach_still_tracks_and_writes(tmp_path):
+def test_trainer_without_attach_still_tracks_and_writes_and_says_what_the_reporters_miss(tmp_path):
     callback = hf_integration.RegimesCallback(TokenRows(12, 1), probe_size=3, out=tmp_path / "run")
-    trainer = hf_trainer(tmp_path, [callback], num_train_epochs=1, eval_strategy="no")
-    trainer.train()
+    trainer = hf_trainer(tmp_path, [callback], num_train_epochs=1, eval_strategy="no", report_to=["tensorboard"])
+    with pytest.warns(UserWarning, match=r"attach\(trainer\)"):
+        trainer.train()
     assert callback.tracker.iteration == 4
     assert sum("regimes/delta_w" in entry for entry in trainer.state.log_history) == 4
     with pytest.raises(ValueError, match="attach"):

@@ -29,6 +29,7 @@ from __future__ import annotations
 import inspect
 import io
 import math
+import warnings
 from collections.abc import Callable, Mapping
 from pathlib import Path
 
@@ -119,6 +120,13 @@ class RegimesCallback(transformers.TrainerCallback):
         self.session_ = session
         if self.tracker is not None:
             self.gate_ = StepGate([optimizer])
+        if self.trainer_ is None and args.report_to and session.roles.writes:
+            warnings.warn(
+                f"RegimesCallback runs after the Trainer's reporting callbacks ({', '.join(args.report_to)}), which "
+                "then miss regimes/delta_w and regimes/delta_a (trainer.state.log_history has them): add it with "
+                "RegimesCallback(...).attach(trainer) instead of Trainer(callbacks=[...])",
+                stacklevel=2,
+            )
 
     def on_epoch_begin(self, args, state, control, **kwargs):
         self.session_.epoch = math.floor(state.epoch or 0) + 1

@@ -65,7 +65,18 @@ def process_rank() -> int:
 
 
 def is_sharded(model: nn.Module) -> bool:
-    """Whether any parameter is sharded over processes (FSDP2's DTensors with a Shard placement)."""
+    """Whether any parameter is sharded over processes (FSDP2's DTensors with a Shard placement).
+
+    FSDP1 (`FullyShardedDataParallel`) is refused: its flat parameters hide the tensors the
+    weight change is taken over, and a probe on one process alone would hang its all-gathers."""
+    from torch.distributed import fsdp
+
+    wrapper = getattr(fsdp, "FullyShardedDataParallel", None)
+    if wrapper is not None and any(isinstance(m, wrapper) for m in model.modules()):
+        raise NotImplementedError(
+            "the model is wrapped in FSDP1 (FullyShardedDataParallel): regimes tracks FSDP2 models "
+            "(torch.distributed.fsdp.fully_shard; Lightning's ModelParallelStrategy, accelerate's fsdp_version=2)"
+        )
     return any(any(p.is_shard() for p in getattr(param, "placements", ())) for param in model.parameters())
 
 
