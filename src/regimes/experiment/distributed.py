@@ -106,7 +106,10 @@ class DataParallel:
         return bool(flag.item())
 
     def close(self) -> None:
+        """Leave the process group together (every process calls this once, at the run's end):
+        a barrier first, so that none tears its connections down while another still uses them."""
         if dist.is_initialized():
+            dist.barrier()
             dist.destroy_process_group()
 
 
@@ -120,8 +123,7 @@ def follow_run(config, out, parallel: DataParallel, *, data_dir=None, resume: bo
 
     run_dir = RunDirectory(out)
     if resume and (previous := run_dir.read_summary()) is not None and previous.status.done:
-        parallel.close()
-        return  # the first process returns too: nothing left to do
+        return  # the first process returns too, before any collective: nothing left to do
     run = setup_run(config, parallel.device, data_dir, parallel)
     checkpoint = run_dir.read_checkpoint() if resume else None
     if checkpoint is not None:  # the first process's, restored as RunState.load_state_dict does, less the tracker

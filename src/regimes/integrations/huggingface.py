@@ -70,7 +70,7 @@ class RegimesCallback(transformers.TrainerCallback):
         probe_inputs: a function from a collated batch to the model's inputs (default: the
             batch without its labels).
         out: the run directory; default `<args.output_dir>/regimes`.
-        config: plain data kept in the run's config.toml.
+        config: plain data kept in the run's config.
         force: replace a finished or started run in `out` by a fresh fit.
         log_sites: also log `regimes/delta_a/<site>`.
         score: the evaluation metric that is the validation score ("eval_accuracy", say).

@@ -53,7 +53,7 @@ class RegimesCallback(pl.Callback):
         probe_inputs: a function from a collated batch to the model's inputs (default: a
             tensor as it is, the first element of a tuple, a dict without its labels).
         out: the run directory; default `<trainer.default_root_dir>/regimes`.
-        config: plain data kept in the run's config.toml (hyperparameters, say).
+        config: plain data kept in the run's config (hyperparameters, say).
         force: replace a finished or started run in `out` by a fresh fit.
         log_every_n_steps: logging cadence; default the trainer's.
         log_sites: also log `regimes/delta_a/<site>`.

@@ -186,7 +186,7 @@ class TrackingSession:
     Args:
         out: the run directory (`regimes.records.RunDirectory`), as `regimes run --out` writes it.
         host: the adapter's name, kept in the config and the summary ("lightning", ...).
-        config: more plain data for config.toml (the fit's hyperparameters, say).
+        config: more plain data for the run's config (the fit's hyperparameters, say).
         force: replace a run already in `out` (otherwise a fresh fit there is refused).
         log_sites: also log each site's pattern change (regimes/delta_a/<site>).
         score: the name of the host metric that is the validation score (val_score in the
