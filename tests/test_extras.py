@@ -86,7 +86,7 @@ def test_every_extra_in_the_table_installs_its_package():
     optional = tomllib.loads(PYPROJECT.read_text())["project"]["optional-dependencies"]
     assert set(EXTRAS) >= {
         "matplotlib", "pyarrow", "tomli_w", "tqdm", "sklearn", "mnist1d", "datasets", "transformers", "tokenizers",
-        "ray", "pandas", "PIL", "lightning", "mlflow", "tensorboard",
+        "ray", "pandas", "PIL", "lightning", "accelerate", "mlflow", "tensorboard",
     }  # fmt: skip
     for module, (package, extra) in EXTRAS.items():
         assert extra in optional, f"{module}: pyproject.toml has no extra {extra!r}"

@@ -109,6 +109,8 @@ def cmd_run(args) -> int:
         else:
             print("\ninterrupted before the run started: nothing was written", file=sys.stderr)
         return 130
+    if summary is None:  # a DDP process other than the first (torchrun): the first one reports
+        return 0
     if not args.quiet:
         _print_result(summary, out)
     return 0 if summary["status"] != Status.DIVERGED else 3

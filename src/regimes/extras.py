@@ -42,6 +42,7 @@ EXTRAS: dict[str, Extra] = {
     "ray": Extra("ray[tune]", "ray"),
     "pandas": Extra("pandas", "pandas"),
     "lightning": Extra("lightning", "lightning"),
+    "accelerate": Extra("accelerate", "accelerate"),
     "mlflow": Extra("mlflow", "mlflow"),
     "tensorboard": Extra("tensorboard", "tensorboard"),
 }

@@ -18,36 +18,99 @@ from __future__ import annotations
 import numpy as np
 import torch
 
-__all__ = ["Quantity", "Step", "WeightChange", "PatternChange", "UpdateNorm", "FlipsSinceStart", "WeightSnapshot"]
+__all__ = [
+    "Quantity", "Step", "WeightChange", "PatternChange", "UpdateNorm", "FlipsSinceStart", "WeightSnapshot", "ShardedSums",
+]  # fmt: skip
 
 
 class WeightSnapshot:
     """A float32 copy of the trainable parameters at the last measurement (float32 even
-    for bf16/fp16 models, so differences are not rounded away)."""
+    for bf16/fp16 models, so differences are not rounded away).
+
+    Sharded parameters (FSDP2's DTensors) are copied shard by shard: each process keeps
+    its own piece, `sizes` are the whole tensors', and `reduce` sums per-tensor values
+    over the shards (one all-reduce, called at read-back, never per step).
+    """
 
     def __init__(self, named: list[tuple[str, torch.nn.Parameter]]):
         self.names = [n for n, _ in named]
         self.params = [p for _, p in named]
-        self.sizes = np.array([p.numel() for p in self.params], dtype=np.float64)
-        self.previous = [p.detach().to(torch.float32, copy=True) for p in self.params]
+        self.sizes = np.array([p.numel() for p in self.params], dtype=np.float64)  # a DTensor's numel is the whole's
+        self.sharding = ShardedSums.of(self.params)
+        self.previous = [_local(p).detach().to(torch.float32, copy=True) for p in self.params]
 
     def current(self) -> list[torch.Tensor]:
-        return [p.detach() if p.dtype == torch.float32 else p.detach().float() for p in self.params]
+        local = [_local(p).detach() for p in self.params]
+        return [t if t.dtype == torch.float32 else t.float() for t in local]
+
+    def reduce(self, per_tensor: torch.Tensor) -> torch.Tensor:
+        """Per-tensor sums `[..., P]` of this process's shards -> the whole tensors' sums."""
+        return per_tensor if self.sharding is None else self.sharding.reduce(per_tensor)
 
     def state_dict(self) -> dict:
         return {"parameter_names": list(self.names), "previous_weights": [w.cpu() for w in self.previous]}
 
     def load_state_dict(self, state: dict, device: torch.device) -> None:
         saved = [tuple(w.shape) for w in state["previous_weights"]]
-        mine = [tuple(p.shape) for p in self.params]
+        mine = [tuple(w.shape) for w in self.previous]
         if state["parameter_names"] != self.names or saved != mine:
             differ = next((f"{n}: {a} saved, {b} here" for n, a, b in zip(self.names, saved, mine) if a != b),
                           f"{len(saved)} parameter tensors saved, {len(mine)} here")  # fmt: skip
+            sharded = " (under sharding, each process loads the state its own process saved)" if self.sharding else ""
             raise ValueError(
                 f"the saved tracker state is for other parameters than this model's ({differ}): build the "
-                "tracker on the same model as the run that saved it"
+                f"tracker on the same model as the run that saved it{sharded}"
             )
         self.previous = [w.to(device, torch.float32) for w in state["previous_weights"]]
+
+
+def _local(p: torch.Tensor) -> torch.Tensor:
+    """This process's piece of a parameter: the local shard of a DTensor, else the tensor."""
+    to_local = getattr(p, "to_local", None)  # torch.distributed.tensor.DTensor
+    return to_local() if to_local is not None else p
+
+
+class ShardedSums:
+    """Sums per-tensor values over the processes that hold the shards of sharded parameters.
+
+    Parameters that every process holds whole (replicated, or plain tensors beside
+    sharded ones) count once: only the group's first process contributes them.
+    """
+
+    def __init__(self, group, sharded: list[bool]):
+        import torch.distributed as dist
+
+        self.group = group
+        first = dist.get_rank(group) == 0
+        self.weight = torch.tensor([1.0 if s or first else 0.0 for s in sharded], dtype=torch.float64)
+
+    @classmethod
+    def of(cls, params: list[torch.Tensor]) -> ShardedSums | None:
+        """The shard group of `params` (DTensors sharded along one mesh dimension), or None when none is sharded."""
+        groups, sharded = [], []
+        for p in params:
+            placements = getattr(p, "placements", None)
+            dims = [d for d, placement in enumerate(placements or ()) if placement.is_shard()]
+            sharded.append(bool(dims))
+            if len(dims) > 1:
+                raise NotImplementedError(
+                    f"a parameter sharded along {len(dims)} mesh dimensions ({placements}): the weight change "
+                    "sums shards over one dimension (FSDP2's fully_shard, or HSDP's shard dimension)"
+                )
+            if dims:
+                groups.append(p.device_mesh.get_group(dims[0]))
+        if not groups:
+            return None
+        if any(g is not groups[0] for g in groups):
+            raise NotImplementedError("parameters sharded over different process groups: the weight change sums over one")
+        return cls(groups[0], sharded)
+
+    def reduce(self, per_tensor: torch.Tensor) -> torch.Tensor:
+        import torch.distributed as dist
+
+        weighted = per_tensor.to(torch.float64) * self.weight.to(per_tensor.device)
+        dist.all_reduce(weighted, group=self.group)
+        return weighted
 
 
 class Step:
@@ -114,8 +177,9 @@ class WeightChange(Quantity):
         return list(torch._foreach_norm(step.weight_delta, 1))  # sum |dw| per tensor
 
     def read(self, queued, n):
-        sizes = self.tracker.weights.sizes
-        abs_sums = torch.stack(queued).view(n, -1).cpu().double().numpy()  # [N, P]
+        weights = self.tracker.weights
+        sizes = weights.sizes
+        abs_sums = weights.reduce(torch.stack(queued).view(n, -1)).cpu().double().numpy()  # [N, P], whole tensors
         per_tensor = abs_sums / sizes
         out = {"dw": abs_sums.sum(1) / sizes.sum(), "dw_layerwise": per_tensor.mean(1)}
         out.update({f"dw:{name}": per_tensor[:, j] for j, name in enumerate(self.tracker.parameter_names)})
@@ -130,10 +194,11 @@ class UpdateNorm(Quantity):
         return ["update_norm"]
 
     def measure(self, step: Step) -> list[torch.Tensor]:
-        return [torch.linalg.vector_norm(torch.stack(torch._foreach_norm(step.weight_delta, 2)))]
+        return [torch.stack(torch._foreach_norm(step.weight_delta, 2))]  # [P], each tensor's (shard's) norm
 
     def read(self, queued, n):
-        return {"update_norm": torch.stack(queued).cpu().double().numpy()}
+        squares = torch.stack(queued).view(n, -1).double().square()
+        return {"update_norm": self.tracker.weights.reduce(squares).sum(1).sqrt().cpu().numpy()}
 
 
 class PatternChange(Quantity):

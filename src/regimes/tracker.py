@@ -32,7 +32,10 @@ class Tracker:
 
     Args:
         model: any `nn.Module` (also wrapped by `torch.compile` or DDP: the underlying
-            module is probed).
+            module is probed). With parameters sharded by FSDP2 (`fully_shard`), build a
+            tracker on every process: each keeps its shards, the probe's forward gathers, and
+            the weight change is summed over the shards in one all-reduce per read-back, so
+            every process must read back (`step`, `records`, `delta_w`, ...) at the same points.
         probe: the fixed probe inputs: a Tensor (`model(probe)`), a tuple
             (`model(*probe)`) or a dict (`model(**probe)`). Moved to the model's device;
             floating tensors cast to the model's dtype.

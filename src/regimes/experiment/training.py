@@ -26,6 +26,7 @@ from regimes.data import load_dataset
 from regimes.data.registry import DATASETS
 from regimes.experiment.callbacks import Callback, Checkpoint, EarlyStopping, RecordWriter, RegimeDetection, notify
 from regimes.experiment.config import RunConfig
+from regimes.experiment.distributed import DataParallel, follow_run
 from regimes.experiment.tasks import get_task
 from regimes.extras import available
 from regimes.records import RunDirectory, RunSummary, Status, software_versions
@@ -70,7 +71,7 @@ class RunState:
     splits: object
     model: torch.nn.Module
     optimizer: torch.optim.Optimizer
-    tracker: regimes.Tracker
+    tracker: regimes.Tracker | None  # None on a DDP process other than the first
     order: torch.Generator  # shuffling, saved in checkpoints
     batches_per_epoch: int
     callbacks: list[Callback] = field(default_factory=list)
@@ -81,6 +82,7 @@ class RunState:
     seconds_before: float = 0.0  # time spent before a resume
     started: float = field(default_factory=time.time)
     summary: RunSummary | None = None  # the final summary, set at the end of the run
+    parallel: DataParallel | None = None  # under torchrun: this process's place (experiment/distributed.py)
 
     def autocast(self):
         """The training's precision: bf16 autocast for precision "bf16", else nothing."""
@@ -161,14 +163,17 @@ def train_run(config: RunConfig, out, *, device: str | None = None, data_dir=Non
     anything. A run that fails before its first epoch is recorded leaves no directory behind
     (an interrupted one keeps its `interrupted` summary, and the next run there replaces it).
     """
+    parallel = DataParallel.from_environment(device)  # under torchrun: one process of a DDP run
+    if parallel is not None and not parallel.main:
+        return follow_run(config, out, parallel, data_dir=data_dir, resume=resume)
     run_dir = RunDirectory(out)
-    device = resolve_device(device)
+    device = parallel.device if parallel is not None else resolve_device(device)
     if resume:
         run_dir.check_resumable()
     else:
         # Everything that can be wrong with the config, the data or the device shows up in
         # setup, before the run directory exists, so a failed start leaves nothing behind.
-        run = setup_run(config, device, data_dir)
+        run = setup_run(config, device, data_dir, parallel)
     made = _first_missing_folder(run_dir.path)  # what a failed start removes again
     with run_dir.writer():
         checkpoint = None
@@ -177,7 +182,7 @@ def train_run(config: RunConfig, out, *, device: str | None = None, data_dir=Non
                 return previous  # nothing left to do
             checkpoint = run_dir.read_checkpoint()  # a damaged one: one message, nothing changed
             run_dir.check_records()
-            run = setup_run(config, device, data_dir)
+            run = setup_run(config, device, data_dir, parallel)
         started_here = checkpoint is None  # this call writes the run's first records
         if started_here:
             run_dir.create(config.to_dict(), force=force or resume)  # refuses a different run unless force
@@ -200,6 +205,8 @@ def train_run(config: RunConfig, out, *, device: str | None = None, data_dir=Non
                 if not math.isfinite(row["train_loss"]):
                     run.status, run.stop = Status.DIVERGED, True
                 notify(run.callbacks, "on_epoch_end", run, row=row)
+                if parallel is not None:
+                    run.stop = parallel.agree(run.stop)
                 if run.stop:
                     break
         except KeyboardInterrupt:  # Ctrl-C, or SIGTERM in the CLI: resumable from the last epoch
@@ -212,6 +219,8 @@ def train_run(config: RunConfig, out, *, device: str | None = None, data_dir=Non
         notify(run.callbacks, "on_train_end", run)
         _save_figure(run_dir)
         run.tracker.close()
+        if parallel is not None:
+            parallel.close()
         return run.summary
 
 
@@ -253,7 +262,7 @@ def check_names(config: RunConfig) -> None:
     check_arguments(config.model, config.model_args, complete=False)  # the data may fix what is missing
 
 
-def setup_run(config: RunConfig, device: torch.device, data_dir=None) -> RunState:
+def setup_run(config: RunConfig, device: torch.device, data_dir=None, parallel: DataParallel | None = None) -> RunState:
     """Data, model, optimizer and tracker, all seeded from the config."""
     task = get_task(config.task)
     seed_everything(config.seed)
@@ -262,16 +271,20 @@ def setup_run(config: RunConfig, device: torch.device, data_dir=None) -> RunStat
     _check_vocabulary(config, splits)
     _check_data_arguments(config, splits)
     model = create_model(config.model, **config.model_args).to(device)
+    if parallel is not None:
+        parallel.wrap(model)
     optimizer = make_optimizer(config, model)
     probe_rng = torch.Generator().manual_seed(config.seed)
     val_tensors = splits.val.tensors
     probe_indices = torch.randperm(len(val_tensors[0]), generator=probe_rng)[: config.probe_size]
     probe = task.probe(val_tensors, probe_indices, device)
-    tracker = regimes.Tracker(model, probe, every=config.track_every, sites=config.sites or model_sites(config.model),
-                              autocast=torch.bfloat16 if config.precision == "bf16" else None)  # fmt: skip
+    tracker = None
+    if parallel is None or parallel.main:  # under DDP the first process alone tracks
+        tracker = regimes.Tracker(model, probe, every=config.track_every, sites=config.sites or model_sites(config.model),
+                                  autocast=torch.bfloat16 if config.precision == "bf16" else None)  # fmt: skip
     return RunState(config, device, task, splits, model, optimizer, tracker,
                     order=torch.Generator().manual_seed(config.seed),
-                    batches_per_epoch=batches_per_epoch(len(splits.train), config.batch_size))  # fmt: skip
+                    batches_per_epoch=batches_per_epoch(len(splits.train), config.batch_size), parallel=parallel)  # fmt: skip
 
 
 def train_epoch(run: RunState) -> dict:
@@ -286,18 +299,24 @@ def train_epoch(run: RunState) -> dict:
     seen = 0
     n_train = len(train_tensors[0])
     permutation = torch.randperm(n_train, generator=run.order)[: run.batches_per_epoch * config.batch_size]
-    for indices in permutation.split(config.batch_size):
+    trained, batches = model, permutation.split(config.batch_size)
+    if run.parallel is not None:  # DDP: this process's share of each global batch, through the wrapper
+        trained, batches = run.parallel.model, run.parallel.epoch_batches(permutation, config.batch_size, config.seed, run.epoch)
+    for indices in batches:
         batch = task.batch(train_tensors, indices, device)
         with run.autocast():
-            loss, batch_correct, count = task.loss(model, batch)
+            loss, batch_correct, count = task.loss(trained, batch)
         run.optimizer.zero_grad(set_to_none=True)
         loss.backward()
         run.optimizer.step()
-        run.tracker.step()
+        if run.tracker is not None:
+            run.tracker.step()
         loss_sum += loss.detach() * count
         correct += batch_correct
         seen += count
         notify(run.callbacks, "on_step_end", run, loss=loss)
+    if run.parallel is not None:
+        loss_sum, correct, seen = run.parallel.reduce_epoch(loss_sum, correct, seen)
     train_loss = loss_sum.item() / seen  # one host sync per epoch
     with run.autocast():
         val_loss, val_score = evaluate(model, task, run.splits.val.tensors, device, task.eval_batch_size or config.batch_size)

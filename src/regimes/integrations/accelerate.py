@@ -1,0 +1,103 @@
+"""accelerate: the tracking of a loop written with `accelerate.Accelerator`.
+
+    from regimes.integrations.accelerate import RegimesTracking
+
+    model, optimizer, loader = accelerator.prepare(model, optimizer, loader)
+    tracking = RegimesTracking(accelerator, model, probe, out="runs/my-loop")
+    accelerator.register_for_checkpointing(tracking)     # save_state / load_state carry it
+    for epoch in range(1, epochs + 1):
+        for x, y in loader:
+            with accelerator.accumulate(model):
+                accelerator.backward(loss_fn(model(x), y))
+                optimizer.step(); optimizer.zero_grad()
+            tracking.step()                               # measures only when the optimizer stepped
+        tracking.end_epoch(epoch, val_score=accuracy)
+    tracking.finish()
+
+Build it after `accelerator.prepare` (the model on its device); it tracks
+`accelerator.unwrap_model(model)`. `step()` measures when `accelerator.sync_gradients` (an
+optimizer step, not an accumulation micro-batch) and the step was not skipped by the
+gradient scaler, and logs `regimes/delta_w` and `regimes/delta_a` with `accelerator.log`
+every `log_every` measurements (the trackers of `accelerator.init_trackers`; main process).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Mapping
+
+from regimes.extras import require
+from regimes.integrations.session import TrackingSession, default_probe_size, draw_probe, is_dataset, model_inputs
+
+accelerate = require("accelerate", "regimes.integrations.accelerate")
+
+__all__ = ["RegimesTracking"]
+
+
+class RegimesTracking:
+    """Tracks weight change and activation-pattern change of an `Accelerator` loop.
+
+    Args:
+        accelerator: the loop's `accelerate.Accelerator`.
+        model: the prepared model.
+        probe: the probe's data (Tensor, tuple or dict, as the model takes it), or a
+            map-style data set to draw `probe_size` samples from with `probe_seed`
+            (collated by `collate`, default torch's).
+        out: the run directory (default `<accelerator.project_dir>/regimes`, else `regimes`).
+        log_every: log every this many measurements.
+        batch_size: one optimizer step's samples, for the default probe size.
+        probe_inputs, config, force, log_sites, score, higher_is_better, **tracker_options:
+            as the Lightning and Trainer callbacks take them.
+    """
+
+    def __init__(self, accelerator, model, probe, *, probe_size: int | None = None, probe_seed: int = 0,
+                 probe_inputs: Callable | None = None, collate: Callable | None = None, batch_size: int | None = None,
+                 out=None, config: Mapping | None = None, force: bool = False, log_every: int = 1,
+                 log_sites: bool = False, score: str | None = None, higher_is_better: bool = True,
+                 **tracker_options) -> None:  # fmt: skip
+        if isinstance(log_every, bool) or not isinstance(log_every, int) or log_every < 1:
+            raise ValueError(f"log_every must be a whole number >= 1, got {log_every!r}")
+        self.accelerator, self.log_every = accelerator, log_every
+        root = accelerator.project_dir or "."
+        self.session = TrackingSession(out or f"{root}/regimes", host="accelerate", config=config, force=force,
+                                       log_sites=log_sites, score=score, higher_is_better=higher_is_better)  # fmt: skip
+
+        def draw():
+            if not is_dataset(probe):
+                return probe
+            size = probe_size or default_probe_size(batch_size)
+            return (probe_inputs or model_inputs)(draw_probe(probe, size, probe_seed, collate))
+
+        # The tracker snapshots the weights now (iteration 0); the run directory waits for
+        # the first step, so that accelerator.load_state can resume the tracker first.
+        self.tracker = self.session.start(accelerator.unwrap_model(model), draw, rank=accelerator.process_index,
+                                          **tracker_options)  # fmt: skip
+        self._measured = 0
+
+    def step(self) -> None:
+        """Call after every `optimizer.step()`: measures when the optimizer really stepped."""
+        accelerator = self.accelerator
+        if self.tracker is None or not accelerator.sync_gradients or accelerator.optimizer_step_was_skipped:
+            return
+        self.session.open()
+        self.session.step()
+        self._measured += 1
+        if self._measured % self.log_every == 0 and (values := self.session.values()):
+            accelerator.log(values, step=self.tracker.iteration)
+
+    def end_epoch(self, epoch: int, **metrics) -> None:
+        """The end of `epoch` (1, 2, ...): the steps so far, and the epoch's row of `metrics`."""
+        self.session.flush(epoch)
+        self.session.epoch_row(epoch, metrics)
+        self.session.epoch = epoch + 1
+
+    def finish(self):
+        """The end of the loop: steps, summary with rho, figure. Returns the `RunSummary` (main process; else None)."""
+        return self.session.finish()
+
+    # accelerator.register_for_checkpointing(tracking): save_state / load_state call these.
+    def state_dict(self) -> dict:
+        self.session.flush()
+        return self.session.state_dict()
+
+    def load_state_dict(self, state: dict) -> None:
+        self.session.load_state_dict(state)

@@ -1,0 +1,431 @@
+"""What every host adapter does with a tracker during one fit, whatever the host.
+
+An adapter (Lightning, the Hugging Face Trainer, accelerate) translates its host's events
+into these calls, and nothing else:
+
+    session = TrackingSession(out, host="lightning")
+    session.load_state_dict(saved)          # a resumed fit: before or after start
+    session.start(model, draw, **tracker_options)   # the model on its device; draw() -> probe
+    session.open()                          # the run directory (refuses another run there)
+    ...                                     # after each optimizer step that really stepped:
+    session.step(); values = session.values()   # the latest dw and da, to log
+    session.flush(epoch); session.epoch_row(epoch, {"val_score": ...})
+    session.state_dict()                    # into the host's checkpoint
+    session.finish()                        # steps, summary with rho, figure
+
+**Who does what under several processes** (`Roles`). Under data parallelism (DDP) the first
+process tracks, logs and writes; the others build nothing and do no tracking work, so no
+collective can ever be called from one process alone. When parameters are sharded (FSDP2)
+every process tracks: the probe's forward gathers shards on all of them, and the weight
+change sums each process's shard sums in one all-reduce per read-back. Every call here that
+can read back (`values`, `flush`, `finish`) is made by every tracking process at the same
+point of the fit; only the first process logs and touches the disk.
+
+`StepGate` says whether an optimizer really stepped: with gradient accumulation the host
+calls back on batches that did not step, and a mixed-precision step with non-finite
+gradients is skipped by the gradient scaler without calling the optimizer's `step`.
+"""
+
+from __future__ import annotations
+
+import time
+import warnings
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import torch
+from torch import nn
+
+from regimes.analysis import summarize
+from regimes.extras import available
+from regimes.records import RunDirectory, RunSummary, Status, software_versions
+from regimes.sites import unwrap_model
+from regimes.tracker import Tracker
+
+__all__ = [
+    "TrackingSession", "Roles", "StepGate", "draw_probe", "model_inputs", "default_probe_size", "process_rank",
+    "is_sharded", "LOG_PREFIX", "LABEL_KEYS",
+]  # fmt: skip
+
+LOG_PREFIX = "regimes/"  # regimes/delta_w, regimes/delta_a, regimes/delta_a/<site>
+LABEL_KEYS = ("labels", "label", "label_ids")  # what a batch holds for the loss, not for the model's forward
+STEP_COLUMNS = ("dw", "dw_layerwise", "da")  # the curves of the steps table, before da:<site>
+
+
+# ---------------------------------------------------------------------- processes
+
+
+def process_rank() -> int:
+    """This process's rank in the default process group (0 without one)."""
+    import torch.distributed as dist
+
+    return dist.get_rank() if dist.is_available() and dist.is_initialized() else 0
+
+
+def is_sharded(model: nn.Module) -> bool:
+    """Whether any parameter is sharded over processes (FSDP2's DTensors with a Shard placement).
+
+    FSDP1 (`FullyShardedDataParallel`) is refused: its flat parameters hide the tensors the
+    weight change is taken over, and a probe on one process alone would hang its all-gathers."""
+    from torch.distributed import fsdp
+
+    wrapper = getattr(fsdp, "FullyShardedDataParallel", None)
+    if wrapper is not None and any(isinstance(m, wrapper) for m in model.modules()):
+        raise NotImplementedError(
+            "the model is wrapped in FSDP1 (FullyShardedDataParallel): regimes tracks FSDP2 models "
+            "(torch.distributed.fsdp.fully_shard; Lightning's ModelParallelStrategy, accelerate's fsdp_version=2)"
+        )
+    return any(any(p.is_shard() for p in getattr(param, "placements", ())) for param in model.parameters())
+
+
+@dataclass(frozen=True)
+class Roles:
+    """What this process does: `tracks` (builds a tracker and probes), `writes` (logs, writes the run directory)."""
+
+    tracks: bool
+    writes: bool
+
+    @classmethod
+    def of(cls, model: nn.Module, rank: int | None = None) -> Roles:
+        first = (process_rank() if rank is None else rank) == 0
+        return cls(tracks=first or is_sharded(model), writes=first)
+
+
+# ---------------------------------------------------------------------- optimizer steps
+
+
+def _innermost(optimizer) -> torch.optim.Optimizer:
+    """The torch optimizer under host wrappers (Lightning's `_optimizer`, accelerate's `optimizer`)."""
+    while True:
+        inner = getattr(optimizer, "optimizer", None) or getattr(optimizer, "_optimizer", None)
+        if isinstance(inner, torch.optim.Optimizer) and inner is not optimizer:
+            optimizer = inner
+        else:
+            return optimizer
+
+
+class StepGate:
+    """Whether any of `optimizers` stepped since the last `take()`.
+
+    A post-step hook on each torch optimizer: it runs only when the optimizer's `step`
+    ran, which gradient accumulation and a gradient scaler's skipped step both avoid.
+    """
+
+    def __init__(self, optimizers) -> None:
+        self.stepped = False
+        self.handles = [_innermost(o).register_step_post_hook(self._on_step) for o in optimizers if o is not None]
+
+    def _on_step(self, optimizer, args, kwargs) -> None:
+        self.stepped = True
+
+    def take(self) -> bool:
+        stepped, self.stepped = self.stepped, False
+        return stepped
+
+    def close(self) -> None:
+        for handle in self.handles:
+            handle.remove()
+        self.handles = []
+
+
+# ---------------------------------------------------------------------- the probe
+
+
+def default_probe_size(samples_per_step: int | None) -> int:
+    """SPEC: |S| = round(0.2 * batch size), at least 1; the batch being one optimizer step's samples."""
+    if not samples_per_step:
+        raise ValueError(
+            "cannot tell the training batch size to size the probe (SPEC: 0.2 x batch size): pass probe_size="
+        )
+    return max(1, round(0.2 * samples_per_step))
+
+
+def draw_probe(dataset, size: int, seed: int = 0, collate: Callable | None = None):
+    """`size` samples of `dataset` drawn with `seed` (the runner's rule: the first `size` of a
+    seeded permutation), collated into one batch (torch's default collate unless `collate`)."""
+    n = len(dataset)
+    if n == 0:
+        raise ValueError("the data set to draw the probe from is empty")
+    if isinstance(size, bool) or not isinstance(size, int) or size < 1:
+        raise ValueError(f"probe_size must be a whole number >= 1, got {size!r}")
+    indices = torch.randperm(n, generator=torch.Generator().manual_seed(seed))[: min(size, n)].tolist()
+    samples = [dataset[i] for i in indices]
+    return (collate or torch.utils.data.default_collate)(samples)
+
+
+def model_inputs(batch):
+    """The part of a training batch that the model's forward takes: a tensor as it is, the
+    first element of an `(inputs, target)` pair, a dict (or `BatchEncoding`) without its labels."""
+    if isinstance(batch, torch.Tensor):
+        return batch
+    if isinstance(batch, Mapping):
+        return {k: v for k, v in batch.items() if k not in LABEL_KEYS}
+    if isinstance(batch, (tuple, list)) and batch:
+        return batch[0]
+    raise TypeError(
+        f"cannot tell the model's inputs in a batch of type {type(batch).__name__}: pass probe_inputs=, a function "
+        "from a batch to what the model's forward takes"
+    )
+
+
+def is_dataset(value) -> bool:
+    """A map-style data set to draw a probe from (not probe data: a tensor, a tuple or a dict)."""
+    if isinstance(value, (torch.Tensor, Mapping, tuple, list, str)):
+        return False
+    return hasattr(value, "__len__") and hasattr(value, "__getitem__")
+
+
+# ---------------------------------------------------------------------- the session
+
+
+class TrackingSession:
+    """One fit's tracker, its logging and its run directory, as every adapter uses them.
+
+    Args:
+        out: the run directory (`regimes.records.RunDirectory`), as `regimes run --out` writes it.
+        host: the adapter's name, kept in the config and the summary ("lightning", ...).
+        config: more plain data for the run's config (the fit's hyperparameters, say).
+        force: replace a run already in `out` (otherwise a fresh fit there is refused).
+        log_sites: also log each site's pattern change (regimes/delta_a/<site>).
+        score: the name of the host metric that is the validation score (val_score in the
+            epoch table, best_score in the summary); None: no score.
+        higher_is_better: whether a higher `score` is better.
+    """
+
+    def __init__(self, out, *, host: str, config: Mapping | None = None, force: bool = False,
+                 log_sites: bool = False, score: str | None = None, higher_is_better: bool = True) -> None:  # fmt: skip
+        self.run_dir = RunDirectory(out)
+        self.host, self.config, self.force = host, dict(config or {}), force
+        self.log_sites, self.score, self.higher_is_better = log_sites, score, higher_is_better
+        self.roles = Roles(tracks=False, writes=False)
+        self.tracker: Tracker | None = None
+        self.epochs: list[dict] = []  # one row per epoch: the host's metrics
+        self.written = 0  # the last iteration in the steps table
+        self.logged = 0  # the last iteration logged
+        self.epoch = 1  # the epoch the records being measured belong to
+        self._saved: dict | None = None  # a checkpoint's state, until the tracker exists
+        self._opened = False
+        self._started = time.time()
+        self._seconds_before = 0.0
+
+    # -- lifecycle -------------------------------------------------------------------------
+
+    def start(self, model: nn.Module, draw: Callable[[], object], *, step: int = 0, rank: int | None = None,
+              **tracker_options) -> Tracker | None:  # fmt: skip
+        """Build the tracker where this process tracks (`draw()` gives the probe; it is called
+        only there). `step`: the host's optimizer step, for a fit resumed without our state."""
+        self.roles = Roles.of(model, rank)
+        self._options = tracker_options
+        self._model_name = type(unwrap_model(model)).__name__
+        if not self.roles.tracks:
+            return None
+        self.tracker = Tracker(model, draw(), **tracker_options)
+        if self._saved is not None:
+            self._load(self._saved)
+        elif step > 0:
+            warnings.warn(
+                f"the fit resumes at step {step} from a checkpoint without regimes' state: the curves go on from "
+                "the restored weights, and the steps before it are the ones already in the run directory",
+                stacklevel=3,
+            )
+            self.tracker.iteration = step
+            self.written = self.logged = step
+        return self.tracker
+
+    def open(self) -> None:
+        """Make the run directory (where this process writes): a resumed fit rewinds it to the
+        checkpoint; a fresh fit refuses a folder that holds another run unless `force`."""
+        if self._opened or not self.roles.writes:
+            self._opened = True
+            return
+        resumed = self.written > 0
+        config = self._config()
+        self.run_dir.create(config, force=self.force and not resumed)  # a different run there: FileExistsError
+        if resumed:
+            self.run_dir.truncate_steps(self.written)
+        elif self.run_dir.chunk_paths() or self.run_dir.has_summary():
+            raise FileExistsError(
+                f"{self.run_dir.path} already holds this run's records: resume the fit from its checkpoint, "
+                "pass force=True to start it again there, or choose another out="
+            )
+        self._opened = True
+
+    def _config(self) -> dict:
+        plain = {k: v for k, v in self._options.items() if isinstance(v, (int, float, str, bool))}
+        if isinstance(self._options.get("sites"), (list, tuple)):
+            plain["sites"] = [str(s) for s in self._options["sites"]]
+        if self._options.get("autocast") is not None:
+            plain["autocast"] = str(self._options["autocast"])
+        return {"integration": self.host, "model": self._model_name, **plain, **self.config}
+
+    # -- per step --------------------------------------------------------------------------
+
+    def step(self) -> None:
+        """Measure after an optimizer step (call only when it really stepped: `StepGate`)."""
+        if self.tracker is not None:
+            self.tracker.step()
+
+    def values(self) -> dict[str, float]:
+        """The latest measurement not yet logged, as `regimes/delta_w`, `regimes/delta_a` (and
+        `regimes/delta_a/<site>`); {} when there is none. Reads back: call it at the host's
+        logging cadence, on every tracking process."""
+        if self.tracker is None:
+            return {}
+        sites = self.tracker.sites if self.log_sites else []
+        new = self.tracker.records(since=self.logged, names=["dw", "da", *(f"da:{s}" for s in sites)])
+        if not len(new["iteration"]):
+            return {}
+        self.logged = int(new["iteration"][-1])
+        out = {f"{LOG_PREFIX}delta_w": float(new["dw"][-1]), f"{LOG_PREFIX}delta_a": float(new["da"][-1])}
+        out.update({f"{LOG_PREFIX}delta_a/{s}": float(new[f"da:{s}"][-1]) for s in sites})
+        return out if self.roles.writes else {}
+
+    # -- per epoch, and the disk -----------------------------------------------------------
+
+    def flush(self, epoch: int | None = None) -> None:
+        """Write the records not yet in the steps table, as `epoch`'s (reads back)."""
+        if epoch is not None:
+            self.epoch = epoch
+        if self.tracker is None:
+            return
+        names = [*STEP_COLUMNS, *(f"da:{s}" for s in self.tracker.sites)]
+        new = self.tracker.records(since=self.written, names=names)
+        if not len(new["iteration"]):
+            return
+        self.written = int(new["iteration"][-1])
+        if self.roles.writes:
+            self.open()
+            records = {"iteration": new["iteration"], "epoch": np.full(len(new["iteration"]), self.epoch, dtype=np.int64)}
+            records.update({name: new[name] for name in names})
+            self.run_dir.append_steps(records)
+
+    def epoch_row(self, epoch: int, metrics: Mapping) -> None:
+        """Merge the host's `metrics` (scalars) into `epoch`'s row; rewrite the epoch table and
+        a summary with status running."""
+        row = next((r for r in self.epochs if r["epoch"] == epoch), None)
+        if row is None:
+            row = {"epoch": epoch}
+            self.epochs = [r for r in self.epochs if r["epoch"] < epoch] + [row]
+        row.update({k: float(v) for k, v in metrics.items() if k != "epoch" and _is_scalar(v)})
+        if self.score is not None and self.score in row:
+            row["val_score"] = row[self.score]
+        if self.roles.writes:
+            self.open()
+            self.run_dir.write_epochs(self.epochs)
+            self.run_dir.write_summary(self.summary(Status.RUNNING))
+
+    def finish(self, status: Status | None = None) -> RunSummary | None:
+        """The end of the fit: the last records, the summary (status finished, or diverged when
+        the weights became non-finite), the figure. Returns the summary where this process writes."""
+        self.flush()
+        summary = None
+        if self.roles.writes:
+            self.open()
+            summary = self.summary(status)
+            self.run_dir.write_summary(summary)
+            if available("matplotlib"):  # the figure is optional; the records are what matter
+                from regimes.plots import save_run_figure
+
+                save_run_figure(self.run_dir.path)
+        self.close()
+        return summary
+
+    def interrupt(self, error: BaseException | None = None) -> None:
+        """The fit stopped on an exception: keep what is measured and say so in the summary.
+        Sharded processes do not read back here (the others may not be at the same point)."""
+        if self.tracker is not None and self.tracker.weights.sharding is None:
+            self.flush()
+        if self.roles.writes and self._opened:
+            stopped = error is None or isinstance(error, KeyboardInterrupt)
+            status = Status.INTERRUPTED if stopped else Status.FAILED
+            summary = self.summary(status)
+            if not stopped:
+                summary = summary.replace(error=f"{type(error).__name__}: {error}")
+            self.run_dir.write_summary(summary)
+        self.close()
+
+    def close(self) -> None:
+        if self.tracker is not None:
+            self.tracker.close()
+
+    # -- the summary -----------------------------------------------------------------------
+
+    def summary(self, status: Status | None = None) -> RunSummary:
+        """The run's summary from the steps table (the whole run, across resumes) and the epoch rows."""
+        steps = self.run_dir.read_steps(columns=["iteration", "epoch", *STEP_COLUMNS]) if self._opened else {}
+        dw = steps.get("dw", np.zeros(0))
+        if status is None:
+            status = Status.FINISHED if np.isfinite(dw).all() else Status.DIVERGED
+        per_epoch = _measurements_per_epoch(steps.get("epoch", np.zeros(0, np.int64)))
+        numbers = summarize(dw, steps["da"], per_epoch) if len(dw) else {}
+        layerwise = summarize(steps["dw_layerwise"], steps["da"], per_epoch) if len(dw) else {}
+        scores = [(r["val_score"], r["epoch"]) for r in self.epochs if r.get("val_score") is not None]
+        best = (max if self.higher_is_better else min)(scores, default=(None, None))
+        tracker = self.tracker
+        every = tracker.every if tracker is not None else 1
+        return RunSummary(
+            model=self._model_name, seed=self.config.get("seed"),
+            score_name=self.score, higher_is_better=self.higher_is_better if self.score else None,
+            best_score=best[0], best_epoch=best[1], stop_epoch=len(self.epochs) or None,
+            **{k: numbers.get(k) for k in ("auc_w", "auc_p", "rho", "stabilization_w", "stabilization_p", "window")},
+            rho_global=numbers.get("rho"), rho_layerwise=layerwise.get("rho"),
+            batches_per_epoch=per_epoch * every if len(dw) else None,
+            steps=int(tracker.iteration) if tracker is not None else None,
+            sites=list(tracker.sites) if tracker is not None else None,
+            probe_size=tracker.probe_size if tracker is not None else None,
+            status=status, seconds=self._seconds_before + time.time() - self._started,
+            device=str(tracker.device) if tracker is not None else None,
+            versions=software_versions(), threads=torch.get_num_threads(),
+            extra={"integration": self.host},
+        )  # fmt: skip
+
+    # -- checkpoints -----------------------------------------------------------------------
+
+    def state_dict(self) -> dict:
+        """What a resumed fit needs (the tracker's state, the epoch rows, the time so far);
+        {} where this process does not track. Write the steps first (`flush`)."""
+        if self.tracker is None:
+            return {}
+        return {
+            "tracker": self.tracker.state_dict(),
+            "epochs": [dict(r) for r in self.epochs],
+            "epoch": self.epoch,
+            "seconds": self._seconds_before + time.time() - self._started,
+        }
+
+    def load_state_dict(self, state: Mapping) -> None:
+        """Continue from `state_dict()`: now if the tracker exists, else when `start` builds it."""
+        if not state:
+            return
+        if self.tracker is None:
+            self._saved = dict(state)
+        else:
+            self._load(state)
+
+    def _load(self, state: Mapping) -> None:
+        self.tracker.load_state_dict(state["tracker"])
+        self.written = self.logged = self.tracker.iteration
+        self.epochs = [dict(r) for r in state.get("epochs", [])]
+        self.epoch = int(state.get("epoch", 1))
+        self._seconds_before = float(state.get("seconds", 0.0))
+        self._saved = None
+
+
+def _is_scalar(value) -> bool:
+    if isinstance(value, torch.Tensor):
+        return value.numel() == 1
+    return isinstance(value, (int, float, np.integer, np.floating)) and not isinstance(value, bool)
+
+
+def _measurements_per_epoch(epochs: np.ndarray) -> int:
+    """Measurements in a whole epoch: the most any epoch holds (the first after a resume, and
+    the last of a fit stopped mid-epoch, may hold fewer)."""
+    if not len(epochs):
+        return 1
+    return int(np.unique(epochs, return_counts=True)[1].max())
+
+
+def default_out(root) -> Path:
+    return Path(root) / "regimes"
