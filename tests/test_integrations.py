@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import math
 import sys
+import time
 
 import numpy as np
 import pytest
@@ -423,9 +424,16 @@ def test_trainer_reports_to_wandb_offline(tmp_path, monkeypatch):
     callback = hf_integration.RegimesCallback(TokenRows(12, 1), probe_size=3, out=tmp_path / "run").attach(trainer)
     trainer.train()
     wandb.finish()
-    (run_file,) = tmp_path.glob("wandb/offline-run-*/run-*.wandb")
-    logged = {int(row["train/global_step"]): float(row["train/regimes/delta_w"])
-              for row in wandb_history(run_file) if "train/regimes/delta_w" in row}  # fmt: skip
+    # W&B's service process writes the offline file on its own schedule: read until it holds
+    # every step (or give up after 30 s and let the assertion say what is there).
+    deadline, logged = time.time() + 30, {}
+    while time.time() < deadline:
+        (run_file,) = tmp_path.glob("wandb/offline-run-*/run-*.wandb")
+        logged = {int(row["train/global_step"]): float(row["train/regimes/delta_w"])
+                  for row in wandb_history(run_file) if "train/regimes/delta_w" in row}  # fmt: skip
+        if len(logged) >= 4:
+            break
+        time.sleep(0.5)
     assert sorted(logged) == list(range(1, 5))
     np.testing.assert_allclose([logged[s] for s in sorted(logged)], callback.tracker.delta_w, rtol=1e-12)
 

@@ -12,6 +12,7 @@ import math
 import numpy as np
 
 __all__ = [
+    "summarize_run",
     "sma",
     "robust_minmax",
     "auc",
@@ -155,3 +156,25 @@ def summarize(delta_w, delta_a, batches_per_epoch: int, tau: float = 0.1) -> dic
         "window": window,
         "steps": int(delta_w.size),
     }
+
+
+WEIGHT_CHANGES = ("layerwise", "global")
+
+
+def summarize_run(curves: dict, batches_per_epoch: int, weight_change: str = "layerwise", tau: float = 0.1) -> dict:
+    """A run's headline numbers under both readings of the weight change (SPEC section 1).
+
+    `curves` holds `dw` (eq. 2), `dw_layerwise` (the mean of per-tensor means) and `da`.
+    Returns `summarize`'s keys for the `weight_change` reading (the headline), plus
+    `rho_global` and `rho_layerwise`; empty curves give {}.
+    """
+    if weight_change not in WEIGHT_CHANGES:
+        raise ValueError(f"weight_change must be one of {', '.join(WEIGHT_CHANGES)}, got {weight_change!r}")
+    if len(curves["da"]) == 0:
+        return {}
+    readings = {
+        "global": summarize(curves["dw"], curves["da"], batches_per_epoch, tau),
+        "layerwise": summarize(curves["dw_layerwise"], curves["da"], batches_per_epoch, tau),
+    }
+    return {**readings[weight_change], "rho_global": readings["global"]["rho"],
+            "rho_layerwise": readings["layerwise"]["rho"]}  # fmt: skip

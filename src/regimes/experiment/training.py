@@ -21,7 +21,7 @@ import numpy as np
 import torch
 
 import regimes
-from regimes.analysis import summarize
+from regimes.analysis import summarize_run
 from regimes.data import load_dataset
 from regimes.data.registry import DATASETS
 from regimes.experiment.callbacks import Callback, Checkpoint, EarlyStopping, RecordWriter, RegimeDetection, notify
@@ -96,10 +96,7 @@ class RunState:
         detection = self._callback(RegimeDetection)
         settled_w, settled_p = detection.settled if detection is not None and hasattr(detection, "detector_") else (None, None)
         per_epoch = max(1, self.batches_per_epoch // config.track_every)  # measurements per epoch
-        da = curves["da"]
-        by_reading = {reading: summarize(curves[column], da, per_epoch) if len(da) else {}
-                      for reading, column in (("global", "dw"), ("layerwise", "dw_layerwise"))}  # fmt: skip
-        numbers = by_reading[config.weight_change]  # the headline rho and AUCs
+        numbers = summarize_run(curves, per_epoch, config.weight_change)  # the headline reading and both rhos
         best = best_validation(self.epochs, self.task.higher_is_better) or (math.nan, 0)
         return RunSummary(
             preset=config.preset, model=config.model, dataset=config.dataset,
@@ -111,7 +108,7 @@ class RunState:
             stopping_score=stopper.best_score, stopping_epoch=stopper.best_epoch,
             stop_epoch=len(self.epochs), max_epochs=config.max_epochs,
             **{k: numbers.get(k) for k in ("auc_w", "auc_p", "rho", "stabilization_w", "stabilization_p", "window")},
-            rho_global=by_reading["global"].get("rho"), rho_layerwise=by_reading["layerwise"].get("rho"),
+            rho_global=numbers.get("rho_global"), rho_layerwise=numbers.get("rho_layerwise"),
             settled_w_online=settled_w, settled_p_online=settled_p,
             batches_per_epoch=self.batches_per_epoch, steps=int(self.tracker.iteration),
             sites=list(self.tracker.sites), probe_size=self.tracker.probe_size,

@@ -38,7 +38,7 @@ import numpy as np
 import torch
 from torch import nn
 
-from regimes.analysis import summarize
+from regimes.analysis import summarize_run
 from regimes.extras import available
 from regimes.records import RunDirectory, RunSummary, Status, software_versions
 from regimes.sites import unwrap_model
@@ -359,8 +359,7 @@ class TrackingSession:
         if status is None:
             status = Status.FINISHED if np.isfinite(dw).all() else Status.DIVERGED
         per_epoch = _measurements_per_epoch(steps.get("epoch", np.zeros(0, np.int64)))
-        numbers = summarize(dw, steps["da"], per_epoch) if len(dw) else {}
-        layerwise = summarize(steps["dw_layerwise"], steps["da"], per_epoch) if len(dw) else {}
+        numbers = summarize_run(steps, per_epoch, self.config.get("weight_change", "layerwise")) if len(dw) else {}
         scores = [(r["val_score"], r["epoch"]) for r in self.epochs if r.get("val_score") is not None]
         best = (max if self.higher_is_better else min)(scores, default=(None, None))
         tracker = self.tracker
@@ -370,7 +369,7 @@ class TrackingSession:
             score_name=self.score, higher_is_better=self.higher_is_better if self.score else None,
             best_score=best[0], best_epoch=best[1], stop_epoch=len(self.epochs) or None,
             **{k: numbers.get(k) for k in ("auc_w", "auc_p", "rho", "stabilization_w", "stabilization_p", "window")},
-            rho_global=numbers.get("rho"), rho_layerwise=layerwise.get("rho"),
+            rho_global=numbers.get("rho_global"), rho_layerwise=numbers.get("rho_layerwise"),
             batches_per_epoch=per_epoch * every if len(dw) else None,
             steps=int(tracker.iteration) if tracker is not None else None,
             sites=list(tracker.sites) if tracker is not None else None,
