@@ -244,3 +244,28 @@ def test_cli_resume_after_interrupt(tmp_path, monkeypatch, capsys):
     assert main(["run", "--resume", str(out), "--quiet"]) == 0
     assert RunDirectory(out).read_summary()["status"] == "finished"
     assert len(pd.read_parquet(out / "epochs.parquet")) == 2
+
+
+def test_cli_run_with_seeds_and_threads(tmp_path, capsys):
+    """`regimes run PRESET --seeds N --threads T`: N runs of one config, their rho interval as a
+    sweep's seed phase gives it, each run recording the thread count it used."""
+    import json
+
+    import torch
+
+    from regimes.analysis import aggregate
+
+    threads = torch.get_num_threads()
+    out = tmp_path / "seeds"
+    try:
+        assert main(["run", "mlp-breast-cancer", "--seeds", "3", "--threads", "1", "--set", "max_epochs=2",
+                     "--out", str(out), "--quiet"]) == 0  # fmt: skip
+    finally:
+        torch.set_num_threads(threads)
+    summaries = [RunDirectory(out / "seeds" / f"seed{s}").read_summary() for s in range(3)]
+    assert [s["seed"] for s in summaries] == [0, 1, 2] and all(s["threads"] == 1 for s in summaries)
+    seeds = json.loads((out / "selected.json").read_text())["seeds"]
+    assert seeds["seeds"] == 3 and seeds["rho"] == pytest.approx(aggregate([s["rho"] for s in summaries])[0])
+    assert seeds["rho_low"] <= seeds["rho"] <= seeds["rho_high"]
+    assert main(["run", "mlp-breast-cancer", "--threads", "0"]) == 2
+    assert "--threads must be >= 1" in capsys.readouterr().err

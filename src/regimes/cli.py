@@ -78,6 +78,10 @@ def cmd_run(args) -> int:
     from regimes.experiment import load_toml, train_run
     from regimes.records import RunDirectory, Status
 
+    _set_threads(args.threads)
+    if args.seeds is not None:
+        return _run_seeds(args)
+
     if args.resume:
         out = Path(args.resume)
         changes = [flag for flag, given in (("a preset or config", args.preset), ("--set", args.set),
@@ -114,6 +118,41 @@ def cmd_run(args) -> int:
     if not args.quiet:
         _print_result(summary, out)
     return 0 if summary["status"] != Status.DIVERGED else 3
+
+
+def _set_threads(threads: int | None) -> None:
+    if threads is None:
+        return
+    if threads < 1:
+        raise ValueError(f"--threads must be >= 1, got {threads}")
+    import torch
+
+    torch.set_num_threads(threads)
+
+
+def _run_seeds(args) -> int:
+    """`regimes run PRESET --seeds N`: the config with seeds s..s+N-1 and nothing else varied,
+    as a sweep of one trial whose seed phase gives rho's mean, interval and semi-deviations."""
+    from regimes.experiment.engines import LocalEngine
+    from regimes.experiment.grids import grid_from_dict
+    from regimes.experiment.sweep import run_sweep
+
+    if args.resume or args.seeds < 1:
+        raise ValueError("--seeds takes a number >= 1 and a preset or config (rerun the same command to resume)")
+    config = _config_for(args)
+    out = Path(args.out or Path("runs") / f"{config.preset or Path(args.preset).stem}-seeds{config.seed}-{config.seed + args.seeds - 1}")
+    grid = grid_from_dict({"seed": [config.seed]}, name="seeds")
+    engine = LocalEngine(workers=1, threads=args.threads, device=args.device, data_dir=args.data_dir)
+    with _sigterm_as_interrupt():
+        try:
+            selected = run_sweep(config, grid, out, engine, seeds=args.seeds, force=args.force,
+                                 events=_SweepProgress(args.quiet))  # fmt: skip
+        except KeyboardInterrupt:
+            print(f"\ninterrupted: every finished epoch is kept in {out}; the same command continues", file=sys.stderr)
+            return 130
+    if not args.quiet:
+        _print_sweep(selected, out)
+    return 0 if selected.get("trial") is not None and not selected.get("failed") else 4
 
 
 @contextlib.contextmanager
@@ -311,6 +350,9 @@ def build_parser() -> argparse.ArgumentParser:
     run.add_argument("--resume", metavar="DIR", help="continue an interrupted run from its last finished epoch")
     run.add_argument("--force", action="store_true", help="replace a different run already in --out")
     run.add_argument("--quiet", action="store_true", help="no progress bar, no result table")
+    run.add_argument("--threads", type=int, metavar="N", help="torch threads (numbers depend on it; recorded in the summary)")
+    run.add_argument("--seeds", type=int, metavar="N",
+                     help="run seeds 0..N-1 (from --seed) of this config: rho's mean and 95%% interval, as a sweep's seeds")
     run.set_defaults(func=cmd_run)
 
     presets = commands.add_parser("presets", help="list the presets")
