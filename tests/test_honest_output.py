@@ -190,7 +190,6 @@ def test_a_sweep_with_an_unfinished_seed_says_so(tmp_path):
     assert "over 2 runs (2 of them seeds of a sweep, each counted); left out 1 of 3: 1 interrupted" in text
 
 
-@pytest.mark.xfail(strict=True, reason="until the README's table is regenerated with `regimes report` (see issue 9)")
 def test_the_readmes_table_is_what_the_tool_prints():
     """The README's results table: the tool's header, and only labels the tool prints (no "Breast Cancer (seed 0)")."""
     text = README.read_text()

@@ -110,7 +110,7 @@ def test_study_table_rows(three_runs):
     assert rows[0]["dataset"] == "Breast Cancer" and rows[1]["dataset"] == "TinyImageNet"
     assert [r["optimizer"] for r in rows] == ["SGD", "SGD, Nesterov 0.9", "AdamW"]
     assert list(rows[0]) == ["model", "dataset", "optimizer", "wd", "lr", "seed", "status", "best_score", "stop_epoch",
-                             "auc_w", "auc_p", "rho"]  # fmt: skip
+                             "auc_w", "auc_p", "rho", "rho_global", "rho_layerwise"]  # fmt: skip
     for row, run in zip(rows, three_runs):
         assert row["lr"] == run["lr"] and row["wd"] == run["weight_decay"]
         assert row["best_score"] == run["best_score"] and row["stop_epoch"] == run["stop_epoch"]
@@ -124,7 +124,7 @@ def test_format_markdown(three_runs):
     lines = text.splitlines()
     assert [c.strip() for c in lines[0].strip("|").split("|")] == [
         "model", "dataset", "optimizer", "WD", "LR", "seed", "status", "best val score", "stop epoch", "AUC_W", "AUC_P",
-        "rho",
+        "rho", "rho global", "rho layerwise",
     ]  # fmt: skip
     assert set(lines[1]) <= set("|-:") and lines[1].endswith(":|")  # numbers right-aligned
     assert len(lines) == 2 + len(rows)
@@ -143,7 +143,7 @@ def test_format_csv_parses_back(three_runs):
     parsed = list(csv.DictReader(io.StringIO(format_table(rows, "csv"))))
     assert len(parsed) == 3
     assert list(parsed[0]) == ["model", "dataset", "optimizer", "wd", "lr", "seed", "status", "best_score",
-                               "stop_epoch", "auc_w", "auc_p", "rho"]  # fmt: skip
+                               "stop_epoch", "auc_w", "auc_p", "rho", "rho_global", "rho_layerwise"]  # fmt: skip
     assert parsed[1]["optimizer"] == "SGD, Nesterov 0.9"  # quoted, the comma survives
     assert float(parsed[1]["wd"]) == 5e-3 and float(parsed[1]["lr"]) == 1e-3
     assert float(parsed[0]["rho"]) == pytest.approx(rows[0]["rho"], abs=0.005)
@@ -154,11 +154,11 @@ def test_format_latex(three_runs):
     rows = study_table(three_runs)
     rows[0]["dataset"] = "Breast & Cancer_1"
     text = format_table(rows, "latex")
-    assert text.startswith("\\begin{tabular}{lllrrrlrrrrr}")
+    assert text.startswith("\\begin{tabular}{lllrrrlrrrrrrr}")
     for rule in ("\\toprule", "\\midrule", "\\bottomrule", "\\end{tabular}"):
         assert rule in text
     body = text.split("\\midrule")[1].split("\\bottomrule")[0].strip().splitlines()
-    assert len(body) == 3 and all(line.endswith("\\\\") and line.count(" & ") == 11 for line in body)
+    assert len(body) == 3 and all(line.endswith("\\\\") and line.count(" & ") == 13 for line in body)
     assert "Breast \\& Cancer\\_1" in text and "$\\rho$" in text
 
 

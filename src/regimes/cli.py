@@ -402,6 +402,9 @@ def main(argv=None) -> int:
     # should be, a full disk), is one line; anything else is a bug of ours and keeps its traceback.
     try:
         return args.func(args)
+    except BrokenPipeError:  # the reader stopped reading (`| head`): not an error
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())  # no second error at exit
+        return 0
     except (ConfigError, DataNotFoundError, EngineError, FileExistsError, FileNotFoundError, MissingExtraError,
             NotADirectoryError, ProbeError, RunDirectoryError, ValueError) as error:  # fmt: skip
         return _one_line(str(error))

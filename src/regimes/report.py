@@ -61,6 +61,9 @@ COLUMNS = (
     ("auc_w", "AUC_W", "$\\mathrm{AUC}_W$"),
     ("auc_p", "AUC_P", "$\\mathrm{AUC}_P$"),
     ("rho", "rho", "$\\rho$"),
+    # The two readings of the weight change (SPEC section 1); rho is the config's (layerwise by default).
+    ("rho_global", "rho global", "$\\rho_{\\mathrm{global}}$"),
+    ("rho_layerwise", "rho layerwise", "$\\rho_{\\mathrm{layer}}$"),
 )
 # Added after rho when a row comes from a sweep with several seeds (rho is then their mean).
 SEED_COLUMNS = {
@@ -98,6 +101,8 @@ def study_table(runs) -> list[dict]:
                 "auc_w": as_float(run.get("auc_w")),
                 "auc_p": as_float(run.get("auc_p")),
                 "rho": as_float(run.get("rho")),
+                "rho_global": as_float(run.get("rho_global")),
+                "rho_layerwise": as_float(run.get("rho_layerwise")),
             }
         )
         if run.get("seeds"):  # a sweep rerun with several seeds
@@ -176,7 +181,7 @@ def _cell(value, key: str, fmt: str) -> str:
         return _score(value)
     if key in ("auc_w", "auc_p"):
         return f"{value:.3f}"
-    if key in ("rho", "rho_low", "rho_high"):
+    if key in ("rho", "rho_low", "rho_high", "rho_global", "rho_layerwise"):
         return f"{value:.2f}"
     if key == "seeds":
         return str(int(value))
