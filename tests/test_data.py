@@ -468,25 +468,23 @@ def fake_datasets_module(load):
     return module
 
 
-@pytest.fixture
-def reachable_hub(monkeypatch):
-    """The fake `datasets` modules below stand for a hub that answers: skip the network check."""
+def fake_hub(monkeypatch, load):
+    """A `datasets` whose load_dataset is `load`, behind a hub that answers (there may be no network here)."""
     from regimes.data import sources
 
-    monkeypatch.setattr(sources, "hub_unreachable", lambda timeout=1.5: None)
+    monkeypatch.setitem(sys.modules, "datasets", fake_datasets_module(load))
+    monkeypatch.setattr(sources, "hub_unreachable", lambda: None)
 
 
-@pytest.mark.usefixtures("reachable_hub")
 def test_a_failing_hub_falls_through_to_data_not_found(tmp_path, monkeypatch):
     def offline(hub_id):
         raise ConnectionError("no network")
 
-    monkeypatch.setitem(sys.modules, "datasets", fake_datasets_module(offline))
+    fake_hub(monkeypatch, offline)
     with pytest.raises(DataNotFoundError, match=r"'uoft-cs/cifar100' failed: ConnectionError: no network"):
         load_dataset("cifar100", data_dir=tmp_path)
 
 
-@pytest.mark.usefixtures("reachable_hub")
 def test_mnist_from_a_fake_hub(tmp_path, monkeypatch):
     from PIL import Image
 
@@ -500,7 +498,7 @@ def test_mnist_from_a_fake_hub(tmp_path, monkeypatch):
         }
         return {"train": split(4), "test": split(2)}
 
-    monkeypatch.setitem(sys.modules, "datasets", fake_datasets_module(load))
+    fake_hub(monkeypatch, load)
     splits = load_dataset("mnist", data_dir=tmp_path)
     assert asked == ["ylecun/mnist"]
     assert splits.source == "hub: ylecun/mnist"
@@ -508,7 +506,6 @@ def test_mnist_from_a_fake_hub(tmp_path, monkeypatch):
     assert tensors(splits.train)[0][3, 0, 0, 0] == pytest.approx((30 / 255 - MNIST_MEAN[0]) / MNIST_STD[0], abs=1e-5)
 
 
-@pytest.mark.usefixtures("reachable_hub")
 def test_cifar10_from_a_fake_hub(tmp_path, monkeypatch):
     from PIL import Image
 
@@ -519,7 +516,7 @@ def test_cifar10_from_a_fake_hub(tmp_path, monkeypatch):
         split = {"img": [Image.fromarray(image)] * 2, "label": [3, 4]}
         return {"train": split, "test": split}
 
-    monkeypatch.setitem(sys.modules, "datasets", fake_datasets_module(load))
+    fake_hub(monkeypatch, load)
     splits = load_dataset("cifar10", data_dir=tmp_path)
     check_splits(splits, "cifar10", (3, 32, 32), 10, n_train=2, n_val=2)
     x_val = tensors(splits.val)[0]
@@ -533,7 +530,6 @@ class _FakeTable(dict):
         return list(self)
 
 
-@pytest.mark.usefixtures("reachable_hub")
 def test_adult_from_a_fake_hub_holds_out_20_percent(tmp_path, monkeypatch):
     names = [
         "age", "workclass", "fnlwgt", "education", "education.num", "marital.status",
@@ -542,7 +538,7 @@ def test_adult_from_a_fake_hub_holds_out_20_percent(tmp_path, monkeypatch):
     ]  # fmt: skip
     rows = [line.split(", ") for line in ADULT_TRAIN.strip().splitlines()] * 4  # 24 rows, 4 with '?'
     table = _FakeTable({n: [int(v) if v.isdigit() else v for v in column] for n, column in zip(names, zip(*rows))})
-    monkeypatch.setitem(sys.modules, "datasets", fake_datasets_module(lambda hub_id: {"train": table}))
+    fake_hub(monkeypatch, lambda hub_id: {"train": table})
 
     splits = load_dataset("adult", data_dir=tmp_path)
     assert splits.source == "hub: scikit-learn/adult-census-income"

@@ -496,6 +496,19 @@ def test_a_missing_data_set_fails_fast_offline(setting, tmp_path):
         assert "the hub cannot be reached (127.0.0.1:9" in message
 
 
+def test_the_hub_check_tells_an_answering_endpoint_from_a_silent_one(monkeypatch):
+    import socket
+
+    from regimes.data.sources import hub_unreachable
+
+    for name in ("HTTPS_PROXY", "https_proxy", "ALL_PROXY", "all_proxy"):
+        monkeypatch.delenv(name, raising=False)
+    with socket.create_server(("127.0.0.1", 0)) as server:
+        monkeypatch.setenv("HF_ENDPOINT", f"http://127.0.0.1:{server.getsockname()[1]}")
+        assert hub_unreachable() is None  # a hub that answers is tried as before
+    assert hub_unreachable().startswith("127.0.0.1:")  # the same port, closed
+
+
 def test_pandas_comes_with_the_study_extra():
     import tomllib
 
