@@ -14,6 +14,7 @@ keys this version does not know (kept in `extra`), NaN and infinities written as
 from __future__ import annotations
 
 import dataclasses
+import platform
 import sys
 from collections.abc import Mapping
 from dataclasses import dataclass, field
@@ -167,8 +168,8 @@ _KEYS = tuple(f.name for f in dataclasses.fields(RunSummary) if f.name != "extra
 
 
 def software_versions() -> dict:
-    """Versions of Python and of the packages that decide a run's numbers."""
-    versions = {"python": sys.version.split()[0]}
+    """Versions of Python and of the packages that decide a run's numbers, and the platform."""
+    versions = {"python": sys.version.split()[0], "platform": platform.platform(), "machine": platform.machine()}
     for name in ("torch", "numpy", "regimes", "pyarrow"):
         try:
             versions[name] = metadata.version(name)
