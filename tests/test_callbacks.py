@@ -6,6 +6,7 @@ from __future__ import annotations
 import inspect
 import sys
 
+import numpy as np
 import pytest
 
 from regimes.experiment import Callback, get_preset, train_run
@@ -147,3 +148,37 @@ def test_online_detection_in_the_runner_equals_the_detector_fed_the_written_curv
     # Both detectors' events reached the callback (tau 0.5 settles within 8 epochs here).
     assert any(e.kind == "settled" for e, _ in events.seen_)
     assert all(it == (e.step if e.step is None else e.step * config.track_every) for e, it in events.seen_)
+
+
+def test_the_per_tensor_weight_change_is_a_long_table_that_resumes(tmp_path, monkeypatch):
+    """RUN/tensor_steps: one row per (iteration, tensor); its mean over tensors is the steps
+    table's dw_layerwise, its size-weighted mean is dw; a resumed run writes the same table."""
+    import pandas as pd
+
+    from regimes.zoo import create_model
+
+    monkeypatch.setenv("REGIMES_DATA", str(tmp_path / "data"))
+    config = get_preset("mlp-breast-cancer").replace(max_epochs=3, patience=10)
+    train_run(config, tmp_path / "whole")
+    run = RunDirectory(tmp_path / "whole")
+    long = pd.read_parquet(tmp_path / "whole" / "tensor_steps")
+    assert list(long.columns) == ["iteration", "epoch", "tensor", "dw"]
+    wide = long.pivot(index="iteration", columns="tensor", values="dw")
+    steps = run.read_steps()
+    np.testing.assert_array_equal(wide.index.to_numpy(), steps["iteration"])
+    sizes = {n: p.numel() for n, p in create_model(config.model, **config.model_args).named_parameters()}
+    names = list(sizes)
+    np.testing.assert_allclose(wide[names].mean(axis=1).to_numpy(), steps["dw_layerwise"], rtol=1e-12)
+    weighted = (wide[names] * pd.Series(sizes)).sum(axis=1) / sum(sizes.values())
+    np.testing.assert_allclose(weighted.to_numpy(), steps["dw"], rtol=1e-10)
+
+    class StopAfterTwo(Callback):
+        def on_epoch_end(self, run, **kwargs):
+            if run.epoch == 2:
+                raise KeyboardInterrupt
+
+    with pytest.raises(KeyboardInterrupt):
+        train_run(config, tmp_path / "cut", callbacks=[StopAfterTwo()])
+    RunDirectory(tmp_path / "cut").append_tensor_steps([10_000], 9, names, np.ones((1, len(names))))  # a killed write
+    train_run(config, tmp_path / "cut", resume=True)
+    pd.testing.assert_frame_equal(long, pd.read_parquet(tmp_path / "cut" / "tensor_steps"))

@@ -113,8 +113,13 @@ class RecordWriter(Callback):
     def on_epoch_end(self, run, **kwargs) -> None:
         tracker = run.tracker
         names = [*self.columns, *(f"da:{site}" for site in tracker.sites)]
-        new = tracker.records(since=self.written_, names=list(dict.fromkeys([*names, *self.CURVES])))
+        tensors = [f"dw:{name}" for name in tracker.parameter_names]
+        new = tracker.records(since=self.written_, names=list(dict.fromkeys([*names, *self.CURVES, *tensors])))
         if len(new["iteration"]):
+            # The per-tensor table first: a crash between the two leaves it ahead, and a
+            # resume truncates both to the checkpoint.
+            self.run_dir.append_tensor_steps(new["iteration"], run.epoch, tracker.parameter_names,
+                                             np.column_stack([new[t] for t in tensors]))  # fmt: skip
             records = {"iteration": new["iteration"], "epoch": np.full(len(new["iteration"]), run.epoch, dtype=np.int64)}
             records.update({name: new[name] for name in names})
             self.run_dir.append_steps(records)

@@ -89,6 +89,7 @@ class RunDirectory:
 
     CONFIG = "config.toml"
     STEPS = "steps"
+    TENSORS = "tensor_steps"  # the per-tensor weight change, long: iteration, epoch, tensor, dw
     EPOCHS = "epochs.parquet"
     SUMMARY = "summary.json"
     FIGURE = "figure.png"
@@ -113,6 +114,10 @@ class RunDirectory:
     @property
     def steps_dir(self) -> Path:
         return self.path / self.STEPS
+
+    @property
+    def tensors_dir(self) -> Path:
+        return self.path / self.TENSORS
 
     @property
     def epochs_path(self) -> Path:
@@ -262,8 +267,9 @@ class RunDirectory:
     def _clear(self) -> None:
         for name in self.FILES:
             (self.path / name).unlink(missing_ok=True)
-        if self.steps_dir.is_dir():
-            shutil.rmtree(self.steps_dir)
+        for folder in (self.steps_dir, self.tensors_dir):
+            if folder.is_dir():
+                shutil.rmtree(folder)
         for leftover in self.path.glob(".*.tmp"):
             leftover.unlink(missing_ok=True)
 
@@ -280,10 +286,7 @@ class RunDirectory:
 
     def chunk_paths(self) -> list[Path]:
         """The step chunks in write order (by chunk number)."""
-        if not self.steps_dir.is_dir():
-            return []
-        found = [(int(m.group(1)), p) for p in self.steps_dir.iterdir() if (m := _CHUNK.match(p.name))]
-        return [p for _, p in sorted(found)]
+        return _chunk_paths(self.steps_dir)
 
     def append_steps(self, records: dict) -> None:
         """Write `records` (equal-length 1-D arrays) as the next chunk; empty input writes nothing.
@@ -316,19 +319,40 @@ class RunDirectory:
         atomic_write(self.steps_dir / f"part-{number:05d}.parquet", parquet_bytes(table))
 
     def truncate_steps(self, after_iteration: int) -> None:
-        """Drop every record with `iteration > after_iteration` (a resume rewinds to its checkpoint)."""
-        # Newest chunk first, so a crash half-way leaves a prefix of the records plus at most
-        # one chunk that a second call trims; chunk numbers stay contiguous.
-        for path in reversed(self.chunk_paths()):
-            iterations = _iterations(path)
-            if iterations.size and iterations.min() > after_iteration:
-                path.unlink()
-            elif iterations.size and iterations.max() > after_iteration:
-                table = _read(pq.read_table, path)
-                kept = table.filter(pa.array(iterations <= after_iteration))
-                atomic_write(path, parquet_bytes(kept))
-            else:
-                break  # chunks are written in iteration order: the older ones are all kept
+        """Drop every record with `iteration > after_iteration` (a resume rewinds to its checkpoint),
+        in the step table and the per-tensor table alike."""
+        for folder in (self.steps_dir, self.tensors_dir):
+            _truncate_chunks(_chunk_paths(folder), after_iteration)
+
+    def append_tensor_steps(self, iterations, epoch: int, names: list[str], changes: np.ndarray) -> None:
+        """Write the per-tensor weight change of `iterations` ([N]; `changes` [N, P], each
+        tensor's mean |dw|, columns as `names`) as the next chunk of the long table."""
+        iterations = np.asarray(iterations, dtype=np.int64)
+        if iterations.size == 0:
+            return
+        changes = np.asarray(changes, dtype=np.float64).reshape(iterations.size, len(names))
+        table = pa.table({
+            "iteration": np.repeat(iterations, len(names)),
+            "epoch": np.full(changes.size, epoch, dtype=np.int64),
+            "tensor": pa.DictionaryArray.from_arrays(np.tile(np.arange(len(names), dtype=np.int32), iterations.size),
+                                                     pa.array(names)),
+            "dw": changes.reshape(-1),
+        })  # fmt: skip
+        chunks = _chunk_paths(self.tensors_dir)
+        number = int(_CHUNK.match(chunks[-1].name).group(1)) + 1 if chunks else 1
+        self.tensors_dir.mkdir(parents=True, exist_ok=True)
+        atomic_write(self.tensors_dir / f"part-{number:05d}.parquet", parquet_bytes(table))
+
+    def read_tensor_steps(self) -> dict[str, np.ndarray]:
+        """The per-tensor table: iteration, epoch, tensor (names), dw; empty when not written."""
+        chunks = _chunk_paths(self.tensors_dir)
+        if not chunks:
+            return {"iteration": np.zeros(0, np.int64), "epoch": np.zeros(0, np.int64),
+                    "tensor": np.zeros(0, object), "dw": np.zeros(0)}  # fmt: skip
+        table = pa.concat_tables(_read(pq.read_table, p) for p in chunks)
+        out = {name: table.column(name).to_numpy() for name in ("iteration", "epoch", "dw")}
+        out["tensor"] = np.asarray(table.column("tensor").cast(pa.string()).to_pylist(), dtype=object)
+        return out
 
     def read_steps(self, columns: list[str] | None = None) -> dict[str, np.ndarray]:
         """All records, concatenated in iteration order; `columns` reads a subset."""
@@ -474,6 +498,29 @@ def _lock(fd: int, wait: float) -> bool:
             if time.monotonic() >= deadline:
                 return False
             time.sleep(0.05)
+
+
+def _chunk_paths(folder: Path) -> list[Path]:
+    """A chunked table's files in write order (by chunk number)."""
+    if not folder.is_dir():
+        return []
+    found = [(int(m.group(1)), p) for p in folder.iterdir() if (m := _CHUNK.match(p.name))]
+    return [p for _, p in sorted(found)]
+
+
+def _truncate_chunks(chunks: list[Path], after_iteration: int) -> None:
+    # Newest chunk first, so a crash half-way leaves a prefix of the records plus at most
+    # one chunk that a second call trims; chunk numbers stay contiguous.
+    for path in reversed(chunks):
+        iterations = _iterations(path)
+        if iterations.size and iterations.min() > after_iteration:
+            path.unlink()
+        elif iterations.size and iterations.max() > after_iteration:
+            table = _read(pq.read_table, path)
+            kept = table.filter(pa.array(iterations <= after_iteration))
+            atomic_write(path, parquet_bytes(kept))
+        else:
+            break  # chunks are written in iteration order: the older ones are all kept
 
 
 def _iterations(chunk: Path) -> np.ndarray:
