@@ -1,0 +1,62 @@
+"""Frozen-regime training in the runner: the `freeze` config key as a callback."""
+
+from __future__ import annotations
+
+from regimes.experiment.callbacks import Callback, RegimeDetection
+
+__all__ = ["FreezeRegime", "FREEZE_COLUMNS"]
+
+# The steps columns of a run with freeze on: the value network's own pattern beside da.
+FREEZE_COLUMNS = ("dw", "dw_layerwise", "da", "da_value", "drift_value")
+
+
+class FreezeRegime(Callback):
+    """Frozen-regime training (`regimes.freeze`): at the end of an epoch, freeze the tracked
+    activation pattern and train only the values from then on. `when`: "auto" (the first
+    epoch whose end finds the online detector's first claim that the pattern settled,
+    `first_settled_p` of `RegimeDetection`, which must come before this callback) or an
+    epoch number (after that epoch). A run that early stopping ends at that epoch is not
+    frozen. The tracker needs a `regimes.freeze.ValuePattern` quantity for the value
+    network's own pattern (the runner adds it when `freeze` is on).
+
+    `iteration_`: the optimizer step the regime was frozen at (None: not frozen);
+    `gates_`: the installed `regimes.freeze.FrozenGates`. A checkpoint keeps the frozen
+    copy's weights, and a resume installs the same gates again.
+    """
+
+    def __init__(self, when):
+        self.when = when
+
+    def on_train_begin(self, run, **kwargs) -> None:
+        self.gates_ = None
+        self.iteration_ = None
+        saved, self.saved_ = getattr(self, "saved_", None), None
+        if saved:
+            self._freeze(run)
+            self.gates_.frozen.load_state_dict(saved["frozen"])
+            self.iteration_ = saved["iteration"]
+
+    def on_epoch_end(self, run, **kwargs) -> None:
+        if self.gates_ is not None or run.stop:
+            return
+        if self.when == "auto":
+            detection = next((c for c in run.callbacks if isinstance(c, RegimeDetection)), None)
+            due = detection is not None and detection.detector_.first_settled_p is not None
+        else:
+            due = run.epoch >= self.when
+        if due:
+            self._freeze(run)
+
+    def _freeze(self, run) -> None:
+        from regimes.freeze import freeze_regime
+
+        self.gates_ = freeze_regime(run.tracker)
+        self.iteration_ = run.tracker.iteration
+
+    def state_dict(self) -> dict:
+        if self.gates_ is None:
+            return {}
+        return {"iteration": self.iteration_, "frozen": self.gates_.frozen.state_dict()}
+
+    def load_state_dict(self, state: dict) -> None:
+        self.saved_ = state or None  # installed again in on_train_begin, where the run is at hand
