@@ -50,8 +50,9 @@ def _mlp_reference(live: nn.Module, frozen_params: dict, x: torch.Tensor, traini
     return F.linear(h, live.head.weight, live.head.bias)
 
 
+@pytest.mark.parametrize("sites", [None, ["blocks.0.relu", "blocks.1.relu"]])  # mode path, module path
 @pytest.mark.parametrize("training", [True, False])
-def test_gated_mlp_matches_the_hand_written_forward_and_its_gradient(training):
+def test_gated_mlp_matches_the_hand_written_forward_and_its_gradient(training, sites):
     torch.manual_seed(0)
     model = create_model("mlp", input_size=12, num_classes=3, hidden=[16, 8])
     x = torch.randn(32, 12)
@@ -59,7 +60,8 @@ def test_gated_mlp_matches_the_hand_written_forward_and_its_gradient(training):
     for _ in range(3):  # running statistics away from their start
         model(torch.randn(32, 12) * 2 + 1)
     frozen_params = {k: v.clone() for k, v in model.state_dict().items()}
-    gates = FrozenGates(model).install()
+    gates = FrozenGates(model, sites=sites).install()
+    assert bool(gates._overridden) == (sites is not None)
     _perturb(model)
     model.train(training)
     reference_model = create_model("mlp", input_size=12, num_classes=3, hidden=[16, 8])
@@ -129,7 +131,9 @@ def _every_relu_reference(live, frozen, x, sites):
     return live(x, relu={s: (lambda z, s=s: z * (recorded[s] > 0)) for s in sites})
 
 
-@pytest.mark.parametrize("sites", [None, ["twice#1", "relu()#1", "relu()#3", "relu()#5"]])
+@pytest.mark.parametrize(
+    "sites", [None, ["twice#1", "relu()#1", "relu()#3", "relu()#5"], ["act", "twice#0", "twice#1"]]
+)  # the last: module sites only (one in place, one called twice), gated by the module path
 def test_every_form_of_relu_is_gated_as_the_reference_gates_it(sites):
     torch.manual_seed(0)
     model = EveryRelu()
@@ -139,6 +143,7 @@ def test_every_form_of_relu_is_gated_as_the_reference_gates_it(sites):
     frozen = EveryRelu()
     frozen.load_state_dict(model.state_dict())
     gates = FrozenGates(model, sites=sites).install()
+    assert bool(gates._overridden) == (sites is not None and all("()" not in s for s in sites))
     _perturb(model, 0.5)
     reference = EveryRelu()
     reference.load_state_dict(model.state_dict())
@@ -151,6 +156,8 @@ def test_every_form_of_relu_is_gated_as_the_reference_gates_it(sites):
     with gates.suspended():
         torch.testing.assert_close(model(x), reference(x))  # the value network's own forward
     gates.remove()
+    assert "forward" not in model.act.__dict__  # the module's own forward again
+    torch.testing.assert_close(model(x), reference(x))
 
 
 # ---------------------------------------------------------------- the tracker: da = 0
@@ -248,6 +255,7 @@ def test_every_cnn_and_transformer_ffn_of_the_zoo_is_gated(name):
     assert all("#" not in s for s in tracker.sites)  # module sites: the reference finds them by name
     optimizer = torch.optim.SGD(model.parameters(), lr=0.05)
     gates = freeze_regime(tracker)
+    assert len(gates._overridden) == len(tracker.sites)  # the module path
     frozen = gates.frozen
     model.eval()
     with torch.no_grad():

@@ -18,10 +18,13 @@ of deep gated networks and of the authors' decoupled training (GLAI).
 How the gate reaches a site. A forward pre-hook on the model runs the frozen copy
 (`sites.capture`: eval mode, no gradients) on the same inputs and keeps each tracked
 site's gate, keyed like the tracker's sites (base name, call index). During the model's
-own forward a TorchFunctionMode sees every activation call (`nn.ReLU.forward` calls
-`F.relu`, so module and functional sites alike, in-place forms included), names it from
-a module stack exactly as `sites.capture` does, and returns `z * gate` (in place when
-the call was) for the tracked ones; the others run unchanged.
+own forward each tracked call returns `z * gate` (in place when the call was); the others
+run unchanged. When every tracked site is an activation module (every zoo model), those
+modules' forwards are overridden, which costs nothing elsewhere. Otherwise a
+TorchFunctionMode sees every activation call (`nn.ReLU.forward` calls `F.relu`, so
+module and functional sites alike, in-place forms included) and names it from a module
+stack exactly as `sites.capture` does. Do not deep-copy a gated model (its hooks and
+forwards would come along): `remove()` first.
 
 Recomputed, not cached. The frozen copy runs once per forward (no gradients, eval
 mode: about a third of a training step's arithmetic) rather than its gates being
@@ -79,8 +82,11 @@ class FrozenGates:
         self._live_names = {m: name for name, m in self.module.named_modules()}
         self._frozen_site_modules: list[nn.Module] | None = None  # known after the first forward
         self._handles: list = []
+        self._overridden: list[nn.Module] = []  # activation modules whose forward is gated
+        self._stack: ModuleStack | None = None  # names functional sites (when not every site is a module)
+        self._mode: _GatingMode | None = None
         self._suspended = 0
-        self._forward: _GatedForward | None = None  # the gated forward running now
+        self._current: _ForwardGates | None = None  # the gates of the forward running now
 
     # ------------------------------------------------------------------ the gates
 
@@ -110,24 +116,34 @@ class FrozenGates:
     # ------------------------------------------------------------------ lifecycle
 
     def install(self) -> FrozenGates:
-        if self._handles:
+        """Gate every forward of the model from now on (until `remove()`)."""
+        if self._handles or self._overridden:
             return self
-        self._stack = ModuleStack()
         try:
             self._handles.append(self.module.register_forward_pre_hook(self._begin, with_kwargs=True))
             self._handles.append(self.module.register_forward_hook(self._end, always_call=True))
-            for module in self._live_names:
-                self._handles.append(module.register_forward_pre_hook(self._stack.push))
-                self._handles.append(module.register_forward_hook(self._stack.pop, always_call=True))
+            modules = self._module_sites()
+            if modules is not None:  # every site an activation module: override their forwards
+                for base, module in modules:
+                    module.forward = self._gated_module_forward(module, base)
+                    self._overridden.append(module)
+            else:  # functional sites too: a TorchFunctionMode per forward, names from a module stack
+                self._stack = ModuleStack()
+                for module in self._live_names:
+                    self._handles.append(module.register_forward_pre_hook(self._stack.push))
+                    self._handles.append(module.register_forward_hook(self._stack.pop, always_call=True))
         except BaseException:
             self.remove()
             raise
         return self
 
     def remove(self) -> None:
+        """Stop gating: the model is the plain network again."""
         for handle in self._handles:
             handle.remove()
-        self._handles = []
+        for module in self._overridden:
+            del module.forward  # the class's own forward again
+        self._handles, self._overridden, self._stack = [], [], None
 
     @property
     def installed(self) -> bool:
@@ -143,19 +159,51 @@ class FrozenGates:
     def __exit__(self, *exc) -> None:
         self.remove()
 
-    # ------------------------------------------------------------------ hooks
+    # ------------------------------------------------------------------ the gated forward
+
+    def _module_sites(self) -> list[tuple[str, nn.Module]] | None:
+        """(base name, module) of every site when each is an activation module's call, else None."""
+        if self.sites is None:
+            return None
+        by_name = dict(self.module.named_modules())
+        found = {}
+        for site in self.sites:
+            base, _, index = site.rpartition("#")
+            base = base if base and index.isdigit() else site
+            module = by_name.get(base) if base else None
+            if not isinstance(module, self.activation.modules):
+                return None
+            found[base] = module
+        return list(found.items())
+
+    def _gated_module_forward(self, module: nn.Module, base: str):
+        original = module.forward  # the class's forward, bound
+        in_place = getattr(module, "inplace", False)
+
+        def forward(input, *args, **kwargs):
+            gate = self._current.take(base) if self._current is not None else None
+            if gate is None:
+                return original(input, *args, **kwargs)
+            return input.mul_(gate) if in_place else input * gate
+
+        return forward
 
     def _begin(self, module, args, kwargs):
-        if self._suspended or self._forward is not None:
+        if self._suspended or self._current is not None:
             return None
-        self._forward = _GatedForward(self, self.gates(*args, **kwargs))
-        self._forward.__enter__()
+        self._current = _ForwardGates(self.gates(*args, **kwargs))
+        if self._stack is not None:
+            self._mode = _GatingMode(self, self._current)
+            self._mode.__enter__()
         return None
 
     def _end(self, module, args, output):
-        if self._forward is not None:
-            forward, self._forward = self._forward, None
-            forward.__exit__(None, None, None)
+        if self._current is None:
+            return None
+        self._current = None
+        if self._mode is not None:
+            mode, self._mode = self._mode, None
+            mode.__exit__(None, None, None)
         return None
 
 
@@ -170,13 +218,25 @@ class _Suspended:
         self.gates._suspended -= 1
 
 
-class _GatedForward(TorchFunctionMode):
+class _ForwardGates:
+    """The gates of one forward, handed out per call in call order (`take`)."""
+
+    def __init__(self, gates: dict[tuple[str, int], torch.Tensor]):
+        self.gates = gates
+        self.calls: dict[str, int] = {}
+
+    def take(self, base: str) -> torch.Tensor | None:
+        index = self.calls.get(base, 0)
+        self.calls[base] = index + 1
+        return self.gates.get((base, index))  # None: not tracked
+
+
+class _GatingMode(TorchFunctionMode):
     """During one forward of the live model: each tracked activation call returns `z * gate`."""
 
-    def __init__(self, owner: FrozenGates, gates: dict[tuple[str, int], torch.Tensor]):
+    def __init__(self, owner: FrozenGates, gates: _ForwardGates):
         super().__init__()
         self.owner, self.gates = owner, gates
-        self.calls: dict[str, int] = {}
 
     def __torch_function__(self, func, types, args=(), kwargs=None):
         kwargs = kwargs or {}
@@ -190,9 +250,7 @@ class _GatedForward(TorchFunctionMode):
             base = path or name
         else:
             base = f"{path}.{name}()" if path else f"{name}()"
-        index = self.calls.get(base, 0)
-        self.calls[base] = index + 1
-        gate = self.gates.get((base, index))
+        gate = self.gates.take(base)
         if gate is None:  # not tracked
             return func(*args, **kwargs)
         z = args[0] if args else kwargs["input"]
