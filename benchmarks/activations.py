@@ -77,7 +77,7 @@ def _semi(values) -> str:
 def table(found: dict) -> str:
     lines = [
         "| preset | activation | seeds | epochs (stop) | best val score | rho layerwise, mean [95% CI] | "
-        "rho layerwise, mean +up -low | rho global, mean [95% CI] | AUC_P (layerwise) | t_tau P |",
+        "rho layerwise, mean +up -low | rho global, mean [95% CI] | AUC_P | t_tau P |",
         "|---|---|---|---|---|---|---|---|---|---|",
     ]
     for (preset, activation), runs in found.items():

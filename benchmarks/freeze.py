@@ -15,6 +15,10 @@ that epoch). Per preset and mode, over the seeds:
     OMP_NUM_THREADS=1 python benchmarks/freeze.py --out bench/freeze --seeds 3 --jobs 2 --freeze auto 2 \\
         --max-epochs mlp-fashion-mnist=8 --max-epochs lenet5-fashion-mnist=5
 
+`--step-times` instead times training steps (with the tracker) of each preset unfrozen and
+frozen in one process, alternating blocks of steps, for a per-step cost that a shared
+machine's load does not skew.
+
 Runs go to OUT/<preset>/<mode>/seed<k>; finished ones are read back, not retrained, so
 an interrupted benchmark resumes. `--table-only` prints the table from what is there.
 """
@@ -80,6 +84,52 @@ def read_run(path: Path) -> dict:
     }
 
 
+def step_times(preset: str, blocks: int = 7, steps: int = 20, threads: int = 1) -> tuple[float, float, float]:
+    """Median seconds per training step (forward, backward, optimizer, tracker) of the preset
+    unfrozen and frozen, and of the frozen copy's forward alone (its gates), measured in one
+    process on two copies of the run that alternate in blocks, so that a machine shared with
+    other work slows both alike. The full-run table's s/step moves with that load."""
+    import time
+
+    import torch
+
+    from regimes.experiment import get_preset
+    from regimes.experiment.training import resolve_device, setup_run
+    from regimes.freeze import ValuePattern, freeze_regime
+
+    torch.set_num_threads(threads)
+    config = get_preset(preset).replace(freeze=1)
+    runs = [setup_run(config, resolve_device("cpu")) for _ in range(2)]
+    assert all(any(isinstance(q, ValuePattern) for q in run.tracker.quantities) for run in runs)
+    gates = freeze_regime(runs[1].tracker)
+    tensors = runs[0].splits.train.tensors
+    order = torch.Generator().manual_seed(0)
+
+    def block(run) -> float:
+        run.model.train()
+        start = time.process_time()
+        for _ in range(steps):
+            indices = torch.randint(len(tensors[0]), (config.batch_size,), generator=order)
+            batch = run.task.batch(tensors, indices, run.device)
+            loss, _, _ = run.task.loss(run.model, batch)
+            run.optimizer.zero_grad(set_to_none=True)
+            loss.backward()
+            run.optimizer.step()
+            run.tracker.step()
+        return (time.process_time() - start) / steps
+
+    def gate_block() -> float:
+        batch = runs[1].task.batch(tensors, torch.arange(config.batch_size), runs[1].device)
+        start = time.process_time()
+        for _ in range(steps):
+            gates.gates(batch[0])
+        return (time.process_time() - start) / steps
+
+    block(runs[0]), block(runs[1])  # warm up
+    times = [(block(runs[0]), block(runs[1]), gate_block()) for _ in range(blocks)]
+    return tuple(float(np.median(column)) for column in zip(*times))
+
+
 def _interval(values) -> str:
     from regimes.analysis import bootstrap_interval
 
@@ -124,7 +174,16 @@ def main() -> None:
     parser.add_argument("--jobs", type=int, default=1, help="runs at a time")
     parser.add_argument("--out", type=Path, default=Path("bench/freeze"))
     parser.add_argument("--table-only", action="store_true")
+    parser.add_argument("--step-times", action="store_true",
+                        help="only time training steps unfrozen and frozen, alternating in one process")  # fmt: skip
     args = parser.parse_args()
+    if args.step_times:
+        print("| preset | ms/step unfrozen | ms/step frozen | frozen / unfrozen | ms of it: the frozen copy's forward |")
+        print("|---|---|---|---|---|")
+        for preset in args.presets:
+            off, on, gate = step_times(preset, threads=args.threads)
+            print(f"| {preset} | {1e3 * off:.2f} | {1e3 * on:.2f} | {on / off:.2f} | {1e3 * gate:.2f} |", flush=True)
+        return
     caps = {k: int(v) for k, v in (item.split("=") for item in args.max_epochs)}
     modes = ["off", *args.freeze]
     if not args.table_only:

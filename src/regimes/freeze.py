@@ -259,18 +259,23 @@ class _GatingMode(TorchFunctionMode):
         return z * gate
 
 
-def freeze_regime(tracker) -> FrozenGates:
+def freeze_regime(tracker, frozen_state: dict | None = None) -> FrozenGates:
     """Freeze the regime of the model a `Tracker` watches, now.
 
     Gates every tracked site of the model with the pattern of a frozen copy taken now,
-    and points the tracker's probe at that copy: its pattern (the gates, as the gated
-    model's pattern is) stays constant, so `da` is 0 from the next step on. A
-    `ValuePattern` quantity of the tracker goes on measuring the trainable network's own
-    pattern. Returns the installed `FrozenGates`.
+    and points the tracker's probe at that copy. The gated model's pattern on the probe
+    is the copy's, which never changes: it is read once, now, and is the tracker's
+    pattern from then on, so `da` is 0 from the next step on. A `ValuePattern` quantity
+    of the tracker goes on measuring the trainable network's own pattern. Returns the
+    installed `FrozenGates`. `frozen_state`: the state_dict of a copy taken earlier (a
+    resumed run), loaded into the copy in place of the model's weights now.
     """
     live = tracker.probe
-    gates = FrozenGates(tracker.module, sites=tracker.sites, activation=live.activation.name).install()
-    tracker.probe = _probe_on(live, gates.frozen)
+    gates = FrozenGates(tracker.module, sites=tracker.sites, activation=live.activation.name)
+    if frozen_state is not None:
+        gates.frozen.load_state_dict(frozen_state)
+    gates.install()
+    tracker.probe = _ConstantProbe(_probe_on(live, gates.frozen))
     for quantity in tracker.quantities:
         if isinstance(quantity, ValuePattern):
             quantity.freeze(gates, live)
@@ -286,6 +291,20 @@ def _probe_on(probe, module: nn.Module):
         by_name = dict(module.named_modules())
         moved.site_modules = [by_name[probe.module_names[m]] for m in probe.site_modules]
     return moved
+
+
+class _ConstantProbe:
+    """A probe on the frozen copy: its pattern is read once (the copy never changes)."""
+
+    def __init__(self, probe):
+        self.probe = probe
+        self.frozen_pattern = probe.pattern()
+
+    def pattern(self, iteration: int = 0) -> torch.Tensor:
+        return self.frozen_pattern
+
+    def __getattr__(self, name):  # layout, size, device, activation, ... of the probe
+        return getattr(self.probe, name)
 
 
 class ValuePattern(Quantity):

@@ -32,8 +32,7 @@ class FreezeRegime(Callback):
         self.iteration_ = None
         saved, self.saved_ = getattr(self, "saved_", None), None
         if saved:
-            self._freeze(run)
-            self.gates_.frozen.load_state_dict(saved["frozen"])
+            self._freeze(run, saved["frozen"])
             self.iteration_ = saved["iteration"]
 
     def on_epoch_end(self, run, **kwargs) -> None:
@@ -47,10 +46,10 @@ class FreezeRegime(Callback):
         if due:
             self._freeze(run)
 
-    def _freeze(self, run) -> None:
+    def _freeze(self, run, frozen_state: dict | None = None) -> None:
         from regimes.freeze import freeze_regime
 
-        self.gates_ = freeze_regime(run.tracker)
+        self.gates_ = freeze_regime(run.tracker, frozen_state)
         self.iteration_ = run.tracker.iteration
 
     def state_dict(self) -> dict:
