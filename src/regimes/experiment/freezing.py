@@ -53,7 +53,7 @@ class FreezeRegime(Callback):
         self.iteration_ = run.tracker.iteration
 
     def state_dict(self) -> dict:
-        if self.gates_ is None:
+        if getattr(self, "gates_", None) is None:
             return {}
         return {"iteration": self.iteration_, "frozen": self.gates_.frozen.state_dict()}
 
