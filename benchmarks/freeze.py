@@ -162,6 +162,39 @@ def table(out: Path, presets, seeds: int, modes) -> str:
     return "\n".join(lines)
 
 
+def drift_table(out: Path, presets, seeds: int, modes) -> str:
+    """The value network under the frozen regime: its own sign pattern against the gates
+    (drift_value) in the first and the last epoch after the freeze, its flips per step
+    (da_value) after the freeze, beside the unfrozen run's da over the same steps."""
+    from regimes.records import RunDirectory
+
+    lines = [
+        "| preset | freeze | drift_value, first epoch after | drift_value, last epoch | "
+        "da_value after the freeze | da of the unfrozen run, same steps |",
+        "|---|---|---|---|---|---|",
+    ]
+    for preset in presets:
+        for mode in modes[1:]:
+            rows = []
+            for seed in range(seeds):
+                frozen, unfrozen = (out / preset / str(m) / f"seed{seed}" for m in (mode, "off"))
+                if not (frozen / "summary.json").is_file() or not (unfrozen / "summary.json").is_file():
+                    continue
+                summary = RunDirectory(frozen).read_summary()
+                if summary["freeze_iteration"] is None:
+                    continue
+                steps, off = RunDirectory(frozen).read_steps(), RunDirectory(unfrozen).read_steps()
+                per_epoch, at = summary["batches_per_epoch"], summary["freeze_iteration"]
+                drift = steps["drift_value"][steps["iteration"] > at]
+                rows.append((drift[:per_epoch].mean(), drift[-per_epoch:].mean(),
+                             steps["da_value"][steps["iteration"] > at].mean(),
+                             off["da"][off["iteration"] > at].mean()))  # fmt: skip
+            if rows:
+                means = np.mean(rows, axis=0)
+                lines.append(f"| {preset} | {mode} | " + " | ".join(f"{m:.4f}" for m in means) + " |")
+    return "\n".join(lines)
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--presets", nargs="*", default=OFFLINE)
@@ -196,6 +229,8 @@ def main() -> None:
             for done in pool.map(run_one, *zip(*jobs)):
                 print("done", done, flush=True)
     print(table(args.out, args.presets, args.seeds, modes))
+    print()
+    print(drift_table(args.out, args.presets, args.seeds, modes))
 
 
 if __name__ == "__main__":
