@@ -30,7 +30,7 @@ def _perturb(model: nn.Module, scale: float = 0.3, seed: int = 1) -> None:
 # ---------------------------------------------------------------- a gated MLP, by hand
 
 
-def _mlp_reference(live: nn.Module, frozen_params: dict, x: torch.Tensor, training: bool) -> torch.Tensor:
+def _mlp_reference(live: nn.Module, frozen_params: dict, x: torch.Tensor, training: bool, activation=torch.relu):
     """The zoo MLP (Linear -> BatchNorm -> ReLU, no dropout) gated by a frozen copy, written out:
     the copy in eval mode (running statistics), the live one with batch statistics in training."""
     f = frozen_params
@@ -41,7 +41,7 @@ def _mlp_reference(live: nn.Module, frozen_params: dict, x: torch.Tensor, traini
         z_frozen = F.batch_norm(z_frozen, f[f"blocks.{i}.norm.running_mean"], f[f"blocks.{i}.norm.running_var"],
                                 f[f"blocks.{i}.norm.weight"], f[f"blocks.{i}.norm.bias"], training=False)  # fmt: skip
         gate = (z_frozen > 0).float()
-        h_frozen = torch.relu(z_frozen)
+        h_frozen = activation(z_frozen)  # the copy runs its own activation
         z = F.linear(h, block.linear.weight, block.linear.bias)
         norm = block.norm
         z = F.batch_norm(z, norm.running_mean.clone(), norm.running_var.clone(), norm.weight, norm.bias,
@@ -50,24 +50,26 @@ def _mlp_reference(live: nn.Module, frozen_params: dict, x: torch.Tensor, traini
     return F.linear(h, live.head.weight, live.head.bias)
 
 
-@pytest.mark.parametrize("sites", [None, ["blocks.0.relu", "blocks.1.relu"]])  # mode path, module path
+@pytest.mark.parametrize("sites", [None, ["blocks.0.{}", "blocks.1.{}"]])  # mode path, module path
 @pytest.mark.parametrize("training", [True, False])
-def test_gated_mlp_matches_the_hand_written_forward_and_its_gradient(training, sites):
+@pytest.mark.parametrize("activation", ["relu", "gelu"])  # GELU sites become gated linear units too
+def test_gated_mlp_matches_the_hand_written_forward_and_its_gradient(training, sites, activation):
     torch.manual_seed(0)
-    model = create_model("mlp", input_size=12, num_classes=3, hidden=[16, 8])
+    sites = sites and [s.format(activation) for s in sites]
+    model = create_model("mlp", input_size=12, num_classes=3, hidden=[16, 8], activation=activation)
     x = torch.randn(32, 12)
     model.train()
     for _ in range(3):  # running statistics away from their start
         model(torch.randn(32, 12) * 2 + 1)
     frozen_params = {k: v.clone() for k, v in model.state_dict().items()}
-    gates = FrozenGates(model, sites=sites).install()
+    gates = FrozenGates(model, sites=sites, activation=activation).install()
     assert bool(gates._overridden) == (sites is not None)
     _perturb(model)
     model.train(training)
-    reference_model = create_model("mlp", input_size=12, num_classes=3, hidden=[16, 8])
+    reference_model = create_model("mlp", input_size=12, num_classes=3, hidden=[16, 8], activation=activation)
     reference_model.load_state_dict(model.state_dict())
     out = model(x)
-    expected = _mlp_reference(reference_model, frozen_params, x, training)
+    expected = _mlp_reference(reference_model, frozen_params, x, training, getattr(F, activation))
     torch.testing.assert_close(out, expected, rtol=1e-5, atol=1e-6)
     out.square().sum().backward()
     expected.square().sum().backward()
