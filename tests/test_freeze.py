@@ -326,6 +326,14 @@ def test_a_frozen_run_resumed_gives_the_uninterrupted_numbers(tmp_path):
     assert resumed["best_score"] == whole["best_score"]
 
 
+def test_a_freeze_after_the_last_epoch_is_a_warning(tmp_path):
+    torch.set_num_threads(1)
+    config = get_preset("mlp-breast-cancer").replace(max_epochs=1, freeze=1)
+    with pytest.warns(UserWarning, match="it will not freeze"):
+        summary = train_run(config, tmp_path / "run")
+    assert summary["freeze_iteration"] is None
+
+
 def test_freeze_off_leaves_the_steps_table_as_it_was(tmp_path):
     torch.set_num_threads(1)
     summary = train_run(get_preset("mlp-breast-cancer").replace(max_epochs=1), tmp_path / "run")
@@ -345,7 +353,8 @@ def test_auto_freezes_at_the_first_epoch_end_after_the_detector_s_first_claim():
     tracker = regimes.Tracker(model, torch.randn(4, 6), quantities=[ValuePattern()])
     detection = RegimeDetection.__new__(RegimeDetection)
     detection.detector_ = SimpleNamespace(first_settled_p=None)
-    run = SimpleNamespace(callbacks=[detection], tracker=tracker, stop=False, epoch=1)
+    run = SimpleNamespace(callbacks=[detection], tracker=tracker, stop=False, epoch=1,
+                          config=SimpleNamespace(max_epochs=10))  # fmt: skip
     freezer = FreezeRegime("auto")
     freezer.on_train_begin(run)
     freezer.on_epoch_end(run)

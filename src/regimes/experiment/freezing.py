@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import warnings
+
 from regimes.experiment.callbacks import Callback, RegimeDetection
 
 __all__ = ["FreezeRegime", "FREEZE_COLUMNS"]
@@ -15,8 +17,8 @@ class FreezeRegime(Callback):
     activation pattern and train only the values from then on. `when`: "auto" (the first
     epoch whose end finds the online detector's first claim that the pattern settled,
     `first_settled_p` of `RegimeDetection`, which must come before this callback) or an
-    epoch number (after that epoch). A run that early stopping ends at that epoch is not
-    frozen. The tracker needs a `regimes.freeze.ValuePattern` quantity for the value
+    epoch number (after that epoch). A run that ends at that epoch (early stopping, or
+    its last) is not frozen. The tracker needs a `regimes.freeze.ValuePattern` quantity for the value
     network's own pattern (the runner adds it when `freeze` is on).
 
     `iteration_`: the optimizer step the regime was frozen at (None: not frozen);
@@ -28,6 +30,12 @@ class FreezeRegime(Callback):
         self.when = when
 
     def on_train_begin(self, run, **kwargs) -> None:
+        if self.when != "auto" and self.when >= run.config.max_epochs:
+            warnings.warn(
+                f"freeze = {self.when} freezes after epoch {self.when}, and the run has at most "
+                f"{run.config.max_epochs} epochs: it will not freeze. Set freeze below max_epochs.",
+                stacklevel=2,
+            )
         self.gates_ = None
         self.iteration_ = None
         saved, self.saved_ = getattr(self, "saved_", None), None
@@ -36,8 +44,8 @@ class FreezeRegime(Callback):
             self.iteration_ = saved["iteration"]
 
     def on_epoch_end(self, run, **kwargs) -> None:
-        if self.gates_ is not None or run.stop:
-            return
+        if self.gates_ is not None or run.stop or run.epoch >= run.config.max_epochs:
+            return  # frozen already, or no epoch left to train frozen
         if self.when == "auto":
             detection = next((c for c in run.callbacks if isinstance(c, RegimeDetection)), None)
             due = detection is not None and detection.detector_.first_settled_p is not None
