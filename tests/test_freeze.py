@@ -365,3 +365,12 @@ def test_auto_freezes_at_the_first_epoch_end_after_the_detector_s_first_claim():
     assert freezer.iteration_ == 7 and freezer.gates_.installed
     assert set(freezer.state_dict()) == {"iteration", "frozen"}
     freezer.gates_.remove()
+
+
+def test_a_sweep_over_freeze_writes_one_column_type():
+    from regimes.experiment.sweep import Job, trial_row
+
+    base = get_preset("mlp-breast-cancer")
+    rows = [trial_row(Job(f"trials/f{value}", base.replace(freeze=value), "x"), {}, swept=("freeze",))
+            for value in ("off", 2)]  # fmt: skip
+    assert [row["freeze"] for row in rows] == ["off", "2"]
