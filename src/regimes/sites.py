@@ -29,24 +29,27 @@ from regimes.registry import Registry
 __all__ = ["Activation", "ACTIVATIONS", "unwrap_model", "select_sites", "capture", "SiteCall"]
 
 
-def _output_positive(output: torch.Tensor, out: torch.Tensor) -> torch.Tensor:
-    # For ReLU, GELU and SiLU the output is > 0 exactly when the input is, so the rule
-    # reads correctly from the output, also after an in-place call overwrote the input.
-    return torch.gt(output, 0, out=out)
+def _positive(value: torch.Tensor, out: torch.Tensor) -> torch.Tensor:
+    return torch.gt(value, 0, out=out)
 
 
 @dataclass(frozen=True)
 class Activation:
     """An activation the tracker can watch, and its "on" rule.
 
-    `is_on(output, out)` writes into the bool tensor `out` which units are on, read
-    from the activation's output (SPEC: on = pre-activation > 0).
+    `is_on(value, out)` writes into the bool tensor `out` which units are on (SPEC: on =
+    pre-activation > 0). `value` is the activation's input when `reads_input`, else its
+    output. ReLU reads its output: relu(z) > 0 exactly when z > 0, also after an in-place
+    call overwrote z. GELU and SiLU read their input, seen before the call: z * Phi(z)
+    and z * sigmoid(z) round to 0 for tiny positive z (subnormal float32, and much
+    sooner in bf16), so their output is not exactly the sign of z.
     """
 
     name: str
     modules: tuple[type[nn.Module], ...]
     functions: frozenset
-    is_on: Callable[[torch.Tensor, torch.Tensor], torch.Tensor] = _output_positive
+    is_on: Callable[[torch.Tensor, torch.Tensor], torch.Tensor] = _positive
+    reads_input: bool = False
 
 
 ACTIVATIONS: Registry[Activation] = Registry("activation", {
@@ -55,8 +58,8 @@ ACTIVATIONS: Registry[Activation] = Registry("activation", {
         (nn.ReLU,),
         frozenset({F.relu, F.relu_, torch.relu, torch.relu_, torch.Tensor.relu, torch.Tensor.relu_}),
     ),
-    "gelu": Activation("gelu", (nn.GELU,), frozenset({F.gelu})),
-    "silu": Activation("silu", (nn.SiLU,), frozenset({F.silu})),
+    "gelu": Activation("gelu", (nn.GELU,), frozenset({F.gelu}), reads_input=True),
+    "silu": Activation("silu", (nn.SiLU,), frozenset({F.silu}), reads_input=True),
 })
 
 
@@ -120,15 +123,21 @@ class _ModuleStack:
 
 
 class _FunctionalActivations(TorchFunctionMode):
-    """Sees every activation function call, whatever called it."""
+    """Sees every activation function call, whatever called it: its output, or with
+    `reads_input` its input before the call (which an in-place call would overwrite)."""
 
-    def __init__(self, functions: frozenset, on_call: Callable[[object, torch.Tensor], None]):
+    def __init__(self, functions: frozenset, on_call: Callable[[object, torch.Tensor], None], reads_input: bool = False):
         super().__init__()
         self.functions = functions
         self.on_call = on_call
+        self.reads_input = reads_input
 
     def __torch_function__(self, func, types, args=(), kwargs=None):
-        output = func(*args, **(kwargs or {}))
+        kwargs = kwargs or {}
+        if self.reads_input and func in self.functions:
+            self.on_call(func, args[0] if args else kwargs["input"])
+            return func(*args, **kwargs)
+        output = func(*args, **kwargs)
         if func in self.functions:
             self.on_call(func, output)
         return output
@@ -148,7 +157,8 @@ def _set_fastpath(enabled: bool) -> bool:
 
 class capture:
     """Within this context, every activation call in the modules of `module_names` (the whole
-    model, as `named_modules()` lists it) is passed to `on_site(call, output)`.
+    model, as `named_modules()` lists it) is passed to `on_site(call, value)`: its output, or
+    its input for an activation whose rule `reads_input`.
 
     With `site_modules`, only those activation modules are hooked (cheap: no per-op
     dispatch). Without, a TorchFunctionMode sees every functional call as well, and a
@@ -197,14 +207,19 @@ class capture:
             if self.site_modules is not None:
                 for module in self.site_modules:
                     name = self.module_names[module] or self.activation.name
-                    hook = lambda m, args, out, _name=name: self._report(_name, m, out)  # noqa: E731
-                    self.handles.append(module.register_forward_hook(hook))
+                    if self.activation.reads_input:
+                        hook = lambda m, args, _name=name: self._report(_name, m, args[0])  # noqa: E731
+                        self.handles.append(module.register_forward_pre_hook(hook))
+                    else:
+                        hook = lambda m, args, out, _name=name: self._report(_name, m, out)  # noqa: E731
+                        self.handles.append(module.register_forward_hook(hook))
             else:
                 self.stack = _ModuleStack()
                 for module in self.module_names:
                     self.handles.append(module.register_forward_pre_hook(self.stack.push))
                     self.handles.append(module.register_forward_hook(self.stack.pop, always_call=True))
-                self.mode = _FunctionalActivations(self.activation.functions, self._on_function)
+                self.mode = _FunctionalActivations(self.activation.functions, self._on_function,
+                                                   self.activation.reads_input)  # fmt: skip
                 self.mode.__enter__()
         except BaseException:
             self.__exit__(None, None, None)

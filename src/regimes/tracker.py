@@ -43,7 +43,7 @@ class Tracker:
             list of them, or a predicate on the name. See `Tracker.sites`.
         every: measure every `every` optimizer steps (changes are then over `every` steps).
         activation: what counts as an activation: "relu" (default), "gelu" or "silu".
-            A unit is on when the activation's output is > 0, i.e. its input is > 0.
+            A unit is on when the activation's input (the pre-activation) is > 0.
         attention_mask: [B, T] mask (nonzero = token) of the probe's positions; padded
             positions are not units. Defaults to the probe dict's `attention_mask`. A probe
             dict's `decoder_attention_mask` masks the sites whose [B, T] is the decoder's.

@@ -23,6 +23,7 @@ else:  # pragma: no cover
 OPTIMIZERS = ("sgd", "adam", "adamw")
 PRECISIONS = ("fp32", "bf16")
 WEIGHT_CHANGES = ("layerwise", "global")
+FREEZES = ("off", "auto")  # or an epoch number
 
 
 class ConfigError(ValueError):
@@ -57,6 +58,9 @@ class RunConfig:
     # Which weight change the headline rho uses: "layerwise" (the paper's "in practice": the
     # mean over tensors of each tensor's mean |dw|) or "global" (eq. 2). Both are recorded.
     weight_change: str = "layerwise"
+    # Frozen-regime training (regimes.freeze): "off", "auto" (at the end of the epoch in which
+    # the online detector first says the pattern settled) or an epoch number (after that epoch).
+    freeze: str | int = "off"
     seed: int = 0
     preset: str = ""  # the preset this config came from, if any
     description: str = ""
@@ -75,7 +79,8 @@ class RunConfig:
     def validate(self) -> None:
         for f in dataclasses.fields(self):
             value = getattr(self, f.name)
-            expected = {"str": str, "int": int, "float": (int, float), "bool": bool, "dict": dict, "list": list}[f.type]
+            expected = {"str": str, "int": int, "float": (int, float), "bool": bool, "dict": dict, "list": list,
+                        "str | int": (str, int)}[f.type]  # fmt: skip
             if isinstance(value, bool) and f.type in ("int", "float") or not isinstance(value, expected):
                 raise ConfigError(f"{f.name} must be a {f.type}, got {value!r} ({type(value).__name__})")
         for name, value in _numbers(self.to_dict()):
@@ -90,6 +95,11 @@ class RunConfig:
             raise ConfigError(
                 f"weight_change must be one of {', '.join(WEIGHT_CHANGES)}, "
                 f"got {self.weight_change!r}{suggestion(self.weight_change, WEIGHT_CHANGES)}"
+            )
+        if not (self.freeze in FREEZES or type(self.freeze) is int and self.freeze >= 1):
+            raise ConfigError(
+                f"freeze must be \"off\", \"auto\" or an epoch number >= 1 (freeze after that epoch), "
+                f"got {self.freeze!r}{suggestion(self.freeze, FREEZES) if isinstance(self.freeze, str) else ''}"
             )
         if self.precision not in PRECISIONS:
             raise ConfigError(

@@ -173,3 +173,23 @@ def list_presets() -> dict[str, str]:
 
 def get_preset(name: str) -> RunConfig:
     return RunConfig.from_dict({**PRESETS.get(name), "preset": name})
+
+
+# `-native` variants: the architecture's own activation instead of the study's ReLU (issue 12,
+# part 3), tracked as the sign of its pre-activation. T5 (v1.0) is ReLU natively: no variant.
+NATIVE_ACTIVATIONS = {
+    "efficientnetb0-cifar100": "silu",  # swish
+    "efficientnetb0-tinyimagenet": "silu",
+    "xlnet-sst2": "gelu",
+    "roberta-ag-news": "gelu",
+    "gpt2-wikitext": "gelu",  # GPT-2's tanh approximation (regimes.zoo.hf_text)
+    "vitb16-cifar100": "gelu",
+    "swin-food101": "gelu",
+    "pvt-tinyimagenet": "gelu",
+}
+for _name, _activation in NATIVE_ACTIVATIONS.items():
+    _preset = PRESETS.get(_name)
+    PRESETS.register(f"{_name}-native", {
+        **_preset, "model_args": {**_preset["model_args"], "activation": _activation},
+        "description": f"{_preset['description']}; with its native activation ({_activation}) instead of ReLU",
+    })  # fmt: skip

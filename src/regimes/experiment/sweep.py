@@ -83,6 +83,8 @@ def trial_row(job: Job, summary: dict, swept=()) -> dict:
     )  # fmt: skip
     for key in swept:
         value = getattr(config, key)
+        if key == "freeze":  # "off" / "auto" beside epoch numbers: one column type
+            value = str(value)
         row[key] = value if isinstance(value, (str, int, float, bool)) else json.dumps(value)
     for key in ("best_score", "auc_w", "auc_p", "rho", "stabilization_w", "stabilization_p", "seconds"):
         row[key] = as_float(row[key])

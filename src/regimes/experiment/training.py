@@ -27,8 +27,10 @@ from regimes.data.registry import DATASETS
 from regimes.experiment.callbacks import Callback, Checkpoint, EarlyStopping, RecordWriter, RegimeDetection, notify
 from regimes.experiment.config import RunConfig
 from regimes.experiment.distributed import DataParallel, follow_run
+from regimes.experiment.freezing import FREEZE_COLUMNS, FreezeRegime
 from regimes.experiment.tasks import get_task
 from regimes.extras import available
+from regimes.freeze import ValuePattern
 from regimes.records import RunDirectory, RunSummary, Status, software_versions
 from regimes.runs import best_validation
 from regimes.zoo import create_model, model_sites
@@ -110,6 +112,7 @@ class RunState:
             **{k: numbers.get(k) for k in ("auc_w", "auc_p", "rho", "stabilization_w", "stabilization_p", "window")},
             rho_global=numbers.get("rho_global"), rho_layerwise=numbers.get("rho_layerwise"),
             settled_w_online=settled_w, settled_p_online=settled_p,
+            freeze_iteration=getattr(self._callback(FreezeRegime), "iteration_", None),
             batches_per_epoch=self.batches_per_epoch, steps=int(self.tracker.iteration),
             sites=list(self.tracker.sites), probe_size=self.tracker.probe_size,
             train_size=len(self.splits.train), val_size=len(self.splits.val), data_source=self.splits.source,
@@ -190,6 +193,8 @@ def train_run(config: RunConfig, out, *, device: str | None = None, data_dir=Non
                 )
         run.callbacks = [EarlyStopping(config.early_stopping_patience, config.min_delta, run.task.higher_is_better),
                          RegimeDetection(run_dir), RecordWriter(run_dir), Checkpoint(run_dir), *callbacks]  # fmt: skip
+        if config.freeze != "off":
+            run.callbacks[2:3] = [FreezeRegime(config.freeze), RecordWriter(run_dir, columns=FREEZE_COLUMNS)]
         try:
             if checkpoint is not None:
                 run.load_state_dict(checkpoint, run_dir.read_epochs())
@@ -278,7 +283,9 @@ def setup_run(config: RunConfig, device: torch.device, data_dir=None, parallel: 
     tracker = None
     if parallel is None or parallel.main:  # under DDP the first process alone tracks
         tracker = regimes.Tracker(model, probe, every=config.track_every, sites=config.sites or model_sites(config.model),
-                                  autocast=torch.bfloat16 if config.precision == "bf16" else None)  # fmt: skip
+                                  autocast=torch.bfloat16 if config.precision == "bf16" else None,
+                                  activation=config.model_args.get("activation", "relu"),
+                                  quantities=[ValuePattern()] if config.freeze != "off" else [])  # fmt: skip
     return RunState(config, device, task, splits, model, optimizer, tracker,
                     order=torch.Generator().manual_seed(config.seed),
                     batches_per_epoch=batches_per_epoch(len(splits.train), config.batch_size), parallel=parallel)  # fmt: skip

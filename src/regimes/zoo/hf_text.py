@@ -13,6 +13,7 @@ from __future__ import annotations
 import torch
 import torch.nn as nn
 
+from regimes.zoo.activations import check_activation, use_torch_activations
 from regimes.zoo.hf_vision import import_transformers
 from regimes.zoo.registry import register_model
 
@@ -22,6 +23,8 @@ XLNET_SITES = ("*.ff.activation_function",)
 ROBERTA_SITES = ("*.intermediate.intermediate_act_fn",)
 T5_SITES = ("*.DenseReluDense.act",)
 GPT2_SITES = ("*.mlp.act",)
+# GPT-2's own GELU is the tanh approximation ("gelu_new"): activation="gelu" is that one.
+_GPT2_ACTIVATION = {"relu": "relu", "gelu": "gelu_new", "silu": "silu"}
 
 
 class SequenceClassifier(nn.Module):
@@ -79,15 +82,16 @@ def xlnet(
     num_heads: int = 12,
     intermediate_size: int = 3072,
     dropout: float = 0.1,
+    activation: str = "relu",
 ) -> SequenceClassifier:
     transformers = import_transformers()
     config = transformers.XLNetConfig(
         vocab_size=vocab_size, d_model=hidden_size, n_layer=num_layers, n_head=num_heads, d_inner=intermediate_size,
-        ff_activation="relu", dropout=dropout, num_labels=num_classes, mem_len=None, use_mems_eval=False,
+        ff_activation=check_activation(activation), dropout=dropout, num_labels=num_classes, mem_len=None, use_mems_eval=False,
         # Right padding (the BPE tokenizers' layout): summarise the leading <s>, not the last position.
         summary_type="first", pad_token_id=PAD_ID, bos_token_id=BOS_ID, eos_token_id=EOS_ID,
     )  # fmt: skip
-    model = transformers.XLNetForSequenceClassification(config)
+    model = use_torch_activations(transformers.XLNetForSequenceClassification(config))
     # mask_emb serves only permutation language modelling (target_mapping), the segment
     # embeddings only inputs with token_type_ids: for single-segment classification they
     # never move, so they are frozen rather than counted as trainable weights.
@@ -112,16 +116,17 @@ def roberta(
     intermediate_size: int = 3072,
     max_length: int = 512,
     dropout: float = 0.1,
+    activation: str = "relu",
 ) -> SequenceClassifier:
     transformers = import_transformers()
     config = transformers.RobertaConfig(
         vocab_size=vocab_size, hidden_size=hidden_size, num_hidden_layers=num_layers, num_attention_heads=num_heads,
-        intermediate_size=intermediate_size, hidden_act="relu", hidden_dropout_prob=dropout,
+        intermediate_size=intermediate_size, hidden_act=check_activation(activation), hidden_dropout_prob=dropout,
         # Positions start after the padding id.
         attention_probs_dropout_prob=dropout, max_position_embeddings=max_length + PAD_ID + 1,
         type_vocab_size=1, num_labels=num_classes, pad_token_id=PAD_ID, bos_token_id=BOS_ID, eos_token_id=EOS_ID,
     )  # fmt: skip
-    return SequenceClassifier(transformers.RobertaForSequenceClassification(config))
+    return SequenceClassifier(use_torch_activations(transformers.RobertaForSequenceClassification(config)))
 
 
 @register_model(
@@ -137,14 +142,15 @@ def t5(
     head_size: int = 64,
     intermediate_size: int = 3072,
     dropout: float = 0.1,
+    activation: str = "relu",
 ) -> Seq2SeqLM:
     transformers = import_transformers()
     config = transformers.T5Config(
         vocab_size=vocab_size, d_model=hidden_size, d_kv=head_size, d_ff=intermediate_size, num_layers=num_layers,
-        num_decoder_layers=num_decoder_layers or num_layers, num_heads=num_heads, feed_forward_proj="relu",
+        num_decoder_layers=num_decoder_layers or num_layers, num_heads=num_heads, feed_forward_proj=check_activation(activation),
         dropout_rate=dropout, pad_token_id=PAD_ID, eos_token_id=EOS_ID, decoder_start_token_id=PAD_ID,
     )  # fmt: skip
-    return Seq2SeqLM(transformers.T5ForConditionalGeneration(config))
+    return Seq2SeqLM(use_torch_activations(transformers.T5ForConditionalGeneration(config)))
 
 
 @register_model(
@@ -159,11 +165,12 @@ def gpt2(
     intermediate_size: int | None = None,  # None: 4 x hidden_size
     max_length: int = 1024,
     dropout: float = 0.1,
+    activation: str = "relu",
 ) -> CausalLM:
     transformers = import_transformers()
     config = transformers.GPT2Config(
         vocab_size=vocab_size, n_embd=hidden_size, n_layer=num_layers, n_head=num_heads, n_inner=intermediate_size,
-        n_positions=max_length, activation_function="relu", resid_pdrop=dropout, embd_pdrop=dropout,
+        n_positions=max_length, activation_function=_GPT2_ACTIVATION[check_activation(activation)], resid_pdrop=dropout, embd_pdrop=dropout,
         attn_pdrop=dropout, bos_token_id=BOS_ID, eos_token_id=EOS_ID,
     )  # fmt: skip
-    return CausalLM(transformers.GPT2LMHeadModel(config))
+    return CausalLM(use_torch_activations(transformers.GPT2LMHeadModel(config)))

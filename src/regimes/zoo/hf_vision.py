@@ -18,6 +18,7 @@ import torch.nn as nn
 import torch.nn.functional as F
 
 from regimes.extras import require
+from regimes.zoo.activations import check_activation, use_torch_activations
 from regimes.zoo.registry import register_model
 
 # The feed-forward ReLU of each Transformer, by module path inside the wrapper.
@@ -59,13 +60,15 @@ def resnet34(
     depths: list = (3, 4, 6, 3),
     hidden_sizes: list = (64, 128, 256, 512),
     embedding_size: int = 64,
+    activation: str = "relu",
 ) -> ImageClassifier:
     transformers = import_transformers()
     config = transformers.ResNetConfig(
         num_channels=in_channels, embedding_size=embedding_size, hidden_sizes=list(hidden_sizes),
-        depths=list(depths), layer_type="basic", hidden_act="relu", num_labels=num_classes,
+        depths=list(depths), layer_type="basic", hidden_act=check_activation(activation), num_labels=num_classes,
     )  # fmt: skip
-    return ImageClassifier(transformers.ResNetForImageClassification(config))
+    # The library's basic block hard-codes ReLU after its first convolution: that one too.
+    return ImageClassifier(use_torch_activations(transformers.ResNetForImageClassification(config), relu_to=activation))
 
 
 @register_model(
@@ -79,19 +82,21 @@ def efficientnet_b0(
     width_coefficient: float = 1.0,
     depth_coefficient: float = 1.0,
     dropout_rate: float = 0.2,
+    activation: str = "relu",
 ) -> ImageClassifier:
     # B0: 16 MBConv blocks, 1280 features before the head; its squeeze-and-excitation
     # gates stay sigmoid (a gate, not the block's activation). The swish activations
-    # all become ReLU, as in the study.
+    # all become ReLU, as in the study; activation="silu" keeps the native swish.
     transformers = import_transformers()
     from transformers.models.efficientnet.modeling_efficientnet import round_filters
 
     config = transformers.EfficientNetConfig(
         num_channels=in_channels, image_size=224, width_coefficient=width_coefficient,
-        depth_coefficient=depth_coefficient, dropout_rate=dropout_rate, hidden_act="relu", num_labels=num_classes,
+        depth_coefficient=depth_coefficient, dropout_rate=dropout_rate, hidden_act=check_activation(activation),
+        num_labels=num_classes,
     )  # fmt: skip
     config.hidden_dim = round_filters(config, 1280)  # the head's width: 1280 for B0
-    model = transformers.EfficientNetForImageClassification(config)
+    model = use_torch_activations(transformers.EfficientNetForImageClassification(config))
     _torchvision_efficientnet_init(model)
     return ImageClassifier(model)
 
@@ -134,14 +139,15 @@ def vit(
     num_layers: int = 12,
     num_heads: int = 12,
     intermediate_size: int = 3072,
+    activation: str = "relu",
 ) -> ImageClassifier:
     transformers = import_transformers()
     config = transformers.ViTConfig(
         num_channels=in_channels, image_size=image_size, patch_size=patch_size, hidden_size=hidden_size,
         num_hidden_layers=num_layers, num_attention_heads=num_heads, intermediate_size=intermediate_size,
-        hidden_act="relu", num_labels=num_classes,
+        hidden_act=check_activation(activation), num_labels=num_classes,
     )  # fmt: skip
-    return ImageClassifier(transformers.ViTForImageClassification(config), image_size)
+    return ImageClassifier(use_torch_activations(transformers.ViTForImageClassification(config)), image_size)
 
 
 @register_model(
@@ -159,14 +165,15 @@ def swin(
     num_heads: list = (4, 8, 16, 32),
     window_size: int = 7,
     mlp_ratio: float = 4.0,
+    activation: str = "relu",
 ) -> ImageClassifier:
     transformers = import_transformers()
     config = transformers.SwinConfig(
         num_channels=in_channels, image_size=image_size, patch_size=patch_size, embed_dim=embed_dim,
         depths=list(depths), num_heads=list(num_heads), window_size=window_size, mlp_ratio=mlp_ratio,
-        hidden_act="relu", num_labels=num_classes,
+        hidden_act=check_activation(activation), num_labels=num_classes,
     )  # fmt: skip
-    return ImageClassifier(transformers.SwinForImageClassification(config), image_size)
+    return ImageClassifier(use_torch_activations(transformers.SwinForImageClassification(config)), image_size)
 
 
 @register_model(
@@ -184,12 +191,13 @@ def pvt(
     mlp_ratios: list = (8, 8, 4, 4),
     sequence_reduction_ratios: list = (8, 4, 2, 1),
     patch_sizes: list = (4, 2, 2, 2),
+    activation: str = "relu",
 ) -> ImageClassifier:
     transformers = import_transformers()
     config = transformers.PvtConfig(
         num_channels=in_channels, image_size=image_size, depths=list(depths), hidden_sizes=list(hidden_sizes),
         num_attention_heads=list(num_heads), mlp_ratios=list(mlp_ratios), patch_sizes=list(patch_sizes),
         strides=list(patch_sizes), sequence_reduction_ratios=list(sequence_reduction_ratios),
-        num_encoder_blocks=len(depths), hidden_act="relu", num_labels=num_classes,
+        num_encoder_blocks=len(depths), hidden_act=check_activation(activation), num_labels=num_classes,
     )  # fmt: skip
-    return ImageClassifier(transformers.PvtForImageClassification(config), image_size)
+    return ImageClassifier(use_torch_activations(transformers.PvtForImageClassification(config)), image_size)

@@ -7,6 +7,7 @@ from collections import OrderedDict
 import torch
 import torch.nn as nn
 
+from regimes.zoo.activations import activation_module, check_activation
 from regimes.zoo.registry import register_model
 
 # 28x28 inputs (MNIST) are padded by 2 so both sizes reach the classic 16x5x5 map.
@@ -24,8 +25,9 @@ class LeNet5(nn.Module):
     ``features.relu2``, ``classifier.relu3``, ``classifier.relu4``.
     """
 
-    def __init__(self, in_channels: int = 1, num_classes: int = 10, input_size: int = 28):
+    def __init__(self, in_channels: int = 1, num_classes: int = 10, input_size: int = 28, activation: str = "relu"):
         super().__init__()
+        check_activation(activation)
         if input_size not in _PADDING_FOR_INPUT_SIZE:
             raise ValueError(
                 f"LeNet5 takes 28x28 or 32x32 inputs, got input_size={input_size!r}; "
@@ -35,19 +37,19 @@ class LeNet5(nn.Module):
         self.features = nn.Sequential(
             OrderedDict(
                 conv1=nn.Conv2d(in_channels, 6, kernel_size=5, padding=padding),  # [B, 6, 28, 28]
-                relu1=nn.ReLU(),
+                **{f"{activation}1": activation_module(activation)},
                 pool1=nn.MaxPool2d(2),  # [B, 6, 14, 14]
                 conv2=nn.Conv2d(6, 16, kernel_size=5),  # [B, 16, 10, 10]
-                relu2=nn.ReLU(),
+                **{f"{activation}2": activation_module(activation)},
                 pool2=nn.MaxPool2d(2),  # [B, 16, 5, 5]
             )
         )
         self.classifier = nn.Sequential(
             OrderedDict(
                 fc3=nn.Linear(16 * 5 * 5, 120),
-                relu3=nn.ReLU(),
+                **{f"{activation}3": activation_module(activation)},
                 fc4=nn.Linear(120, 84),
-                relu4=nn.ReLU(),
+                **{f"{activation}4": activation_module(activation)},
                 fc5=nn.Linear(84, num_classes),
             )
         )
@@ -58,5 +60,5 @@ class LeNet5(nn.Module):
 
 
 @register_model("lenet5", description="LeNet-5 with ReLU and max-pooling, 28x28 or 32x32 inputs")
-def lenet5(*, in_channels: int = 1, num_classes: int = 10, input_size: int = 28) -> LeNet5:
-    return LeNet5(in_channels=in_channels, num_classes=num_classes, input_size=input_size)
+def lenet5(*, in_channels: int = 1, num_classes: int = 10, input_size: int = 28, activation: str = "relu") -> LeNet5:
+    return LeNet5(in_channels=in_channels, num_classes=num_classes, input_size=input_size, activation=activation)

@@ -8,6 +8,7 @@ from collections.abc import Sequence
 import torch
 import torch.nn as nn
 
+from regimes.zoo.activations import activation_module, check_activation
 from regimes.zoo.registry import register_model
 
 # The study marks some MLPs "dropout" but publishes no rate; presets use this one.
@@ -16,6 +17,9 @@ STUDY_DROPOUT = 0.2
 
 class MLP(nn.Module):
     """Flatten, then per hidden width Linear -> BatchNorm1d -> ReLU -> Dropout, then a Linear head.
+
+    ``activation`` "gelu" or "silu" puts that activation in place of ReLU (sites
+    ``blocks.<i>.gelu``, ``blocks.<i>.silu``).
 
     The study's MLPs all use BatchNorm. Where the study says "dropout" it gives
     no rate; the presets use ``p = STUDY_DROPOUT = 0.2``. Dropout modules exist
@@ -29,10 +33,12 @@ class MLP(nn.Module):
         hidden: Sequence[int] = (256, 128),
         dropout: float = 0.0,
         batchnorm: bool = True,
+        activation: str = "relu",
     ):
         super().__init__()
         if isinstance(hidden, (str, bytes)) or not isinstance(hidden, Sequence):
             raise ValueError(f"hidden must be a list of positive integers (e.g. [64, 32]), got {hidden!r}")
+        check_activation(activation)
         hidden = tuple(hidden)  # presets come from TOML, where this is a list
         _check_positive(input_size=input_size, num_classes=num_classes)
         _check_positive(**{f"hidden[{i}]": width for i, width in enumerate(hidden)})
@@ -42,7 +48,7 @@ class MLP(nn.Module):
         blocks = []
         widths = (input_size, *hidden)
         for fan_in, fan_out in zip(widths[:-1], widths[1:]):
-            blocks.append(_hidden_block(fan_in, fan_out, dropout, batchnorm))
+            blocks.append(_hidden_block(fan_in, fan_out, dropout, batchnorm, activation))
         self.blocks = nn.Sequential(*blocks)
         self.head = nn.Linear(widths[-1], num_classes)
 
@@ -52,11 +58,11 @@ class MLP(nn.Module):
         return self.head(x)  # [B, num_classes]
 
 
-def _hidden_block(fan_in: int, fan_out: int, dropout: float, batchnorm: bool) -> nn.Sequential:
+def _hidden_block(fan_in: int, fan_out: int, dropout: float, batchnorm: bool, activation: str = "relu") -> nn.Sequential:
     layers = OrderedDict(linear=nn.Linear(fan_in, fan_out))
     if batchnorm:
         layers["norm"] = nn.BatchNorm1d(fan_out)
-    layers["relu"] = nn.ReLU()
+    layers[activation] = activation_module(activation)
     if dropout > 0:
         layers["dropout"] = nn.Dropout(dropout)
     return nn.Sequential(layers)
@@ -76,5 +82,6 @@ def mlp(
     hidden: Sequence[int] = (256, 128),
     dropout: float = 0.0,
     batchnorm: bool = True,
+    activation: str = "relu",
 ) -> MLP:
-    return MLP(input_size, num_classes, hidden=hidden, dropout=dropout, batchnorm=batchnorm)
+    return MLP(input_size, num_classes, hidden=hidden, dropout=dropout, batchnorm=batchnorm, activation=activation)
