@@ -210,9 +210,11 @@ def runs(args, rule):
         run = Path(run)
         summary = json.loads((run / "summary.json").read_text())
         bpe = int(summary["batches_per_epoch"])
-        table = pd.read_parquet(run / "steps", columns=["iteration", "dw", "da"]).sort_values("iteration")
+        # The weight change the run's headline uses (layerwise by default), as the runner's detector reads it.
+        weights = "dw_layerwise" if args.weights == "layerwise" else "dw"
+        table = pd.read_parquet(run / "steps", columns=["iteration", weights, "da"]).sort_values("iteration")
         k = smoothing_window(bpe)
-        for column, curve in (("dw", "w"), ("da", "p")):
+        for column, curve in ((weights, "w"), ("da", "p")):
             x = table[column].to_numpy(dtype=np.float64)
             offline = offline_settle_step(x, bpe, rule["tau"])
             t_tau = 1.0 if offline is None else (offline - k) / (x.size - k + 1)
@@ -235,6 +237,8 @@ def main():
     synthetic_mode.add_argument("--seed", type=int, default=0)
     runs_mode = modes.add_parser("runs")
     runs_mode.add_argument("runs", nargs="+", help="finished run directories")
+    runs_mode.add_argument("--weights", choices=["layerwise", "global"], default="layerwise",
+                           help="which weight change (the runner's default: layerwise)")
     args = parser.parse_args()
     rule = {"tau": args.tau}
     for option in ("confirm_epochs", "confirm_fraction", "max_quiet_before", "max_level", "max_drift"):
