@@ -182,3 +182,20 @@ def test_the_per_tensor_weight_change_is_a_long_table_that_resumes(tmp_path, mon
     RunDirectory(tmp_path / "cut").append_tensor_steps([10_000], 9, names, np.ones((1, len(names))))  # a killed write
     train_run(config, tmp_path / "cut", resume=True)
     pd.testing.assert_frame_equal(long, pd.read_parquet(tmp_path / "cut" / "tensor_steps"))
+
+
+def test_a_run_that_fails_after_its_first_epoch_says_so_and_keeps_its_records(tmp_path, monkeypatch):
+    monkeypatch.setenv("REGIMES_DATA", str(tmp_path / "data"))
+
+    class OutOfMemoryAtEpochTwo(Callback):
+        def on_epoch_end(self, run, **kwargs):
+            if run.epoch == 2:
+                raise RuntimeError("out of memory (simulated)")
+
+    config = get_preset("mlp-breast-cancer").replace(max_epochs=4, patience=10)
+    with pytest.raises(RuntimeError, match="out of memory"):
+        train_run(config, tmp_path / "run", callbacks=[OutOfMemoryAtEpochTwo()])
+    run = RunDirectory(tmp_path / "run")
+    summary = run.read_summary()
+    assert summary["status"] == "failed" and summary["error"] == "RuntimeError: out of memory (simulated)"
+    assert summary["stop_epoch"] == 2 and len(run.read_epochs()) == 2 and len(run.read_steps()["iteration"]) > 0

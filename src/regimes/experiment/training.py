@@ -214,9 +214,15 @@ def train_run(config: RunConfig, out, *, device: str | None = None, data_dir=Non
         except KeyboardInterrupt:  # Ctrl-C, or SIGTERM in the CLI: resumable from the last epoch
             notify(run.callbacks, "on_interrupt", run)
             raise
-        except BaseException:
+        except BaseException as error:
             if started_here and not run_dir.has_records():  # failed before its first epoch: leave nothing
                 run_dir.remove(up_to=made)
+            else:  # its records stay; its summary says how it ended
+                writer = run._callback(RecordWriter)
+                if writer is not None and hasattr(writer, "curves_"):
+                    failed = run.summarize(writer.curves(), Status.FAILED)
+                    with contextlib.suppress(OSError):  # a full disk must not hide the error itself
+                        run_dir.write_summary(failed.replace(error=f"{type(error).__name__}: {error}"))
             raise
         notify(run.callbacks, "on_train_end", run)
         _save_figure(run_dir)
