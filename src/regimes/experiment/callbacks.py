@@ -101,7 +101,7 @@ class RecordWriter(Callback):
 
     CURVES = ("dw", "dw_layerwise", "da")  # what the summary is computed from
 
-    def __init__(self, run_dir, columns=("dw", "dw_layerwise", "da")):
+    def __init__(self, run_dir, columns=CURVES):
         self.run_dir, self.columns = run_dir, columns
 
     def on_train_begin(self, run, **kwargs) -> None:
@@ -179,7 +179,10 @@ class RegimeDetection(Callback):
 
     @property
     def settled(self) -> tuple[int | None, int | None]:
-        """(dw, da): the iteration each curve settled at, as the detector says now."""
+        """(dw, da): the iteration each curve settled at, as the detector says now (None, None
+        before the run began)."""
+        if not hasattr(self, "detector_"):
+            return None, None
         return self.iteration(self.detector_.settled_w), self.iteration(self.detector_.settled_p)
 
 

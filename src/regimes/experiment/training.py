@@ -96,7 +96,7 @@ class RunState:
         """The run's summary from its whole curves so far (`dw`, `dw_layerwise`, `da`)."""
         config, stopper = self.config, self._callback(EarlyStopping)
         detection = self._callback(RegimeDetection)
-        settled_w, settled_p = detection.settled if detection is not None and hasattr(detection, "detector_") else (None, None)
+        settled_w, settled_p = detection.settled if detection is not None else (None, None)
         per_epoch = max(1, self.batches_per_epoch // config.track_every)  # measurements per epoch
         numbers = summarize_run(curves, per_epoch, config.weight_change)  # the headline reading and both rhos
         best = best_validation(self.epochs, self.task.higher_is_better) or (math.nan, 0)
@@ -191,10 +191,12 @@ def train_run(config: RunConfig, out, *, device: str | None = None, data_dir=Non
                     f"{run_dir.path} already holds this run ({existing.get('status')}, {existing.get('stop_epoch')} "
                     "epochs): use --resume to continue it, --force to start it again, or choose another --out"
                 )
+        # A freeze acts after the detector has heard the epoch and before the records are written.
+        freezing = [FreezeRegime(config.freeze)] if config.freeze != "off" else []
+        columns = FREEZE_COLUMNS if freezing else RecordWriter.CURVES
         run.callbacks = [EarlyStopping(config.early_stopping_patience, config.min_delta, run.task.higher_is_better),
-                         RegimeDetection(run_dir), RecordWriter(run_dir), Checkpoint(run_dir), *callbacks]  # fmt: skip
-        if config.freeze != "off":
-            run.callbacks[2:3] = [FreezeRegime(config.freeze), RecordWriter(run_dir, columns=FREEZE_COLUMNS)]
+                         RegimeDetection(run_dir), *freezing, RecordWriter(run_dir, columns), Checkpoint(run_dir),
+                         *callbacks]  # fmt: skip
         try:
             if checkpoint is not None:
                 run.load_state_dict(checkpoint, run_dir.read_epochs())
