@@ -405,6 +405,16 @@ def test_a_truncated_step_file_on_resume(interrupted_run, capsys):
     assert snapshot(interrupted_run.path) == before
 
 
+def test_a_truncated_per_tensor_file_on_resume(interrupted_run, capsys):
+    chunk = sorted((interrupted_run.path / interrupted_run.TENSORS).glob("part-*.parquet"))[0]
+    chunk.write_bytes(chunk.read_bytes()[:200])
+    before = snapshot(interrupted_run.path)
+    assert main(["run", "--resume", str(interrupted_run.path), "--quiet"]) == 2
+    err = errors(capsys)
+    assert f"{chunk} is damaged" in err and "--force" in err
+    assert snapshot(interrupted_run.path) == before  # nothing truncated before the check
+
+
 def test_report_figure_into_a_folder_that_cannot_be_written(tmp_path, capsys):
     assert main(["run", "mlp-breast-cancer", "--out", str(tmp_path / "run"), "--set", "max_epochs=1", "--quiet"]) == 0
     capsys.readouterr()

@@ -445,10 +445,11 @@ class RunDirectory:
         return state
 
     def check_records(self) -> None:
-        """Read every step chunk's and the epoch table's metadata: a damaged file is a
+        """Read every step and per-tensor chunk's and the epoch table's metadata: a damaged file is a
         `DamagedRecordError` saying what is kept and how to start again (a resume checks
         first, so that it changes nothing on a run it cannot continue)."""
-        for path in [*self.chunk_paths(), *([self.epochs_path] if self.epochs_path.is_file() else [])]:
+        tables = [*self.chunk_paths(), *_chunk_paths(self.tensors_dir)]
+        for path in [*tables, *([self.epochs_path] if self.epochs_path.is_file() else [])]:
             try:
                 _read(pq.read_metadata, path)
             except DamagedRecordError as error:
