@@ -61,6 +61,9 @@ class RunConfig:
     # Frozen-regime training (regimes.freeze): "off", "auto" (at the end of the epoch in which
     # the online detector first says the pattern settled) or an epoch number (after that epoch).
     freeze: str | int = "off"
+    # The theory's instruments per epoch over the probe (regimes.experiment.geometry):
+    # region distances, stability radii, the next epoch's steps, in the run directory.
+    geometry: bool = False
     seed: int = 0
     preset: str = ""  # the preset this config came from, if any
     description: str = ""
@@ -100,6 +103,11 @@ class RunConfig:
             raise ConfigError(
                 f"freeze must be \"off\", \"auto\" or an epoch number >= 1 (freeze after that epoch), "
                 f"got {self.freeze!r}{suggestion(self.freeze, FREEZES) if isinstance(self.freeze, str) else ''}"
+            )
+        if self.geometry and self.freeze != "off":
+            raise ConfigError(
+                "geometry and freeze cannot go together: the frozen gates make the model's pattern a copy's, which "
+                "the radii do not describe; set geometry = false or freeze = \"off\""
             )
         if self.precision not in PRECISIONS:
             raise ConfigError(
@@ -232,6 +240,10 @@ def _key_notes(config: RunConfig) -> dict[str, str]:
         "track_every": "measure the weight and pattern change every this many optimizer steps",
         "sites": "site names or globs to track; []: the model's registered sites, else every ReLU",
         "precision": f"one of {', '.join(PRECISIONS)} (bf16: autocast around forward passes and the probe)",
+        "weight_change": "which weight change rho reads: layerwise (mean over tensors) or global; both are recorded",
+        "freeze": 'frozen-regime training: "off", "auto" (when the pattern settles) or after that epoch',
+        "geometry": "record region distances and stability radii over the probe each epoch (costs about "
+        "a few hundred probe forwards per epoch)",
         "seed": "model initialisation, data order and the probe",
         "preset": "the preset this config came from",
         "model_args": "passed to regimes.zoo.create_model",

@@ -28,9 +28,12 @@ from regimes.experiment.callbacks import Callback, Checkpoint, EarlyStopping, Re
 from regimes.experiment.config import RunConfig
 from regimes.experiment.distributed import DataParallel, follow_run
 from regimes.experiment.freezing import FREEZE_COLUMNS, FreezeRegime
+from regimes.experiment.geometry import GeometryRecorder
 from regimes.experiment.tasks import get_task
 from regimes.extras import available
 from regimes.freeze import ValuePattern
+from regimes.geometry.watch import AnchorWatch
+from regimes.quantities import UpdateNorm
 from regimes.records import RunDirectory, RunSummary, Status, software_versions
 from regimes.runs import best_validation
 from regimes.zoo import create_model, model_sites
@@ -194,9 +197,11 @@ def train_run(config: RunConfig, out, *, device: str | None = None, data_dir=Non
         # A freeze acts after the detector has heard the epoch and before the records are written.
         freezing = [FreezeRegime(config.freeze)] if config.freeze != "off" else []
         columns = FREEZE_COLUMNS if freezing else RecordWriter.CURVES
+        geometry = [GeometryRecorder(run_dir)] if config.geometry else []  # before the checkpoint: its anchor
+        columns += GeometryRecorder.STEP_COLUMNS if geometry else ()
         run.callbacks = [EarlyStopping(config.early_stopping_patience, config.min_delta, run.task.higher_is_better),
-                         RegimeDetection(run_dir), *freezing, RecordWriter(run_dir, columns), Checkpoint(run_dir),
-                         *callbacks]  # fmt: skip
+                         RegimeDetection(run_dir), *freezing, RecordWriter(run_dir, columns), *geometry,
+                         Checkpoint(run_dir), *callbacks]  # fmt: skip
         try:
             if checkpoint is not None:
                 run.load_state_dict(checkpoint, run_dir.read_epochs())
@@ -293,10 +298,19 @@ def setup_run(config: RunConfig, device: torch.device, data_dir=None, parallel: 
         tracker = regimes.Tracker(model, probe, every=config.track_every, sites=config.sites or model_sites(config.model),
                                   autocast=torch.bfloat16 if config.precision == "bf16" else None,
                                   activation=config.model_args.get("activation", "relu"),
-                                  quantities=[ValuePattern()] if config.freeze != "off" else [])  # fmt: skip
+                                  quantities=_quantities(config))  # fmt: skip
     return RunState(config, device, task, splits, model, optimizer, tracker,
                     order=torch.Generator().manual_seed(config.seed),
                     batches_per_epoch=batches_per_epoch(len(splits.train), config.batch_size), parallel=parallel)  # fmt: skip
+
+
+def _quantities(config: RunConfig) -> list:
+    """What the tracker measures beyond dw and da: the value network's pattern under a freeze,
+    the step sizes and the distance from the epoch's start for the geometry."""
+    quantities = [ValuePattern()] if config.freeze != "off" else []
+    if config.geometry:
+        quantities += [UpdateNorm(), AnchorWatch()]
+    return quantities
 
 
 def train_epoch(run: RunState) -> dict:

@@ -6,6 +6,8 @@ RUN/
   steps/            per-iteration records, one Parquet file per chunk (part-00001.parquet, ...):
                     iteration, epoch (int64), dw, da and one "da:<site>" column per site (float64)
   epochs.parquet    per-epoch scores, rewritten whole each epoch
+  geometry.parquet  per-epoch region distances and stability radii over the probe, with
+                    the next epoch's steps (config `geometry = true`; regimes.experiment.geometry)
   summary.json      the run's numbers, status and software versions (a `RunSummary`)
   figure.png        the run's figure (regimes.plots.save_run_figure)
   checkpoint.pt     what a resume needs (the runner's state, saved with torch.save)
@@ -91,13 +93,14 @@ class RunDirectory:
     STEPS = "steps"
     TENSORS = "tensor_steps"  # the per-tensor weight change, long: iteration, epoch, tensor, dw
     EPOCHS = "epochs.parquet"
+    GEOMETRY = "geometry.parquet"  # the theory's instruments per epoch (config `geometry`)
     SUMMARY = "summary.json"
     FIGURE = "figure.png"
     CHECKPOINT = "checkpoint.pt"
     ERROR = "error.txt"
     LOCK = ".lock"  # the writer's lock, kept for the folder's life: a removed one lets two writers in
     # Files a run owns; create(force=True) removes these (and steps/) and nothing else the user put there.
-    FILES = (CONFIG, EPOCHS, SUMMARY, FIGURE, CHECKPOINT, ERROR)
+    FILES = (CONFIG, EPOCHS, GEOMETRY, SUMMARY, FIGURE, CHECKPOINT, ERROR)
 
     def __init__(self, path):
         self.path = Path(path)
@@ -122,6 +125,10 @@ class RunDirectory:
     @property
     def epochs_path(self) -> Path:
         return self.path / self.EPOCHS
+
+    @property
+    def geometry_path(self) -> Path:
+        return self.path / self.GEOMETRY
 
     @property
     def summary_path(self) -> Path:
@@ -396,6 +403,21 @@ class RunDirectory:
             return []
         return _read(pq.read_table, self.epochs_path).to_pylist()
 
+    # -- the theory's instruments, per epoch ----------------------------------------------
+
+    def write_geometry(self, rows: list[dict]) -> None:
+        """Rewrite geometry.parquet with every epoch's row so far (`regimes.experiment.geometry`)."""
+        names = list(dict.fromkeys(k for row in rows for k in row))
+        fields = [pa.field(n, pa.int64() if n in _INT_COLUMNS else _infer_type(rows, n)) for n in names]
+        table = pa.table({n: [_plain(row.get(n)) for row in rows] for n in names}, schema=pa.schema(fields))
+        atomic_write(self.geometry_path, parquet_bytes(table))
+
+    def read_geometry(self) -> list[dict]:
+        """The geometry rows, one per epoch (epoch 0: the initial weights); [] when none were recorded."""
+        if not self.geometry_path.is_file():
+            return []
+        return _read(pq.read_table, self.geometry_path).to_pylist()
+
     # -- summary -------------------------------------------------------------------------
 
     def write_summary(self, summary: RunSummary | Mapping) -> None:
@@ -449,7 +471,8 @@ class RunDirectory:
         `DamagedRecordError` saying what is kept and how to start again (a resume checks
         first, so that it changes nothing on a run it cannot continue)."""
         tables = [*self.chunk_paths(), *_chunk_paths(self.tensors_dir)]
-        for path in [*tables, *([self.epochs_path] if self.epochs_path.is_file() else [])]:
+        whole = [p for p in (self.epochs_path, self.geometry_path) if p.is_file()]
+        for path in [*tables, *whole]:
             try:
                 _read(pq.read_metadata, path)
             except DamagedRecordError as error:
