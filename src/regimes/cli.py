@@ -6,6 +6,7 @@
     regimes show mlp-mnist > my.toml              a preset as TOML, to copy and edit
     regimes report runs/ --figure grid.png        the study's table over any number of runs
     regimes sweep mlp-breast-cancer --seeds 5     the study's grid, the best config, 5 seeds
+    regimes geometry runs/mlp-breast-cancer-seed0 the theory's instruments on a saved run's probe
 
 Errors print one line; REGIMES_DEBUG=1 shows the traceback.
 """
@@ -212,6 +213,75 @@ def cmd_report(args) -> int:
     return 0
 
 
+def cmd_geometry(args) -> int:
+    """A saved run's probe at its checkpoint (region distance, nearest boundary, radii per
+    sample), and the per-epoch table the run recorded with `geometry = true`."""
+    from regimes.records import RunDirectory
+
+    _set_threads(args.threads)
+    run_dir = RunDirectory(args.run)
+    recorded = run_dir.read_geometry() if run_dir.has_config() else []
+    last = (run_dir.read_checkpoint() or {}).get("epoch") if run_dir.has_config() else None
+    if args.epoch is not None and args.epoch != last:
+        row = next((r for r in recorded if r["epoch"] == args.epoch), None)
+        if row is None and recorded:
+            raise ValueError(f"epoch {args.epoch}: the run recorded geometry for epochs "
+                             f"{recorded[0]['epoch']}-{recorded[-1]['epoch']}")  # fmt: skip
+        if row is None:
+            raise ValueError(
+                f"epoch {args.epoch}: the checkpoint holds epoch {last}'s weights only, and the run recorded no "
+                "geometry: train it with `--set geometry=true` to record every epoch"
+            )
+        _print_pairs([(k, _geometry_value(v)) for k, v in row.items()])
+        return 0
+    from regimes.experiment.geometry import saved_run_geometry
+
+    found = saved_run_geometry(args.run, device=args.device, data_dir=args.data_dir)
+    _print_probe_geometry(found)
+    if recorded and args.epoch is None:
+        print(f"\nrecorded during the run ({run_dir.geometry_path}):")
+        _print_geometry_table(recorded)
+    return 0
+
+
+def _geometry_value(value) -> str:
+    return _fmt(value, ".4g") if isinstance(value, float) else str(value)
+
+
+def _print_pairs(rows) -> None:
+    width = max(len(k) for k, _ in rows)
+    for key, value in rows:
+        print(f"{key:<{width}}  {value}")
+
+
+def _print_probe_geometry(found: dict) -> None:
+    import numpy as np
+
+    n = len(found["distance"])
+    print(f"epoch {found['epoch']} (iteration {found['iteration']}): the checkpoint's weights, probe of {n} samples")
+    print(f"{'sample':>6}  {'distance':>10}  {'nearest boundary':<28}  {'certified':>10}  {'empirical':>10}")
+    for i in range(n):
+        site = found["nearest_site"][i]
+        where = f"{site} unit {found['nearest_unit'][i]}" if site is not None else "none"
+        print(f"{i:>6}  {found['distance'][i]:>10.4g}  {where:<28}  {found['certified'][i]:>10.4g}  "
+              f"{found['empirical'][i]:>10.4g}")  # fmt: skip
+    for name, q in (("p10", 10), ("median", 50), ("p90", 90)):
+        values = [np.percentile(found[k][np.isfinite(found[k])], q) for k in ("distance", "certified", "empirical")]
+        print(f"{name:>6}  {values[0]:>10.4g}  {'':<28}  {values[1]:>10.4g}  {values[2]:>10.4g}")
+
+
+GEOMETRY_TABLE = (("epoch", "d"), ("distance_median", ".3g"), ("certified_median", ".3g"), ("step_max", ".3g"),
+                  ("displacement_max", ".3g"), ("no_flip_guaranteed", ".2f"), ("no_flip_observed", ".2f"),
+                  ("statistics_change", ".2g"))  # fmt: skip
+
+
+def _print_geometry_table(rows: list[dict]) -> None:
+    widths = [max(len(name), 8) for name, _ in GEOMETRY_TABLE]
+    print("  ".join(f"{name:>{w}}" for (name, _), w in zip(GEOMETRY_TABLE, widths)))
+    for row in rows:
+        print("  ".join(f"{_fmt(row.get(name), spec):>{w}}" for (name, spec), w in zip(GEOMETRY_TABLE, widths)))
+
+
 def cmd_sweep(args) -> int:
     import signal
 
@@ -368,6 +438,14 @@ def build_parser() -> argparse.ArgumentParser:
     report.add_argument("--figure", help="also draw the grid figure to this file (.png, .svg, .pdf)")
     report.add_argument("--strict", action="store_true", help="stop at a run that cannot be read (default: name it and skip it)")
     report.set_defaults(func=cmd_report)
+
+    geometry = commands.add_parser("geometry", help="region distances and stability radii of a saved run's probe")
+    geometry.add_argument("run", help="a run directory (`regimes run` writes one)")
+    geometry.add_argument("--epoch", type=int, help="an epoch the run recorded with geometry = true (default: the checkpoint's)")
+    geometry.add_argument("--device", help="cpu, cuda, ... (default: cuda if present, else cpu)")
+    geometry.add_argument("--data-dir", help="where the data sets are (default: $REGIMES_DATA, then ~/.cache/regimes)")
+    geometry.add_argument("--threads", type=int, metavar="N", help="torch threads")
+    geometry.set_defaults(func=cmd_geometry)
 
     sweep = commands.add_parser("sweep", help="the study's sweep: a grid, the best config, several seeds")
     sweep.add_argument("preset", help="a preset name (`regimes presets`) or a TOML config file: the base config")

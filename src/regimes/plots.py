@@ -29,13 +29,14 @@ from regimes.records import RunDirectory, Status, atomic_write
 from regimes.runs import as_float, config_value, optimizer_text, read_run
 from regimes.study import dataset_label, model_label
 
-__all__ = ["plot_run", "plot_grid", "save_run_figure", "FIGURE_SUFFIXES"]
+__all__ = ["plot_run", "plot_grid", "plot_geometry", "save_run_figure", "FIGURE_SUFFIXES"]
 
 FIGURE_SUFFIXES = (".png", ".svg", ".pdf")
 
 _COLORS = {"train": "tab:blue", "val": "tab:orange", "dw": "tab:green", "da": "tab:red"}
 _PANEL_SIZE = (4.6, 3.4)  # inches per panel of a grid
 _FIGURE_SIZE = (5.0, 4.4)  # a single panel with its legend below
+_GEOMETRY_FIGURE_SIZE = (11.0, 8.0)  # the run's panel above its three geometry panels
 _LEGEND_ENTRY_WIDTH = 2.0  # inches a legend entry needs at fontsize "small", handle included
 _BEST_EPOCH = "epoch of the best val. score"
 
@@ -260,10 +261,65 @@ def save_run_figure(run_dir) -> Path:
     from matplotlib.figure import Figure
 
     directory = RunDirectory(run_dir)
-    fig = Figure(figsize=_FIGURE_SIZE, layout="constrained")
-    plot_run(directory.path, ax=fig.add_subplot())
+    geometry = directory.read_geometry()
+    if not geometry:
+        fig = Figure(figsize=_FIGURE_SIZE, layout="constrained")
+        plot_run(directory.path, ax=fig.add_subplot())
+    else:  # the run's panel above, its geometry's three below
+        fig = Figure(figsize=_GEOMETRY_FIGURE_SIZE, layout="constrained")
+        grid = fig.add_gridspec(2, 3, height_ratios=(1.25, 1))
+        plot_run(directory.path, ax=fig.add_subplot(grid[0, :]))
+        plot_geometry(geometry, [fig.add_subplot(grid[1, i]) for i in range(3)])
     _save(fig, directory.figure_path)
     return directory.figure_path
+
+
+def plot_geometry(rows, axes=None):
+    """The geometry table of a run (config `geometry`; a `RunDirectory.read_geometry()` list
+    or a run directory) in three panels, per epoch: the probe's distance to its region's
+    boundary (input space); the certified and empirical parameter radii beside the next
+    epoch's largest step and farthest move (parameter space, L2); the fraction of probe
+    samples the radius guarantees no flip in the next epoch, beside the fraction observed
+    without one. Returns `(fig, axes)`."""
+    if isinstance(rows, (str, Path)):
+        rows = RunDirectory(rows).read_geometry()
+    if axes is None:
+        fig, axes = _pyplot().subplots(1, 3, figsize=(11, 3.4), layout="constrained")
+    fig = axes[0].figure
+    epoch = np.array([r["epoch"] for r in rows], dtype=np.float64)
+
+    def column(name):
+        return np.array([np.nan if r.get(name) is None else r[name] for r in rows], dtype=np.float64)
+
+    distance, radius, flips = axes
+    distance.fill_between(epoch, column("distance_p10"), column("distance_p90"), color="tab:purple", alpha=0.2,
+                          linewidth=0, label="10th-90th percentile")  # fmt: skip
+    distance.plot(epoch, column("distance_median"), color="tab:purple", marker="o", markersize=2.5, label="median")
+    distance.set(yscale="log", xlabel="epoch", ylabel="input-space distance")
+    distance.set_title("probe's distance to its region's boundary", fontsize="small")
+
+    radius.fill_between(epoch, column("certified_p10"), column("certified_p90"), color="tab:blue", alpha=0.2,
+                        linewidth=0, label="certified radius, 10th-90th pct.")  # fmt: skip
+    radius.plot(epoch, column("certified_median"), color="tab:blue", marker="o", markersize=2.5,
+                label="certified radius, median")  # fmt: skip
+    radius.plot(epoch, column("empirical_median"), color="tab:blue", linestyle="--", label="empirical radius, median")
+    radius.plot(epoch, column("step_max"), color="tab:red", marker="^", markersize=3, label="next epoch: largest step")
+    radius.plot(epoch, column("displacement_max"), color="tab:red", linestyle=":", label="next epoch: farthest move")
+    radius.set(yscale="log", xlabel="epoch", ylabel="parameter-space distance (L2)")
+    radius.set_title("stability radius vs the next epoch's steps", fontsize="small")
+
+    flips.plot(epoch, column("no_flip_guaranteed"), color="tab:blue", marker="o", markersize=2.5,
+               label="guaranteed (radius > farthest move)")  # fmt: skip
+    flips.plot(epoch, column("no_flip_observed"), color="tab:red", marker="s", markersize=2.5, label="observed")
+    flips.set(ylim=(-0.03, 1.03), xlabel="epoch", ylabel="fraction of probe samples")
+    flips.set_title("no flip in the next epoch", fontsize="small")
+    if np.nanmax(np.append(column("statistics_change"), 0.0)) > 0:
+        flips.text(0.02, 0.5, "BatchNorm statistics move too:\nthe guarantee covers the\nparameters' share only",
+                   transform=flips.transAxes, fontsize="x-small", color="0.35", va="center")  # fmt: skip
+    for ax in axes:
+        ax.legend(fontsize="xx-small", frameon=False)
+        ax.tick_params(labelsize="x-small")
+    return fig, axes
 
 
 def _save(fig, path) -> None:

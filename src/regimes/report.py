@@ -42,6 +42,7 @@ __all__ = [
     "model_label",
     "dataset_label",
     "COLUMNS",
+    "GEOMETRY_COLUMNS",
     "FORMATS",
 ]
 
@@ -71,6 +72,15 @@ SEED_COLUMNS = {
     "latex": (("rho_ci", "", "95\\% CI"), ("seeds", "", "Seeds")),
     "csv": (("rho_low", "", ""), ("rho_high", "", ""), ("seeds", "", "")),
 }
+# Added at the end when a run recorded its geometry (config `geometry`; runs.geometry_numbers):
+# medians over epochs of the probe's medians, and the no-flip fractions' means over epochs.
+GEOMETRY_COLUMNS = (
+    ("distance_median", "region distance", "Region dist."),
+    ("certified_median", "radius", "Radius"),
+    ("step_over_radius", "step/radius", "Step/radius"),
+    ("no_flip_guaranteed", "no flip guaranteed", "No flip, guar."),
+    ("no_flip_observed", "no flip observed", "No flip, obs."),
+)
 _TEXT_COLUMNS = {"model", "dataset", "optimizer", "status"}
 
 
@@ -110,6 +120,8 @@ def study_table(runs) -> list[dict]:
                             seeds=int(run["seeds"]))  # fmt: skip
         if run.get("members"):
             rows[-1]["members"] = [dict(m) for m in run["members"]]
+        if "no_flip_observed" in run:
+            rows[-1].update({key: as_float(run.get(key)) for key, _, _ in GEOMETRY_COLUMNS})
     return rows
 
 
@@ -128,6 +140,7 @@ def format_table(rows, fmt: str = "markdown") -> str:
     if fmt not in FORMATS:
         raise ValueError(f"unknown table format {fmt!r}; choose one of {', '.join(FORMATS)}")
     columns = COLUMNS + (SEED_COLUMNS[fmt] if any(row.get("seeds") for row in rows) else ())
+    columns += GEOMETRY_COLUMNS if any("no_flip_observed" in row for row in rows) else ()
     cells = [[_cell(row.get(key), key, fmt) if key != "rho_ci" else _interval(row, fmt) for key, _, _ in columns]
              for row in rows]  # fmt: skip
     if fmt == "csv":
@@ -185,6 +198,10 @@ def _cell(value, key: str, fmt: str) -> str:
         return f"{value:.2f}"
     if key == "seeds":
         return str(int(value))
+    if key in ("no_flip_guaranteed", "no_flip_observed"):
+        return f"{value:.2f}"
+    if key in ("distance_median", "certified_median", "step_over_radius"):
+        return f"{value:.3g}"
     return str(value)
 
 

@@ -92,9 +92,29 @@ def read_run(path) -> dict:
     best = best_validation(epochs, run.get("higher_is_better") is not False)
     if best is not None:
         run["best_score"], run["best_epoch"] = best
+    if directory.geometry_path.is_file():
+        run.update(geometry_numbers(_read(directory.geometry_path, directory.read_geometry)))
     run["path"] = str(path)
     run["config"] = config
     return run
+
+
+def geometry_numbers(rows: list[dict]) -> dict:
+    """A run's geometry table (config `geometry`) in a few numbers: the median over epochs of
+    the probe's median region distance, certified radius and step/radius ratio, and the mean
+    over epochs of the guaranteed and observed no-flip fractions."""
+
+    def over_epochs(name: str, how) -> float:
+        values = [r[name] for r in rows if r.get(name) is not None and math.isfinite(r[name])]
+        return float(how(values)) if values else math.nan
+
+    return {
+        "distance_median": over_epochs("distance_median", np.median),
+        "certified_median": over_epochs("certified_median", np.median),
+        "step_over_radius": over_epochs("step_over_radius", np.median),
+        "no_flip_guaranteed": over_epochs("no_flip_guaranteed", np.mean),
+        "no_flip_observed": over_epochs("no_flip_observed", np.mean),
+    }
 
 
 def _read(path: Path, reader):
