@@ -70,9 +70,18 @@ def _print_result(summary: dict, out: Path) -> None:
         ("rho", rho),
         ("settled (w / a)", f"{_settled(summary['stabilization_w'])} / {_settled(summary['stabilization_p'])}"),
     ]
-    width = max(len(k) for k, _ in rows)
-    for key, value in rows:
-        print(f"{key:<{width}}  {value}")
+    geometry = RunDirectory(out).read_geometry()
+    if geometry:
+        from regimes.runs import geometry_numbers
+
+        g = geometry_numbers(geometry)
+        rows.append(("geometry", f"region distance {_fmt(g['distance_median'], '.3g')}, certified radius "
+                                 f"{_fmt(g['certified_median'], '.3g')}, largest step / radius "
+                                 f"{_fmt(g['step_over_radius'], '.3g')} (medians over epochs)"))  # fmt: skip
+        rows.append(("no flip (next epoch)", f"guaranteed {_fmt(g['no_flip_guaranteed'], '.2f')}, observed "
+                                             f"{_fmt(g['no_flip_observed'], '.2f')} of the probe (means over epochs; "
+                                             f"`regimes geometry {out}`)"))  # fmt: skip
+    _print_pairs(rows)
 
 
 def cmd_run(args) -> int:

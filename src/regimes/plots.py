@@ -295,7 +295,9 @@ def plot_geometry(rows, axes=None):
     distance.fill_between(epoch, column("distance_p10"), column("distance_p90"), color="tab:purple", alpha=0.2,
                           linewidth=0, label="10th-90th percentile")  # fmt: skip
     distance.plot(epoch, column("distance_median"), color="tab:purple", marker="o", markersize=2.5, label="median")
-    distance.set(yscale="log", xlabel="epoch", ylabel="input-space distance")
+    # Log scales where there is something positive to show (inputs on a max-pool tie sit at 0).
+    positive = np.nanmax(np.append(column("distance_p90"), 0.0)) > 0
+    distance.set(yscale="log" if positive else "linear", xlabel="epoch", ylabel="input-space distance")
     distance.set_title("probe's distance to its region's boundary", fontsize="small")
 
     radius.fill_between(epoch, column("certified_p10"), column("certified_p90"), color="tab:blue", alpha=0.2,
@@ -305,7 +307,8 @@ def plot_geometry(rows, axes=None):
     radius.plot(epoch, column("empirical_median"), color="tab:blue", linestyle="--", label="empirical radius, median")
     radius.plot(epoch, column("step_max"), color="tab:red", marker="^", markersize=3, label="next epoch: largest step")
     radius.plot(epoch, column("displacement_max"), color="tab:red", linestyle=":", label="next epoch: farthest move")
-    radius.set(yscale="log", xlabel="epoch", ylabel="parameter-space distance (L2)")
+    positive = np.nanmax(np.append(column("step_max"), column("certified_p90")), initial=0.0) > 0
+    radius.set(yscale="log" if positive else "linear", xlabel="epoch", ylabel="parameter-space distance (L2)")
     radius.set_title("stability radius vs the next epoch's steps", fontsize="small")
 
     flips.plot(epoch, column("no_flip_guaranteed"), color="tab:blue", marker="o", markersize=2.5,
