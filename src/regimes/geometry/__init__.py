@@ -8,6 +8,10 @@
   can move (L2) before the input's ReLU pattern changes (Proposition 1): a proven lower
   bound and a searched upper bound.
 
+Along training: `AnchorWatch` (a tracker quantity: distance of the weights from an anchor,
+which probe samples flipped since) and `probe_geometry` (the three per probe sample) are what
+the runner's `geometry = true` records per epoch (regimes.experiment.geometry).
+
 Models with parts that are not piecewise linear (attention, GELU, LayerNorm, ...) raise
 `NotPiecewiseLinearError` naming the part; pass a piecewise-linear submodule and its input
 instead (for a Transformer, one feed-forward block and the hidden states entering it).
@@ -16,12 +20,15 @@ instead (for a Transformer, one feed-forward block and the hidden states enterin
 from regimes.geometry._trace import NotPiecewiseLinearError
 from regimes.geometry.radius import parameter_radius
 from regimes.geometry.region import RegionBoundary, local_affine_map, region_boundary, region_distance
+from regimes.geometry.watch import AnchorWatch, probe_geometry
 
 __all__ = [
+    "AnchorWatch",
     "NotPiecewiseLinearError",
     "RegionBoundary",
     "local_affine_map",
     "parameter_radius",
+    "probe_geometry",
     "region_boundary",
     "region_distance",
 ]
