@@ -9,6 +9,8 @@ runner's convention gives (measurement index x `every`).
 
 from __future__ import annotations
 
+import csv
+
 import numpy as np
 import pytest
 import torch
@@ -21,6 +23,7 @@ L = pytest.importorskip("lightning")
 transformers = pytest.importorskip("transformers")
 
 from lightning.pytorch.callbacks import ModelCheckpoint  # noqa: E402
+from lightning.pytorch.loggers import CSVLogger  # noqa: E402
 from test_integrations import Classifier, TokenRows, lightning_trainer, loaders, pad, tabular, tiny_bert  # noqa: E402
 
 from regimes.integrations import huggingface as hf_integration  # noqa: E402
@@ -79,11 +82,11 @@ class LightningListener(L.Callback):
         self.gated.append(gates is not None and gates.installed)
 
 
-def lightning_fit(tmp_path, out, module, max_epochs, ckpt_path=None, checkpoints=None, **options):
+def lightning_fit(tmp_path, out, module, max_epochs, ckpt_path=None, checkpoints=None, logger=False, **options):
     callback = pl_integration.RegimesCallback("val", probe_size=12, out=out, **options)
     listener = LightningListener(callback)
     saving = [ModelCheckpoint(dirpath=checkpoints, save_top_k=-1, every_n_epochs=1)] if checkpoints else []
-    trainer = lightning_trainer(tmp_path, [callback, listener, *saving], max_epochs=max_epochs,
+    trainer = lightning_trainer(tmp_path, [callback, listener, *saving], max_epochs=max_epochs, logger=logger,
                                 enable_checkpointing=bool(checkpoints))  # fmt: skip
     trainer.fit(module, *loaders(), ckpt_path=ckpt_path)
     return callback, listener, module
@@ -91,11 +94,15 @@ def lightning_fit(tmp_path, out, module, max_epochs, ckpt_path=None, checkpoints
 
 def test_lightning_tells_other_callbacks_what_the_offline_detector_says_when_it_says_it_and_a_resume_too(tmp_path):
     # every=2: 5 measurements an epoch, and the iteration told is the measurement index x 2.
-    callback, listener, _ = lightning_fit(tmp_path, tmp_path / "whole", Decaying(lr=0.5), 9, every=2)
+    logger = CSVLogger(tmp_path / "csv", name="fit")
+    callback, listener, _ = lightning_fit(tmp_path, tmp_path / "whole", Decaying(lr=0.5), 9, logger=logger, every=2)
     expected, detector = offline_events(tmp_path / "whole", every=2)
     assert {e.curve for e, _, _ in expected} == {"w", "p"}  # both curves settled: the comparison is not of nothing
     assert listener.heard == expected
     assert [(e, i) for e, i, _ in expected] == callback.events_
+    with open(f"{logger.log_dir}/metrics.csv") as f:
+        logged = [row["regimes/settled_p"] for row in csv.DictReader(f) if row.get("regimes/settled_p")]
+    assert [float(v) for v in logged] == [float(i) for e, i, _ in expected if e.curve == "p"]
     summary = RunDirectory(tmp_path / "whole").read_summary()
     assert summary.batches_per_epoch == 10 and summary.freeze_iteration is None
     assert (summary.settled_w_online, summary.settled_p_online) == (2 * detector.settled_w, 2 * detector.settled_p)
@@ -158,7 +165,10 @@ def test_lightning_freeze_after_an_epoch_keeps_da_at_zero_and_a_resume_installs_
     assert RunDirectory(tmp_path / "resumed").read_summary().freeze_iteration == 20
 
 
-def test_lightning_resume_of_a_frozen_fit_without_freeze_is_refused(tmp_path):
+def test_lightning_freeze_mistakes_are_one_clear_message(tmp_path):
+    with pytest.warns(UserWarning, match="will not freeze"):
+        lightning_fit(tmp_path, tmp_path / "late", Classifier(lr=0.5), 2, freeze=2)
+    assert RunDirectory(tmp_path / "late").read_summary().freeze_iteration is None  # no epoch left to train frozen
     lightning_fit(tmp_path, tmp_path / "run", Classifier(lr=0.5), 2, checkpoints=tmp_path / "ckpt", freeze=1)
     (checkpoint,) = (tmp_path / "ckpt").glob("epoch=1-*.ckpt")
     with pytest.raises(ValueError, match="froze its regime at step 10"):
@@ -203,8 +213,9 @@ class TrainerListener(transformers.TrainerCallback):
         self.gated.append(gates is not None and gates.installed)
 
 
-def trainer_fit(tmp_path, out, epochs=8, resume=None, stop_at=None, output_dir="hf", **options):
-    """The tiny ReLU BERT, 7 updates an epoch, its learning rate halving every epoch."""
+def trainer_fit(tmp_path, out, epochs=8, resume=None, stop_at=None, save=False, output_dir="hf", **options):
+    """The tiny ReLU BERT, 7 updates an epoch, its learning rate halving every epoch; `stop_at`:
+    stop after that update; `save`: a checkpoint at each epoch's end."""
 
     class StopAt(transformers.TrainerCallback):
         def on_step_end(self, args, state, control, **kwargs):
@@ -213,7 +224,7 @@ def trainer_fit(tmp_path, out, epochs=8, resume=None, stop_at=None, output_dir="
 
     args = transformers.TrainingArguments(
         output_dir=str(tmp_path / output_dir), per_device_train_batch_size=4, num_train_epochs=epochs,
-        logging_steps=1, save_strategy="epoch" if stop_at else "no", report_to=[], use_cpu=True, disable_tqdm=True,
+        logging_steps=1, save_strategy="epoch" if save else "no", report_to=[], use_cpu=True, disable_tqdm=True,
         learning_rate=0.5, remove_unused_columns=False, eval_strategy="epoch", seed=0,
     )  # fmt: skip
     model = tiny_bert()
@@ -258,11 +269,11 @@ def test_trainer_freeze_after_an_epoch_and_a_resume_after_it_equal_the_uninterru
     whole, _, _ = trainer_fit(tmp_path, tmp_path / "whole", epochs=4, freeze=2)
     assert RunDirectory(tmp_path / "whole").read_summary().freeze_iteration == 14
     assert_frozen_steps(tmp_path / "whole", 14)
-    trainer_fit(tmp_path, tmp_path / "resumed", epochs=4, freeze=2, stop_at=21, output_dir="b")
+    trainer_fit(tmp_path, tmp_path / "resumed", epochs=4, freeze=2, stop_at=21, save=True, output_dir="b")
     checkpoint = tmp_path / "b" / "checkpoint-21"
     assert torch.load(checkpoint / hf_integration.STATE_FILE, weights_only=False)["frozen"]["iteration"] == 14
     resumed, listener, _ = trainer_fit(tmp_path, tmp_path / "resumed", epochs=4, freeze=2, resume=str(checkpoint),
-                                       stop_at=-1, output_dir="b")  # fmt: skip
+                                       output_dir="b")  # fmt: skip
     assert resumed.gates.installed and listener.gated == [True]
     a, b = RunDirectory(tmp_path / "whole").read_steps(), RunDirectory(tmp_path / "resumed").read_steps()
     assert list(a) == list(b)

@@ -64,6 +64,7 @@ from regimes.integrations.session import (
     draw_probe,
     is_dataset,
     model_inputs,
+    warn_late_freeze,
 )  # fmt: skip
 from regimes.records import atomic_write
 
@@ -133,6 +134,7 @@ class RegimesCallback(transformers.TrainerCallback):
     # -- the fit ---------------------------------------------------------------------------
 
     def on_train_begin(self, args, state, control, model=None, optimizer=None, train_dataloader=None, **kwargs):
+        warn_late_freeze(self.freeze, state.num_train_epochs)
         session = TrackingSession(self.out or default_out(args.output_dir), host="huggingface", config=self.config,
                                   force=self.force, log_sites=self.log_sites, score=self.score,
                                   higher_is_better=self.higher_is_better, detect=self.detect, tau=self.tau,

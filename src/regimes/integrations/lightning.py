@@ -50,6 +50,7 @@ from regimes.integrations.session import (
     draw_probe,
     is_dataset,
     model_inputs,
+    warn_late_freeze,
 )  # fmt: skip
 
 pl = require("lightning.pytorch", "regimes.integrations.lightning")
@@ -106,6 +107,7 @@ class RegimesCallback(pl.Callback):
     # -- the fit ---------------------------------------------------------------------------
 
     def on_train_start(self, trainer, pl_module) -> None:
+        warn_late_freeze(self.freeze, trainer.max_epochs)
         session = TrackingSession(self.out or default_out(trainer.default_root_dir), host="lightning",
                                   config=self.config, force=self.force, log_sites=self.log_sites,
                                   score=self.score, higher_is_better=self.higher_is_better, detect=self.detect,

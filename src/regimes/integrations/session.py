@@ -55,13 +55,13 @@ from regimes.analysis import summarize_run
 from regimes.detect import RegimeChangeDetector, RegimeEvent
 from regimes.extras import available
 from regimes.freeze import FrozenGates, ValuePattern, freeze_regime
-from regimes.records import RunDirectory, RunSummary, Status, software_versions
+from regimes.records import RunDirectory, RunSummary, Status, software_versions, study_fields
 from regimes.sites import unwrap_model
 from regimes.tracker import Tracker
 
 __all__ = [
     "TrackingSession", "Roles", "StepGate", "draw_probe", "model_inputs", "default_probe_size", "process_rank",
-    "is_sharded", "check_freeze", "LOG_PREFIX", "LABEL_KEYS",
+    "is_sharded", "check_freeze", "warn_late_freeze", "LOG_PREFIX", "LABEL_KEYS",
 ]  # fmt: skip
 
 LOG_PREFIX = "regimes/"  # regimes/delta_w, regimes/delta_a, regimes/delta_a/<site>
@@ -202,6 +202,16 @@ def check_freeze(freeze, detect: bool = True):
             raise ValueError('freeze="auto" freezes when the online detector says the pattern settled: detect=True')
         return freeze
     raise ValueError(f'freeze must be "off", "auto" or an epoch number >= 1 (freeze after that epoch), got {freeze!r}')
+
+
+def warn_late_freeze(freeze, max_epochs) -> None:
+    """Say so when `freeze` is an epoch the fit never ends with epochs left to train (as the runner does)."""
+    if type(freeze) is int and max_epochs is not None and 0 <= max_epochs <= freeze:
+        warnings.warn(
+            f"freeze={freeze} freezes after epoch {freeze}, and the fit has {max_epochs} epochs: it will not freeze. "
+            "Set freeze below the number of epochs.",
+            stacklevel=3,
+        )
 
 
 def _world_size() -> int:
@@ -492,8 +502,7 @@ class TrackingSession:
             model=self._model_name, seed=self.config.get("seed"),
             score_name=self.score, higher_is_better=self.higher_is_better if self.score else None,
             best_score=best[0], best_epoch=best[1], stop_epoch=len(self.epochs) or None,
-            **{k: numbers.get(k) for k in ("auc_w", "auc_p", "rho", "stabilization_w", "stabilization_p", "window")},
-            rho_global=numbers.get("rho_global"), rho_layerwise=numbers.get("rho_layerwise"),
+            **study_fields(numbers),
             settled_w_online=self.settled[0], settled_p_online=self.settled[1], freeze_iteration=self.freeze_iteration,
             batches_per_epoch=per_epoch * every if len(dw) else None,
             steps=int(tracker.iteration) if tracker is not None else None,
