@@ -213,9 +213,9 @@ class TrainerListener(transformers.TrainerCallback):
         self.gated.append(gates is not None and gates.installed)
 
 
-def trainer_fit(tmp_path, out, epochs=8, resume=None, stop_at=None, save=False, output_dir="hf", **options):
+def trainer_fit(tmp_path, out, epochs=8, resume=None, stop_at=None, save=None, output_dir="hf", **options):
     """The tiny ReLU BERT, 7 updates an epoch, its learning rate halving every epoch; `stop_at`:
-    stop after that update; `save`: a checkpoint at each epoch's end."""
+    stop after that update; `save`: a checkpoint at each epoch's end ("epoch") or every `save` updates."""
 
     class StopAt(transformers.TrainerCallback):
         def on_step_end(self, args, state, control, **kwargs):
@@ -224,7 +224,8 @@ def trainer_fit(tmp_path, out, epochs=8, resume=None, stop_at=None, save=False, 
 
     args = transformers.TrainingArguments(
         output_dir=str(tmp_path / output_dir), per_device_train_batch_size=4, num_train_epochs=epochs,
-        logging_steps=1, save_strategy="epoch" if save else "no", report_to=[], use_cpu=True, disable_tqdm=True,
+        logging_steps=1, save_strategy="no" if save is None else "epoch" if save == "epoch" else "steps",
+        save_steps=save if isinstance(save, int) else 500, report_to=[], use_cpu=True, disable_tqdm=True,
         learning_rate=0.5, remove_unused_columns=False, eval_strategy="epoch", seed=0,
     )  # fmt: skip
     model = tiny_bert()
@@ -240,7 +241,7 @@ def trainer_fit(tmp_path, out, epochs=8, resume=None, stop_at=None, save=False, 
     return callback, listener, trainer
 
 
-def test_trainer_tells_its_callbacks_what_the_offline_detector_says_and_logs_it(tmp_path):
+def test_trainer_tells_its_callbacks_what_the_offline_detector_says_logs_it_and_a_resume_mid_epoch_too(tmp_path):
     callback, listener, trainer = trainer_fit(tmp_path, tmp_path / "run")
     expected, detector = offline_events(tmp_path / "run")
     assert {e.curve for e, _, _ in expected} == {"w", "p"}
@@ -249,6 +250,15 @@ def test_trainer_tells_its_callbacks_what_the_offline_detector_says_and_logs_it(
     assert (summary.settled_w_online, summary.settled_p_online) == (detector.settled_w, detector.settled_p)
     logged = [entry["regimes/settled_p"] for entry in trainer.state.log_history if "regimes/settled_p" in entry]
     assert logged == [float(i) for e, i, _ in expected if e.curve == "p"]
+
+    # Stopped at update 30, inside epoch 5 (updates 29-35), after the first event: the resumed
+    # fit replays what the detector had heard (to update 28) and tells the rest, from 29 on.
+    trainer_fit(tmp_path, tmp_path / "resumed", stop_at=30, save=10, output_dir="b")
+    _, rest, _ = trainer_fit(tmp_path, tmp_path / "resumed", resume=str(tmp_path / "b" / "checkpoint-30"), output_dir="b")
+    told_before = [t for t in expected if t[2] <= 4]
+    assert told_before and rest.heard == [t for t in expected if t not in told_before]
+    resumed = RunDirectory(tmp_path / "resumed").read_summary()
+    assert (resumed.settled_w_online, resumed.settled_p_online) == (summary.settled_w_online, summary.settled_p_online)
 
 
 def test_trainer_freeze_auto_evaluates_and_trains_the_gated_model(tmp_path):
@@ -269,7 +279,7 @@ def test_trainer_freeze_after_an_epoch_and_a_resume_after_it_equal_the_uninterru
     whole, _, _ = trainer_fit(tmp_path, tmp_path / "whole", epochs=4, freeze=2)
     assert RunDirectory(tmp_path / "whole").read_summary().freeze_iteration == 14
     assert_frozen_steps(tmp_path / "whole", 14)
-    trainer_fit(tmp_path, tmp_path / "resumed", epochs=4, freeze=2, stop_at=21, save=True, output_dir="b")
+    trainer_fit(tmp_path, tmp_path / "resumed", epochs=4, freeze=2, stop_at=21, save="epoch", output_dir="b")
     checkpoint = tmp_path / "b" / "checkpoint-21"
     assert torch.load(checkpoint / hf_integration.STATE_FILE, weights_only=False)["frozen"]["iteration"] == 14
     resumed, listener, _ = trainer_fit(tmp_path, tmp_path / "resumed", epochs=4, freeze=2, resume=str(checkpoint),

@@ -252,6 +252,7 @@ class TrackingSession:
             raise ValueError(f"tau must be in (0, 1], got {tau!r}")
         self.detector: RegimeChangeDetector | None = None  # built at the end of the first epoch
         self.heard = 0  # the last iteration the detector was fed
+        self._unheard: list[tuple] = []  # (iterations, weight change, da) written since it was fed
         self.gates: FrozenGates | None = None  # the frozen regime's gates, once frozen
         self.freeze_iteration: int | None = None
         self.roles = Roles(tracks=False, writes=False)
@@ -365,6 +366,8 @@ class TrackingSession:
             records = {"iteration": new["iteration"], "epoch": np.full(len(new["iteration"]), self.epoch, dtype=np.int64)}
             records.update({name: new[name] for name in names})
             self.run_dir.append_steps(records)
+            if self.detect:  # for the detector, at the epoch's end
+                self._unheard.append((new["iteration"], new[self.weight_column], new["da"]))
 
     def _step_columns(self) -> list[str]:
         """The curves of the steps table: `STEP_COLUMNS`, and the `ValuePattern`'s when freezing."""
@@ -385,21 +388,26 @@ class TrackingSession:
         self.flush(epoch)
         if not (self.detect and self.roles.writes and self.tracker is not None and self._opened):
             return []
-        steps = self.run_dir.read_steps(columns=["iteration", "epoch", self.weight_column, "da"])
-        if not len(steps["iteration"]):
-            return []
-        replay = self.detector is None  # the first epoch's end, or a resumed fit: what was heard, heard again
-        if replay:
+        if self.detector is None:  # the first epoch's end, or a resumed fit: the steps table so far
+            steps = self.run_dir.read_steps(columns=["iteration", "epoch", self.weight_column, "da"])
+            if not len(steps["iteration"]):
+                return []
             epochs = steps["epoch"]
             self.detector = RegimeChangeDetector(int(np.count_nonzero(epochs == epochs[0])), self.tau)
+            heard = steps["iteration"] <= self.heard
+            for dw, da in zip(steps[self.weight_column][heard], steps["da"][heard]):
+                self.detector.update(float(dw), float(da))  # heard before the checkpoint: its events were told
+            unheard = [(steps["iteration"][~heard], steps[self.weight_column][~heard], steps["da"][~heard])]
+        else:  # what flush wrote since
+            unheard = self._unheard
+        self._unheard = []
         events = []
-        for iteration, dw, da in zip(steps["iteration"], steps[self.weight_column], steps["da"]):
-            if replay and iteration <= self.heard:
-                self.detector.update(float(dw), float(da))  # no events: they were told before the checkpoint
-            elif iteration > self.heard:
+        for iterations, weights, patterns in unheard:
+            for dw, da in zip(weights, patterns):
                 told = self.detector.update(float(dw), float(da))
                 events += [(event, self.iteration_of(event.step)) for event in told]
-        self.heard = int(steps["iteration"][-1])
+            if len(iterations):
+                self.heard = int(iterations[-1])
         return events
 
     def iteration_of(self, step: int | None) -> int | None:
