@@ -19,10 +19,19 @@ Build it after `accelerator.prepare` (the model on its device); it tracks
 optimizer step, not an accumulation micro-batch) and the step was not skipped by the
 gradient scaler, and logs `regimes/delta_w` and `regimes/delta_a` with `accelerator.log`
 every `log_every` measurements (the trackers of `accelerator.init_trackers`; main process).
+
+Online detection (`detect=True`): `end_epoch` feeds the epoch's steps to the online detector
+and calls `on_regime_change(event=..., iteration=...)` (a function of yours, if given) for each
+`RegimeEvent`, with `iteration` the optimizer step of `event.step` (None when withdrawn); it
+logs `regimes/settled_w` / `regimes/settled_p`. `freeze="auto"` or an epoch number (one
+process) freezes the activation pattern at the end of that epoch, never after the last of
+`epochs` (if given): the model trains with the frozen copy's gates from then on, the summary
+has `freeze_iteration`, and `save_state` / `load_state` carry the frozen copy.
 """
 
 from __future__ import annotations
 
+import math
 from collections.abc import Callable, Mapping
 
 from regimes.extras import require
@@ -45,21 +54,29 @@ class RegimesTracking:
         out: the run directory (default `<accelerator.project_dir>/regimes`, else `regimes`).
         log_every: log every this many measurements.
         batch_size: one optimizer step's samples, for the default probe size.
+        detect, tau, freeze: online detection and the frozen regime, as the callbacks take them.
+        on_regime_change: called as `on_regime_change(event=..., iteration=...)` for each event.
+        epochs: the loop's number of epochs, so that no freeze comes after its last (None: unknown).
         probe_inputs, config, force, log_sites, score, higher_is_better, **tracker_options:
             as the Lightning and Trainer callbacks take them.
+
+    `events_`: every (event, iteration) told so far, on the main process.
     """
 
     def __init__(self, accelerator, model, probe, *, probe_size: int | None = None, probe_seed: int = 0,
                  probe_inputs: Callable | None = None, collate: Callable | None = None, batch_size: int | None = None,
                  out=None, config: Mapping | None = None, force: bool = False, log_every: int = 1,
                  log_sites: bool = False, score: str | None = None, higher_is_better: bool = True,
-                 **tracker_options) -> None:  # fmt: skip
+                 detect: bool = True, tau: float = 0.1, freeze="off", on_regime_change: Callable | None = None,
+                 epochs: int | None = None, **tracker_options) -> None:  # fmt: skip
         if isinstance(log_every, bool) or not isinstance(log_every, int) or log_every < 1:
             raise ValueError(f"log_every must be a whole number >= 1, got {log_every!r}")
         self.accelerator, self.log_every = accelerator, log_every
+        self.on_regime_change, self.epochs, self.events_ = on_regime_change, epochs, []
         root = accelerator.project_dir or "."
         self.session = TrackingSession(out or f"{root}/regimes", host="accelerate", config=config, force=force,
-                                       log_sites=log_sites, score=score, higher_is_better=higher_is_better)  # fmt: skip
+                                       log_sites=log_sites, score=score, higher_is_better=higher_is_better,
+                                       detect=detect, tau=tau, freeze=freeze)  # fmt: skip
 
         def draw():
             if not is_dataset(probe):
@@ -85,10 +102,23 @@ class RegimesTracking:
             accelerator.log(values, step=self.tracker.iteration)
 
     def end_epoch(self, epoch: int, **metrics) -> None:
-        """The end of `epoch` (1, 2, ...): the steps so far, and the epoch's row of `metrics`."""
-        self.session.flush(epoch)
+        """The end of `epoch` (1, 2, ...): the steps so far, the detector's events, a freeze when
+        due, and the epoch's row of `metrics`."""
+        for event, iteration in self.session.end_epoch(epoch):
+            self.events_.append((event, iteration))
+            value = math.nan if iteration is None else float(iteration)
+            self.accelerator.log({f"regimes/settled_{event.curve}": value}, step=self.tracker.iteration)
+            if self.on_regime_change is not None:
+                self.on_regime_change(event=event, iteration=iteration)
+        if self.session.freeze_due(epoch, last=self.epochs is not None and epoch >= self.epochs):
+            self.session.freeze()
         self.session.epoch_row(epoch, metrics)
         self.session.epoch = epoch + 1
+
+    @property
+    def gates(self):
+        """The installed `regimes.freeze.FrozenGates` once the regime is frozen, else None."""
+        return self.session.gates
 
     def finish(self):
         """The end of the loop: steps, summary with rho, figure. Returns the `RunSummary` (main process; else None)."""

@@ -22,6 +22,24 @@
   `trainer.train(resume_from_checkpoint=...)` continues the curves.
 - At the end of training, `out` (default `<output_dir>/regimes`) holds the same run directory
   as `regimes run` writes: steps, one row per epoch (training loss, evaluation metrics), summary, figure.
+- Online detection (`detect=True`, the default): at each epoch's end (`on_epoch_end`) the
+  online detector (`regimes.detect`) hears the epoch's steps. Each `RegimeEvent` joins the next
+  logs (`regimes/settled_w`, `regimes/settled_p`: the optimizer step the curve settled at, NaN
+  when withdrawn) and, when the callback was attached, is told to every callback of
+  `trainer.callback_handler` that has a method `on_regime_change(args, state, control, *,
+  event, iteration, model)`: the Trainer's calling convention with the runner's keywords
+  (`iteration`: the optimizer step of `event.step`, None when withdrawn). Added only through
+  `Trainer(callbacks=[...])`, it cannot see the other callbacks: `events_` and the summary
+  (`settled_w_online`, `settled_p_online`) still have them.
+- Frozen regime (`freeze="auto"` or an epoch number; one process): at the end of that epoch
+  (auto: the first one after which the detector has said the pattern settled; never the last)
+  `regimes.freeze.freeze_regime` gates every tracked site of the model with a frozen copy's
+  pattern. The Trainer evaluates after `on_epoch_end`, so that epoch's evaluation already runs
+  the gated model, as does all training after it; the gates stay installed after training
+  (`callback.gates.remove()` gives the plain network back). `da` is 0 from then on, `da_value`
+  and `drift_value` say how the value network's own pattern moves, the summary has
+  `freeze_iteration`, and a checkpoint's `regimes.pt` keeps the frozen copy, so a resume
+  installs the same gates.
 """
 
 from __future__ import annotations
@@ -40,11 +58,13 @@ from regimes.integrations.session import (
     LABEL_KEYS,
     StepGate,
     TrackingSession,
+    check_freeze,
     default_out,
     default_probe_size,
     draw_probe,
     is_dataset,
     model_inputs,
+    warn_late_freeze,
 )  # fmt: skip
 from regimes.records import atomic_write
 
@@ -75,17 +95,26 @@ class RegimesCallback(transformers.TrainerCallback):
         log_sites: also log `regimes/delta_a/<site>`.
         score: the evaluation metric that is the validation score ("eval_accuracy", say).
         higher_is_better: whether a higher `score` is better.
+        detect: run the online detector and tell its events (`on_regime_change`).
+        tau: the detector's threshold, a fraction of each curve's range.
+        freeze: "off", "auto" or an epoch number: freeze the activation pattern at the end of
+            that epoch (see the module docstring).
         **tracker_options: passed to `regimes.Tracker` (sites, every, activation, autocast, ...).
+
+    `events_`: every (event, iteration) told so far, on the process that writes.
     """
 
     def __init__(self, probe="eval", *, probe_size: int | None = None, probe_seed: int = 0,
                  probe_inputs: Callable | None = None, out=None, config: Mapping | None = None, force: bool = False,
                  log_sites: bool = False, score: str | None = None, higher_is_better: bool = True,
-                 **tracker_options) -> None:  # fmt: skip
+                 detect: bool = True, tau: float = 0.1, freeze="off", **tracker_options) -> None:  # fmt: skip
         self.probe, self.probe_size, self.probe_seed, self.probe_inputs = probe, probe_size, probe_seed, probe_inputs
         self.out, self.config, self.force = out, config, force
         self.log_sites, self.score, self.higher_is_better = log_sites, score, higher_is_better
+        self.detect, self.tau, self.freeze = detect, tau, check_freeze(freeze, detect)
         self.tracker_options = tracker_options
+        self.events_: list = []
+        self.logs_: dict = {}  # what the events add to the next logs
         self.summary = None  # the run's RunSummary at the end of the fit, on the process that writes
         self.tracker = None  # the regimes.Tracker, on the process that tracks, once training has begun
         self.trainer_ = None
@@ -105,9 +134,11 @@ class RegimesCallback(transformers.TrainerCallback):
     # -- the fit ---------------------------------------------------------------------------
 
     def on_train_begin(self, args, state, control, model=None, optimizer=None, train_dataloader=None, **kwargs):
+        warn_late_freeze(self.freeze, state.num_train_epochs)
         session = TrackingSession(self.out or default_out(args.output_dir), host="huggingface", config=self.config,
                                   force=self.force, log_sites=self.log_sites, score=self.score,
-                                  higher_is_better=self.higher_is_better)  # fmt: skip
+                                  higher_is_better=self.higher_is_better, detect=self.detect, tau=self.tau,
+                                  freeze=self.freeze)  # fmt: skip
         rank = args.process_index
         if state.global_step > 0:  # resumed: this process's state, saved in the checkpoint folder
             folder = _checkpoint_folder(args, state)
@@ -138,16 +169,34 @@ class RegimesCallback(transformers.TrainerCallback):
     def on_log(self, args, state, control, logs=None, **kwargs):
         if self.session_ is None or logs is None:
             return
-        values = self.session_.values()
+        values = {**self.session_.values(), **self.logs_}
+        self.logs_ = {}
         logs.update(values)
         if values and state.log_history and state.log_history[-1].get("step") == state.global_step:
             state.log_history[-1].update(values)  # Trainer.log appended this step's entry before calling back
 
-    def on_epoch_end(self, args, state, control, **kwargs):
+    def on_epoch_end(self, args, state, control, model=None, **kwargs):
         epoch = self.session_.epoch
-        self.session_.flush(epoch)
+        for event, iteration in self.session_.end_epoch(epoch):
+            self._tell(args, state, control, model, event, iteration)
+        last = control.should_training_stop or state.global_step >= state.max_steps
+        if self.session_.freeze_due(epoch, last=last):
+            self.session_.freeze()  # before the Trainer evaluates and saves at this epoch's end
         losses = [entry["loss"] for entry in state.log_history if "loss" in entry]
         self.session_.epoch_row(epoch, {"train_loss": losses[-1]} if losses else {})
+
+    def _tell(self, args, state, control, model, event, iteration) -> None:
+        self.events_.append((event, iteration))
+        self.logs_[f"regimes/settled_{event.curve}"] = math.nan if iteration is None else float(iteration)
+        callbacks = self.trainer_.callback_handler.callbacks if self.trainer_ is not None else []
+        for callback in callbacks:
+            if callback is not self and callable(getattr(callback, "on_regime_change", None)):
+                callback.on_regime_change(args, state, control, event=event, iteration=iteration, model=model)
+
+    @property
+    def gates(self):
+        """The installed `regimes.freeze.FrozenGates` once the regime is frozen, else None."""
+        return self.session_.gates if self.session_ is not None else None
 
     def on_evaluate(self, args, state, control, metrics=None, **kwargs):
         if self.session_ is not None and metrics:

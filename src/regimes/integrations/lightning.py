@@ -18,21 +18,39 @@
   continues the curves; the run directory is rewound to the checkpoint and goes on.
 - At the end of the fit, `out` holds the same run directory as `regimes run` writes (default:
   `<default_root_dir>/regimes`): steps, one row per epoch of the logged metrics, summary, figure.
+- Online detection (`detect=True`, the default): at each epoch's end the online detector
+  (`regimes.detect`) hears the epoch's steps. Each `RegimeEvent` is logged
+  (`regimes/settled_w`, `regimes/settled_p`: the optimizer step the curve settled at, NaN when
+  withdrawn) and told to every other callback of the trainer that has a method
+  `on_regime_change(trainer, pl_module, *, event, iteration)`, Lightning's calling convention
+  with the runner's keywords (`iteration`: the optimizer step of `event.step`, None when
+  withdrawn). The summary has `settled_w_online` and `settled_p_online`.
+- Frozen regime (`freeze="auto"` or an epoch number; one process): at the end of that epoch
+  (auto: the first one after which the detector has said the pattern settled; never the fit's
+  last) `regimes.freeze.freeze_regime` gates every tracked site of `pl_module` with a frozen
+  copy's pattern. Training and validation from then on run the gated model (the gates act on
+  forwards through `pl_module(...)`, and stay installed after the fit: `callback.gates.remove()`
+  gives the plain network back); `da` is 0, `da_value` and `drift_value` say how the value
+  network's own pattern moves; the summary has `freeze_iteration`; a checkpoint keeps the
+  frozen copy, so `ckpt_path=` resumes with the same gates.
 """
 
 from __future__ import annotations
 
+import math
 from collections.abc import Callable, Mapping
 
 from regimes.extras import require
 from regimes.integrations.session import (
     StepGate,
     TrackingSession,
+    check_freeze,
     default_out,
     default_probe_size,
     draw_probe,
     is_dataset,
     model_inputs,
+    warn_late_freeze,
 )  # fmt: skip
 
 pl = require("lightning.pytorch", "regimes.integrations.lightning")
@@ -59,18 +77,27 @@ class RegimesCallback(pl.Callback):
         log_sites: also log `regimes/delta_a/<site>`.
         score: the logged metric that is the validation score (the figure and best_score).
         higher_is_better: whether a higher `score` is better.
+        detect: run the online detector and tell its events (`on_regime_change`).
+        tau: the detector's threshold, a fraction of each curve's range.
+        freeze: "off", "auto" or an epoch number: freeze the activation pattern at the end of
+            that epoch (see the module docstring).
         **tracker_options: passed to `regimes.Tracker` (sites, every, activation, autocast, ...).
+
+    `events_`: every (event, iteration) told so far, on the process that writes.
     """
 
     def __init__(self, probe="val", *, probe_size: int | None = None, probe_seed: int = 0,
                  probe_inputs: Callable | None = None, out=None, config: Mapping | None = None, force: bool = False,
                  log_every_n_steps: int | None = None, log_sites: bool = False, score: str | None = None,
-                 higher_is_better: bool = True, **tracker_options) -> None:  # fmt: skip
+                 higher_is_better: bool = True, detect: bool = True, tau: float = 0.1, freeze="off",
+                 **tracker_options) -> None:  # fmt: skip
         self.probe, self.probe_size, self.probe_seed, self.probe_inputs = probe, probe_size, probe_seed, probe_inputs
         self.out, self.config, self.force = out, config, force
         self.log_every_n_steps, self.log_sites, self.score, self.higher_is_better = (
             log_every_n_steps, log_sites, score, higher_is_better)  # fmt: skip
+        self.detect, self.tau, self.freeze = detect, tau, check_freeze(freeze, detect)
         self.tracker_options = tracker_options
+        self.events_: list = []
         self.summary = None  # the run's RunSummary at the end of the fit, on the process that writes
         self.tracker = None  # the regimes.Tracker, on the process that tracks, once the fit has started
         self.session_: TrackingSession | None = None
@@ -80,9 +107,11 @@ class RegimesCallback(pl.Callback):
     # -- the fit ---------------------------------------------------------------------------
 
     def on_train_start(self, trainer, pl_module) -> None:
+        warn_late_freeze(self.freeze, trainer.max_epochs)
         session = TrackingSession(self.out or default_out(trainer.default_root_dir), host="lightning",
                                   config=self.config, force=self.force, log_sites=self.log_sites,
-                                  score=self.score, higher_is_better=self.higher_is_better)  # fmt: skip
+                                  score=self.score, higher_is_better=self.higher_is_better, detect=self.detect,
+                                  tau=self.tau, freeze=self.freeze)  # fmt: skip
         session.load_state_dict(self.saved_ or {})
         self.tracker = session.start(pl_module, lambda: self._draw(trainer), step=trainer.global_step,
                                      rank=trainer.global_rank, **self.tracker_options)  # fmt: skip
@@ -108,9 +137,28 @@ class RegimesCallback(pl.Callback):
         # Validation has run by now (Lightning validates inside the epoch), so the epoch's
         # row holds its validation metrics; metrics aggregated over the training epoch
         # (on_epoch=True) are reduced after this hook and land in the next row's view.
+        # A freeze comes after the detector has heard the epoch, and before the next epoch's
+        # training and validation, which run the gated model.
         epoch = trainer.current_epoch + 1
-        self.session_.flush(epoch)
+        for event, iteration in self.session_.end_epoch(epoch):
+            self._tell(trainer, pl_module, event, iteration)
+        if self.session_.freeze_due(epoch, last=_last_epoch(trainer, epoch)):
+            self.session_.freeze()
         self.session_.epoch_row(epoch, trainer.callback_metrics)
+
+    def _tell(self, trainer, pl_module, event, iteration) -> None:
+        self.events_.append((event, iteration))
+        value = {f"regimes/settled_{event.curve}": math.nan if iteration is None else float(iteration)}
+        for logger in trainer.loggers:
+            logger.log_metrics(value, step=trainer.global_step)
+        for callback in trainer.callbacks:
+            if callback is not self and callable(getattr(callback, "on_regime_change", None)):
+                callback.on_regime_change(trainer, pl_module, event=event, iteration=iteration)
+
+    @property
+    def gates(self):
+        """The installed `regimes.freeze.FrozenGates` once the regime is frozen, else None."""
+        return self.session_.gates if self.session_ is not None else None
 
     def on_save_checkpoint(self, trainer, pl_module, checkpoint) -> None:
         if self.session_ is not None:
@@ -163,3 +211,13 @@ class RegimesCallback(pl.Callback):
         if not batch_size:
             return None
         return batch_size * trainer.accumulate_grad_batches * trainer.world_size
+
+
+def _last_epoch(trainer, epoch: int) -> bool:
+    """Whether the fit ends with `epoch` (its max_epochs or max_steps reached, or stopping)."""
+    if trainer.should_stop:
+        return True
+    max_epochs, max_steps = trainer.max_epochs, trainer.max_steps
+    if max_epochs is not None and max_epochs >= 0 and epoch >= max_epochs:
+        return True
+    return max_steps is not None and max_steps >= 0 and trainer.global_step >= max_steps

@@ -9,7 +9,9 @@ into these calls, and nothing else:
     session.open()                          # the run directory (refuses another run there)
     ...                                     # after each optimizer step that really stepped:
     session.step(); values = session.values()   # the latest dw and da, to log
-    session.flush(epoch); session.epoch_row(epoch, {"val_score": ...})
+    for event, iteration in session.end_epoch(epoch): ...   # the epoch's records; the detector's events
+    if session.freeze_due(epoch, last=...): session.freeze()  # freeze="auto" | N
+    session.epoch_row(epoch, {"val_score": ...})
     session.state_dict()                    # into the host's checkpoint
     session.finish()                        # steps, summary with rho, figure
 
@@ -20,6 +22,17 @@ every process tracks: the probe's forward gathers shards on all of them, and the
 change sums each process's shard sums in one all-reduce per read-back. Every call here that
 can read back (`values`, `flush`, `finish`) is made by every tracking process at the same
 point of the fit; only the first process logs and touches the disk.
+
+**Online detection and the frozen regime** (SPEC section 6), as the runner's `RegimeDetection`
+and `FreezeRegime` do them. At each epoch's end (`end_epoch`) every measured step not yet
+heard goes, in order, to a `regimes.detect.RegimeChangeDetector` (the config's weight change,
+`dw_layerwise` unless `weight_change="global"`, and `da`), whose window is the first epoch's
+measurements; it never looks ahead. It is fed from the steps table, so a resumed fit replays
+what it had heard (no events) and goes on with the same answers as an uninterrupted one.
+`freeze()` calls `regimes.freeze.freeze_regime` on the tracker: the model trains with the
+frozen copy's gates from then on, `da` is 0, and a `ValuePattern` quantity fills `da_value` and
+`drift_value`. The checkpoint state keeps the frozen copy, and a resume installs the same gates.
+Detection and the freeze happen where this process writes; a freeze needs a single process.
 
 `StepGate` says whether an optimizer really stepped: with gradient accumulation the host
 calls back on batches that did not step, and a mixed-precision step with non-finite
@@ -39,14 +52,16 @@ import torch
 from torch import nn
 
 from regimes.analysis import summarize_run
+from regimes.detect import RegimeChangeDetector, RegimeEvent
 from regimes.extras import available
-from regimes.records import RunDirectory, RunSummary, Status, software_versions
+from regimes.freeze import FrozenGates, ValuePattern, freeze_regime
+from regimes.records import RunDirectory, RunSummary, Status, software_versions, study_fields
 from regimes.sites import unwrap_model
 from regimes.tracker import Tracker
 
 __all__ = [
     "TrackingSession", "Roles", "StepGate", "draw_probe", "model_inputs", "default_probe_size", "process_rank",
-    "is_sharded", "LOG_PREFIX", "LABEL_KEYS",
+    "is_sharded", "check_freeze", "warn_late_freeze", "LOG_PREFIX", "LABEL_KEYS",
 ]  # fmt: skip
 
 LOG_PREFIX = "regimes/"  # regimes/delta_w, regimes/delta_a, regimes/delta_a/<site>
@@ -177,6 +192,34 @@ def is_dataset(value) -> bool:
     return hasattr(value, "__len__") and hasattr(value, "__getitem__")
 
 
+# ---------------------------------------------------------------------- the frozen regime
+
+
+def check_freeze(freeze, detect: bool = True):
+    """`freeze` as the adapters take it: "off", "auto" (needs detection) or an epoch number >= 1."""
+    if freeze in ("off", "auto") or (type(freeze) is int and freeze >= 1):
+        if freeze == "auto" and not detect:
+            raise ValueError('freeze="auto" freezes when the online detector says the pattern settled: detect=True')
+        return freeze
+    raise ValueError(f'freeze must be "off", "auto" or an epoch number >= 1 (freeze after that epoch), got {freeze!r}')
+
+
+def warn_late_freeze(freeze, max_epochs) -> None:
+    """Say so when `freeze` is an epoch the fit never ends with epochs left to train (as the runner does)."""
+    if type(freeze) is int and max_epochs is not None and 0 <= max_epochs <= freeze:
+        warnings.warn(
+            f"freeze={freeze} freezes after epoch {freeze}, and the fit has {max_epochs} epochs: it will not freeze. "
+            "Set freeze below the number of epochs.",
+            stacklevel=3,
+        )
+
+
+def _world_size() -> int:
+    import torch.distributed as dist
+
+    return dist.get_world_size() if dist.is_available() and dist.is_initialized() else 1
+
+
 # ---------------------------------------------------------------------- the session
 
 
@@ -192,13 +235,26 @@ class TrackingSession:
         score: the name of the host metric that is the validation score (val_score in the
             epoch table, best_score in the summary); None: no score.
         higher_is_better: whether a higher `score` is better.
+        detect: run the online detector (`end_epoch` returns its events).
+        tau: the detector's threshold, a fraction of each curve's range.
+        freeze: "off", "auto" (at the end of the first epoch after which the detector has
+            claimed that the pattern settled) or an epoch number (at the end of that epoch).
     """
 
     def __init__(self, out, *, host: str, config: Mapping | None = None, force: bool = False,
-                 log_sites: bool = False, score: str | None = None, higher_is_better: bool = True) -> None:  # fmt: skip
+                 log_sites: bool = False, score: str | None = None, higher_is_better: bool = True,
+                 detect: bool = True, tau: float = 0.1, freeze="off") -> None:  # fmt: skip
         self.run_dir = RunDirectory(out)
         self.host, self.config, self.force = host, dict(config or {}), force
         self.log_sites, self.score, self.higher_is_better = log_sites, score, higher_is_better
+        self.detect, self.tau, self.freeze_when = bool(detect), float(tau), check_freeze(freeze, detect)
+        if not 0 < self.tau <= 1:
+            raise ValueError(f"tau must be in (0, 1], got {tau!r}")
+        self.detector: RegimeChangeDetector | None = None  # built at the end of the first epoch
+        self.heard = 0  # the last iteration the detector was fed
+        self._unheard: list[tuple] = []  # (iterations, weight change, da) written since it was fed
+        self.gates: FrozenGates | None = None  # the frozen regime's gates, once frozen
+        self.freeze_iteration: int | None = None
         self.roles = Roles(tracks=False, writes=False)
         self.tracker: Tracker | None = None
         self.epochs: list[dict] = []  # one row per epoch: the host's metrics
@@ -219,9 +275,18 @@ class TrackingSession:
         self.roles = Roles.of(model, rank)
         self._options = tracker_options
         self._model_name = type(unwrap_model(model)).__name__
+        if self.freeze_when != "off" and _world_size() > 1:
+            raise NotImplementedError(
+                f"freeze={self.freeze_when!r} runs in one process: the adapters freeze the regime on the process that "
+                "tracks, and every process trains the model. Train with one process, or use freeze='off'"
+            )
         if not self.roles.tracks:
             return None
-        self.tracker = Tracker(model, draw(), **tracker_options)
+        options = {k: v for k, v in tracker_options.items() if k != "quantities"}
+        quantities = list(tracker_options.get("quantities", ()))
+        if self.freeze_when != "off":
+            quantities.append(ValuePattern())  # the value network's own pattern: da_value, drift_value
+        self.tracker = Tracker(model, draw(), quantities=quantities, **options)
         if self._saved is not None:
             self._load(self._saved)
         elif step > 0:
@@ -258,7 +323,8 @@ class TrackingSession:
             plain["sites"] = [str(s) for s in self._options["sites"]]
         if self._options.get("autocast") is not None:
             plain["autocast"] = str(self._options["autocast"])
-        return {"integration": self.host, "model": self._model_name, **plain, **self.config}
+        detection = {"detect": self.detect, "tau": self.tau, "freeze": self.freeze_when}
+        return {"integration": self.host, "model": self._model_name, **plain, **detection, **self.config}
 
     # -- per step --------------------------------------------------------------------------
 
@@ -290,7 +356,7 @@ class TrackingSession:
             self.epoch = epoch
         if self.tracker is None:
             return
-        names = [*STEP_COLUMNS, *(f"da:{s}" for s in self.tracker.sites)]
+        names = [*self._step_columns(), *(f"da:{s}" for s in self.tracker.sites)]
         new = self.tracker.records(since=self.written, names=names)
         if not len(new["iteration"]):
             return
@@ -300,6 +366,82 @@ class TrackingSession:
             records = {"iteration": new["iteration"], "epoch": np.full(len(new["iteration"]), self.epoch, dtype=np.int64)}
             records.update({name: new[name] for name in names})
             self.run_dir.append_steps(records)
+            if self.detect:  # for the detector, at the epoch's end
+                self._unheard.append((new["iteration"], new[self.weight_column], new["da"]))
+
+    def _step_columns(self) -> list[str]:
+        """The curves of the steps table: `STEP_COLUMNS`, and the `ValuePattern`'s when freezing."""
+        values = [c for q in self.tracker.quantities if isinstance(q, ValuePattern) for c in q.columns()]
+        return [*STEP_COLUMNS, *values]
+
+    # -- detection and the frozen regime ---------------------------------------------------
+
+    @property
+    def weight_column(self) -> str:
+        """The weight-change curve the detector reads (the config's `weight_change`, as rho's)."""
+        return "dw" if self.config.get("weight_change", "layerwise") == "global" else "dw_layerwise"
+
+    def end_epoch(self, epoch: int) -> list[tuple[RegimeEvent, int | None]]:
+        """The end of `epoch` (1, 2, ...): write its records (`flush`), feed the steps the detector
+        has not heard, in order; return its events, each with the optimizer step (`iteration`)
+        of the settle step it names (None when withdrawn). Reads back, like `flush`."""
+        self.flush(epoch)
+        if not (self.detect and self.roles.writes and self.tracker is not None and self._opened):
+            return []
+        if self.detector is None:  # the first epoch's end, or a resumed fit: the steps table so far
+            steps = self.run_dir.read_steps(columns=["iteration", "epoch", self.weight_column, "da"])
+            if not len(steps["iteration"]):
+                return []
+            epochs = steps["epoch"]
+            self.detector = RegimeChangeDetector(int(np.count_nonzero(epochs == epochs[0])), self.tau)
+            heard = steps["iteration"] <= self.heard
+            for dw, da in zip(steps[self.weight_column][heard], steps["da"][heard]):
+                self.detector.update(float(dw), float(da))  # heard before the checkpoint: its events were told
+            unheard = [(steps["iteration"][~heard], steps[self.weight_column][~heard], steps["da"][~heard])]
+        else:  # what flush wrote since
+            unheard = self._unheard
+        self._unheard = []
+        events = []
+        for iterations, weights, patterns in unheard:
+            for dw, da in zip(weights, patterns):
+                told = self.detector.update(float(dw), float(da))
+                events += [(event, self.iteration_of(event.step)) for event in told]
+            if len(iterations):
+                self.heard = int(iterations[-1])
+        return events
+
+    def iteration_of(self, step: int | None) -> int | None:
+        """The optimizer step of the detector's `step`-th measurement (as `RegimeDetection.iteration`)."""
+        return None if step is None or self.tracker is None else step * self.tracker.every
+
+    @property
+    def settled(self) -> tuple[int | None, int | None]:
+        """(dw, da): the optimizer step each curve settled at, as the detector says now."""
+        if self.detector is None:
+            return None, None
+        return self.iteration_of(self.detector.settled_w), self.iteration_of(self.detector.settled_p)
+
+    def freeze_due(self, epoch: int, *, last: bool = False) -> bool:
+        """Whether `freeze` says to freeze at the end of `epoch` (call after `end_epoch`). `last`:
+        the fit ends with this epoch, so there is nothing left to train frozen."""
+        if self.freeze_when == "off" or self.gates is not None or last or self.tracker is None:
+            return False
+        if self.freeze_when == "auto":
+            return self.detector is not None and self.detector.first_settled_p is not None
+        return epoch >= self.freeze_when
+
+    def freeze(self, frozen_state: dict | None = None) -> FrozenGates:
+        """Freeze the regime now (`regimes.freeze.freeze_regime`): from the next step on the model
+        trains (and evaluates) with the gates of a copy taken now; `frozen_state`: that copy's
+        weights from a checkpoint."""
+        if self.tracker is None:
+            raise RuntimeError("freeze() needs the tracker: call it after start(), on the process that tracks")
+        if not any(isinstance(q, ValuePattern) for q in self.tracker.quantities):
+            raise RuntimeError('freeze() needs a ValuePattern on the tracker: build the session with freeze= on')
+        self.flush()  # the steps before the freeze are measured on the free network
+        self.gates = freeze_regime(self.tracker, frozen_state)
+        self.freeze_iteration = int(self.tracker.iteration)
+        return self.gates
 
     def epoch_row(self, epoch: int, metrics: Mapping) -> None:
         """Merge the host's `metrics` (scalars) into `epoch`'s row; rewrite the epoch table and
@@ -368,8 +510,8 @@ class TrackingSession:
             model=self._model_name, seed=self.config.get("seed"),
             score_name=self.score, higher_is_better=self.higher_is_better if self.score else None,
             best_score=best[0], best_epoch=best[1], stop_epoch=len(self.epochs) or None,
-            **{k: numbers.get(k) for k in ("auc_w", "auc_p", "rho", "stabilization_w", "stabilization_p", "window")},
-            rho_global=numbers.get("rho_global"), rho_layerwise=numbers.get("rho_layerwise"),
+            **study_fields(numbers),
+            settled_w_online=self.settled[0], settled_p_online=self.settled[1], freeze_iteration=self.freeze_iteration,
             batches_per_epoch=per_epoch * every if len(dw) else None,
             steps=int(tracker.iteration) if tracker is not None else None,
             sites=list(tracker.sites) if tracker is not None else None,
@@ -387,12 +529,16 @@ class TrackingSession:
         {} where this process does not track. Write the steps first (`flush`)."""
         if self.tracker is None:
             return {}
-        return {
+        state = {
             "tracker": self.tracker.state_dict(),
             "epochs": [dict(r) for r in self.epochs],
             "epoch": self.epoch,
             "seconds": self._seconds_before + time.time() - self._started,
+            "heard": self.heard,  # the detector replays the steps table up to here
         }
+        if self.gates is not None:
+            state["frozen"] = {"iteration": self.freeze_iteration, "state": self.gates.frozen.state_dict()}
+        return state
 
     def load_state_dict(self, state: Mapping) -> None:
         """Continue from `state_dict()`: now if the tracker exists, else when `start` builds it."""
@@ -409,7 +555,16 @@ class TrackingSession:
         self.epochs = [dict(r) for r in state.get("epochs", [])]
         self.epoch = int(state.get("epoch", 1))
         self._seconds_before = float(state.get("seconds", 0.0))
+        self.heard = int(state.get("heard", 0))
         self._saved = None
+        if (frozen := state.get("frozen")) is not None:
+            if self.freeze_when == "off":
+                raise ValueError(
+                    f"the checkpoint's fit froze its regime at step {frozen['iteration']}: resume it with the freeze= "
+                    "it was started with"
+                )
+            self.freeze(frozen["state"])  # the same gates as before the checkpoint
+            self.freeze_iteration = int(frozen["iteration"])
 
 
 def _is_scalar(value) -> bool:

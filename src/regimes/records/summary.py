@@ -21,7 +21,7 @@ from dataclasses import dataclass, field
 from enum import Enum
 from importlib import metadata
 
-__all__ = ["Status", "DONE", "STATUSES", "RunSummary", "software_versions"]
+__all__ = ["Status", "DONE", "STATUSES", "RunSummary", "software_versions", "STUDY_FIELDS", "study_fields"]
 
 
 class Status(str, Enum):
@@ -165,6 +165,16 @@ class RunSummary(Mapping):
 
 
 _KEYS = tuple(f.name for f in dataclasses.fields(RunSummary) if f.name != "extra")
+
+
+# The summary fields that `regimes.analysis.summarize_run` computes: the study's numbers.
+STUDY_FIELDS = ("auc_w", "auc_p", "rho", "stabilization_w", "stabilization_p", "window", "rho_global", "rho_layerwise")
+
+
+def study_fields(numbers: Mapping) -> dict:
+    """The `STUDY_FIELDS` of `summarize_run`'s numbers, as `RunSummary` keywords (None where
+    missing: a run with no step yet)."""
+    return {k: numbers.get(k) for k in STUDY_FIELDS}
 
 
 def software_versions() -> dict:
