@@ -322,3 +322,17 @@ def test_accelerate_calls_the_users_function_and_freezes(tmp_path):
     assert heard and heard == [{"event": e, "iteration": i} for e, i, _ in expected]
     assert summary.freeze_iteration is not None and tracking.gates.installed
     assert_frozen_steps(tmp_path / "run", summary.freeze_iteration)
+
+
+def test_the_default_options_stay_out_of_the_run_s_config_so_older_run_directories_resume(tmp_path):
+    from regimes.integrations.session import TrackingSession
+
+    def config_of(out, **options):
+        session = TrackingSession(out, host="test", **options)
+        session.start(nn.Sequential(nn.Linear(3, 4), nn.ReLU(), nn.Linear(4, 2)), lambda: torch.randn(5, 3))
+        session.open()
+        return RunDirectory(out).read_config()
+
+    assert not {"detect", "tau", "freeze"} & set(config_of(tmp_path / "defaults"))
+    chosen = config_of(tmp_path / "chosen", tau=0.2, freeze=3)
+    assert (chosen["tau"], chosen["freeze"]) == (0.2, 3) and "detect" not in chosen

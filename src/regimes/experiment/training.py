@@ -34,7 +34,7 @@ from regimes.extras import available
 from regimes.freeze import ValuePattern
 from regimes.geometry.watch import AnchorWatch
 from regimes.quantities import UpdateNorm
-from regimes.records import RunDirectory, RunSummary, Status, software_versions
+from regimes.records import RunDirectory, RunSummary, Status, software_versions, study_fields
 from regimes.runs import best_validation
 from regimes.zoo import create_model, model_sites
 from regimes.zoo.registry import ModelArgumentError, check_arguments, missing_arguments
@@ -112,8 +112,7 @@ class RunState:
             best_score=best[0], best_epoch=best[1],
             stopping_score=stopper.best_score, stopping_epoch=stopper.best_epoch,
             stop_epoch=len(self.epochs), max_epochs=config.max_epochs,
-            **{k: numbers.get(k) for k in ("auc_w", "auc_p", "rho", "stabilization_w", "stabilization_p", "window")},
-            rho_global=numbers.get("rho_global"), rho_layerwise=numbers.get("rho_layerwise"),
+            **study_fields(numbers),
             settled_w_online=settled_w, settled_p_online=settled_p,
             freeze_iteration=getattr(self._callback(FreezeRegime), "iteration_", None),
             batches_per_epoch=self.batches_per_epoch, steps=int(self.tracker.iteration),

@@ -323,7 +323,11 @@ class TrackingSession:
             plain["sites"] = [str(s) for s in self._options["sites"]]
         if self._options.get("autocast") is not None:
             plain["autocast"] = str(self._options["autocast"])
-        detection = {"detect": self.detect, "tau": self.tau, "freeze": self.freeze_when}
+        # Only what differs from the defaults, so that a run directory from before these options
+        # existed still takes the same fit's resume.
+        defaults = {"detect": True, "tau": 0.1, "freeze": "off"}
+        chosen = {"detect": self.detect, "tau": self.tau, "freeze": self.freeze_when}
+        detection = {k: v for k, v in chosen.items() if v != defaults[k]}
         return {"integration": self.host, "model": self._model_name, **plain, **detection, **self.config}
 
     # -- per step --------------------------------------------------------------------------
