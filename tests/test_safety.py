@@ -367,7 +367,7 @@ def test_output_and_config_paths_that_cannot_be_used(tmp_path, capsys):
 
     unwritable = _unwritable_folder(tmp_path)
     assert main(["run", "mlp-breast-cancer", "--out", str(unwritable / "run"), "--quiet"]) == 2
-    assert "cannot write the run into" in errors(capsys)
+    assert "cannot write into" in errors(capsys)
 
     (tmp_path / "configs").mkdir()
     assert main(["run", str(tmp_path / "configs"), "--quiet"]) == 2

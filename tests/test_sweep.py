@@ -409,3 +409,20 @@ def test_ray_engine_gives_the_same_sweep_directory(tmp_path, grid_file, local_ra
     reference = alone(base(max_epochs=1, optimizer=selected["config"]["optimizer"]), tmp_path / "alone")
     assert selected["row"]["rho"] == reference["rho"]
     assert selected["trial"] == trials.trial[trials.best_score.idxmax()]
+
+
+def test_a_second_sweep_into_a_folder_being_written_is_refused_and_writes_nothing(tmp_path, grid_file, capsys):
+    import os
+
+    from regimes.records import SweepDirectory
+
+    out = tmp_path / "sweep"
+    argv = ["sweep", "mlp-breast-cancer", "--grid", str(grid_file), "--out", str(out), "--quiet",
+            "--set", "max_epochs=1", "--workers", "1", "--threads", "1"]  # fmt: skip
+    with SweepDirectory(out).writer(wait=0):  # another `regimes sweep` holds it
+        assert main(argv) == 2
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and f"process {os.getpid()}" in err and "regimes sweep" in err
+    assert [p.name for p in out.iterdir()] == [SweepDirectory.LOCK]  # no description, no trial
+    assert main(argv) == 0  # released: the same command goes through
+    assert SweepDirectory(out).read_selected()["trial"] is not None

@@ -140,39 +140,40 @@ def _sweep(base, grid, out, engine, seeds, force, events) -> dict:
     for job in jobs:  # a misspelt name fails here, before the sweep's folder exists
         check_names(job.config)
     _check_runs_match(jobs, force)
-    directory.start({
-        "preset": base.preset, "model": base.model, "dataset": base.dataset, "base": base.to_dict(),
-        "grid": {"name": grid.name, "axes": grid.axes, "fixed": grid.fixed}, "versions": software_versions(),
-    }, force=force)  # fmt: skip
-    swept = _swept_keys(grid)
+    with directory.writer():  # one `regimes sweep` writes the sweep (each trial has its own lock too)
+        directory.start({
+            "preset": base.preset, "model": base.model, "dataset": base.dataset, "base": base.to_dict(),
+            "grid": {"name": grid.name, "axes": grid.axes, "fixed": grid.fixed}, "versions": software_versions(),
+        }, force=force)  # fmt: skip
+        swept = _swept_keys(grid)
 
-    started = time.perf_counter()
-    rows = _run_phase("grid", jobs, engine, events, lambda job, summary: trial_row(job, summary, swept))
-    wall = {"grid": time.perf_counter() - started}  # this invocation's, finished trials skipped
-    directory.write_table(SweepDirectory.TRIALS, rows)
-    best = select(rows)
-    failed = [r["trial"] for r in rows if r["status"] not in DONE]
-    selected = {"preset": base.preset, "model": base.model, "dataset": base.dataset, "grid": grid.name,
-                "trials": len(rows), "failed": failed, "wall_seconds": wall}  # fmt: skip
-    if best is None:
-        selected.update(trial=None, status=Status.FAILED, error="no trial finished")
-        directory.write_selected(selected)
-        return selected
-    winner = next(job for job in jobs if job.short_name == best["trial"])
-    selected.update(trial=best["trial"], path=best["path"], row=best, config=winner.config.to_dict())
-    directory.write_selected(selected)
-
-    if seeds > 0:
-        seed_jobs = plan_seeds(winner.config, seeds, out)
-        _remove_stale_seeds(seed_jobs)
-        _reuse_trial_as_seed(winner, seed_jobs)
         started = time.perf_counter()
-        seed_rows = _run_phase("seeds", seed_jobs, engine, events, lambda job, summary: trial_row(job, summary))
-        wall["seeds"] = time.perf_counter() - started
-        directory.write_table(SweepDirectory.SEEDS, seed_rows)
-        selected["seeds"] = {**seed_statistics(seed_rows), "runs": [job.name for job in seed_jobs]}
+        rows = _run_phase("grid", jobs, engine, events, lambda job, summary: trial_row(job, summary, swept))
+        wall = {"grid": time.perf_counter() - started}  # this invocation's, finished trials skipped
+        directory.write_table(SweepDirectory.TRIALS, rows)
+        best = select(rows)
+        failed = [r["trial"] for r in rows if r["status"] not in DONE]
+        selected = {"preset": base.preset, "model": base.model, "dataset": base.dataset, "grid": grid.name,
+                    "trials": len(rows), "failed": failed, "wall_seconds": wall}  # fmt: skip
+        if best is None:
+            selected.update(trial=None, status=Status.FAILED, error="no trial finished")
+            directory.write_selected(selected)
+            return selected
+        winner = next(job for job in jobs if job.short_name == best["trial"])
+        selected.update(trial=best["trial"], path=best["path"], row=best, config=winner.config.to_dict())
         directory.write_selected(selected)
-    return selected
+
+        if seeds > 0:
+            seed_jobs = plan_seeds(winner.config, seeds, out)
+            _remove_stale_seeds(seed_jobs)
+            _reuse_trial_as_seed(winner, seed_jobs)
+            started = time.perf_counter()
+            seed_rows = _run_phase("seeds", seed_jobs, engine, events, lambda job, summary: trial_row(job, summary))
+            wall["seeds"] = time.perf_counter() - started
+            directory.write_table(SweepDirectory.SEEDS, seed_rows)
+            selected["seeds"] = {**seed_statistics(seed_rows), "runs": [job.name for job in seed_jobs]}
+            directory.write_selected(selected)
+        return selected
 
 
 # ------------------------------------------------------------------------------------- helpers

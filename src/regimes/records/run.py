@@ -165,7 +165,6 @@ class RunDirectory:
 
     # -- lifecycle -----------------------------------------------------------------------
 
-    @contextlib.contextmanager
     def writer(self, wait: float = 2.0):
         """Hold the run's writer lock for the block: the one process that writes this run.
 
@@ -175,41 +174,10 @@ class RunDirectory:
         finish dying) is `RunLockedError` naming the holder; an --out that is a file, or a
         folder that cannot be written, is a one-line error too.
         """
-        self._make_folder()
-        try:
-            fd = os.open(self.lock_path, os.O_RDWR | os.O_CREAT, 0o644)
-        except OSError as error:
-            raise self._cannot_write(error) from None
-        try:
-            if fcntl is not None and not _lock(fd, wait):
-                holder = os.read(fd, 32).decode("ascii", "replace").strip()
-                process = f"process {holder}" if holder.isdigit() else "another process"
-                raise RunLockedError(
-                    f"{self.path} is being written by {process} (a `regimes run` or a sweep's trial); "
-                    "wait for it to end, stop it (Ctrl-C or kill; it can be resumed), or choose another --out"
-                )
-            os.ftruncate(fd, 0)
-            os.lseek(fd, 0, os.SEEK_SET)
-            os.write(fd, f"{os.getpid()}\n".encode("ascii"))
-            yield self
-        finally:
-            os.close(fd)  # releases the lock
+        return writer_lock(self.path, self.lock_path, wait, "a `regimes run` or a sweep's trial")
 
     def _make_folder(self) -> None:
-        if self.path.exists() and not self.path.is_dir():
-            raise NotADirectoryError(f"{self.path} exists and is not a directory: choose another --out")
-        try:
-            self.path.mkdir(parents=True, exist_ok=True)
-        except (FileExistsError, NotADirectoryError):  # a folder on the way is a file
-            raise NotADirectoryError(f"{self.path}: a folder on its path is a file: choose another --out") from None
-        except OSError as error:
-            raise self._cannot_write(error) from None
-
-    def _cannot_write(self, error: OSError) -> Exception:
-        if error.errno in (errno.EACCES, errno.EPERM, errno.EROFS):
-            why = "read-only file system" if error.errno == errno.EROFS else "permission denied"
-            return RunDirectoryError(f"cannot write the run into {self.path} ({why}): choose another --out")
-        return error
+        make_folder(self.path)
 
     def remove(self, up_to=None) -> None:
         """Remove the run's files and lock (nothing else the user put there); with `up_to`, also
@@ -509,6 +477,50 @@ def is_run_directory(path) -> bool:
 
 
 # -- helpers ---------------------------------------------------------------------------------
+
+
+@contextlib.contextmanager
+def writer_lock(folder: Path, lock_path: Path, wait: float, writers: str):
+    """Hold an exclusive flock on `lock_path` in `folder` (made if need be) for the block, the
+    holder's PID written inside; `RunLockedError` naming the holder when another process holds
+    it after `wait` seconds (`writers`: who takes such a lock, for the message)."""
+    make_folder(folder)
+    try:
+        fd = os.open(lock_path, os.O_RDWR | os.O_CREAT, 0o644)
+    except OSError as error:
+        raise _cannot_write(folder, error) from None
+    try:
+        if fcntl is not None and not _lock(fd, wait):
+            holder = os.read(fd, 32).decode("ascii", "replace").strip()
+            process = f"process {holder}" if holder.isdigit() else "another process"
+            raise RunLockedError(
+                f"{folder} is being written by {process} ({writers}); "
+                "wait for it to end, stop it (Ctrl-C or kill; it can be resumed), or choose another --out"
+            )
+        os.ftruncate(fd, 0)
+        os.lseek(fd, 0, os.SEEK_SET)
+        os.write(fd, f"{os.getpid()}\n".encode("ascii"))
+        yield
+    finally:
+        os.close(fd)  # releases the lock
+
+
+def make_folder(folder: Path) -> None:
+    if folder.exists() and not folder.is_dir():
+        raise NotADirectoryError(f"{folder} exists and is not a directory: choose another --out")
+    try:
+        folder.mkdir(parents=True, exist_ok=True)
+    except (FileExistsError, NotADirectoryError):  # a folder on the way is a file
+        raise NotADirectoryError(f"{folder}: a folder on its path is a file: choose another --out") from None
+    except OSError as error:
+        raise _cannot_write(folder, error) from None
+
+
+def _cannot_write(folder: Path, error: OSError) -> Exception:
+    if error.errno in (errno.EACCES, errno.EPERM, errno.EROFS):
+        why = "read-only file system" if error.errno == errno.EROFS else "permission denied"
+        return RunDirectoryError(f"cannot write into {folder} ({why}): choose another --out")
+    return error
 
 
 def _lock(fd: int, wait: float) -> bool:

@@ -8,6 +8,7 @@ sweeps/mlp-breast-cancer/
   selected.json           the winning trial's row; with seeds, rho's mean, interval, semi-deviations
   seeds/seed0, seed1 ...  the winning configuration with each seed (--seeds N)
   seeds.parquet, .csv     one row per seed
+  .lock                   held by the one `regimes sweep` that writes the folder (its PID inside)
 ```
 """
 
@@ -18,7 +19,7 @@ import shutil
 from pathlib import Path
 
 from regimes.records.files import atomic_write, describe_difference, json_ready, parquet_bytes, read_json, write_json
-from regimes.records.run import RunDirectory, is_run_directory
+from regimes.records.run import RunDirectory, is_run_directory, writer_lock
 
 __all__ = ["SweepDirectory", "is_sweep_directory", "find_runs"]
 
@@ -36,6 +37,7 @@ class SweepDirectory:
     SEEDS = "seeds"
     TABLES = (TRIALS, SEEDS)  # a folder of runs and a table of their rows, each
     TABLE_FORMATS = ("parquet", "csv")
+    LOCK = ".lock"  # held by the one `regimes sweep` that writes the sweep (each trial has its own)
 
     def __init__(self, path):
         self.path = Path(path)
@@ -72,6 +74,15 @@ class SweepDirectory:
 
     # -- lifecycle -------------------------------------------------------------------------
 
+    @property
+    def lock_path(self) -> Path:
+        return self.path / self.LOCK
+
+    def writer(self, wait: float = 2.0):
+        """Hold the sweep's writer lock for the block: one `regimes sweep` writes its tables and
+        selection at a time (a second is `RunLockedError`, naming the first's PID)."""
+        return writer_lock(self.path, self.lock_path, wait, "a `regimes sweep`")
+
     def start(self, description: dict, force: bool = False) -> None:
         """Write sweep.json; refuse a folder that holds another sweep (unless `force`, which
         removes that sweep's runs and tables first)."""
@@ -87,7 +98,7 @@ class SweepDirectory:
                         f"{self.path} holds another sweep (its {' and '.join(differs)} differ: {describe_difference(old, new)}); "
                         "choose another --out, or --force to start again there"
                     )
-        elif self.path.is_dir() and any(self.path.iterdir()) and not force:
+        elif self.path.is_dir() and any(p.name != self.LOCK for p in self.path.iterdir()) and not force:
             raise FileExistsError(f"{self.path} exists and holds no sweep; choose another --out")
         self.path.mkdir(parents=True, exist_ok=True)
         atomic_write(self.description_path, (json.dumps(description, indent=2) + "\n").encode("utf-8"))
