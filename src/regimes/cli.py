@@ -229,23 +229,27 @@ def cmd_geometry(args) -> int:
 
     _set_threads(args.threads)
     run_dir = RunDirectory(args.run)
-    recorded = run_dir.read_geometry() if run_dir.has_config() else []
-    last = (run_dir.read_checkpoint() or {}).get("epoch") if run_dir.has_config() else None
+    if not run_dir.has_config():
+        raise FileNotFoundError(f"{run_dir.path} is not a run directory (it has no {run_dir.CONFIG})")
+    recorded = run_dir.read_geometry()
+    checkpoint = run_dir.read_checkpoint()  # a damaged one: one line
+    last = checkpoint["epoch"] if checkpoint is not None else None
     if args.epoch is not None and args.epoch != last:
         row = next((r for r in recorded if r["epoch"] == args.epoch), None)
         if row is None and recorded:
             raise ValueError(f"epoch {args.epoch}: the run recorded geometry for epochs "
                              f"{recorded[0]['epoch']}-{recorded[-1]['epoch']}")  # fmt: skip
         if row is None:
-            raise ValueError(
-                f"epoch {args.epoch}: the checkpoint holds epoch {last}'s weights only, and the run recorded no "
-                "geometry: train it with `--set geometry=true` to record every epoch"
-            )
+            weights = f"the checkpoint holds epoch {last}'s weights only" if checkpoint else "the run has no checkpoint"
+            raise ValueError(f"epoch {args.epoch}: {weights}, and the run recorded no geometry: train it with "
+                             "`--set geometry=true` to record every epoch")  # fmt: skip
         _print_pairs([(k, _geometry_value(v)) for k, v in row.items()])
         return 0
-    from regimes.experiment.geometry import saved_run_geometry
+    if checkpoint is None:
+        raise FileNotFoundError(f"{run_dir.path} has no {run_dir.CHECKPOINT}: the run finished no epoch yet")
+    from regimes.experiment.geometry import checkpoint_geometry
 
-    found = saved_run_geometry(args.run, device=args.device, data_dir=args.data_dir)
+    found = checkpoint_geometry(run_dir, checkpoint, device=args.device, data_dir=args.data_dir)
     _print_probe_geometry(found)
     if recorded and args.epoch is None:
         print(f"\nrecorded during the run ({run_dir.geometry_path}):")
@@ -264,7 +268,7 @@ def _print_pairs(rows) -> None:
 
 
 def _print_probe_geometry(found: dict) -> None:
-    import numpy as np
+    from regimes.geometry.watch import percentiles
 
     n = len(found["distance"])
     print(f"epoch {found['epoch']} (iteration {found['iteration']}): the checkpoint's weights, probe of {n} samples")
@@ -274,9 +278,10 @@ def _print_probe_geometry(found: dict) -> None:
         where = f"{site} unit {found['nearest_unit'][i]}" if site is not None else "none"
         print(f"{i:>6}  {found['distance'][i]:>10.4g}  {where:<28}  {found['certified'][i]:>10.4g}  "
               f"{found['empirical'][i]:>10.4g}")  # fmt: skip
-    for name, q in (("p10", 10), ("median", 50), ("p90", 90)):
-        values = [np.percentile(found[k][np.isfinite(found[k])], q) for k in ("distance", "certified", "empirical")]
-        print(f"{name:>6}  {values[0]:>10.4g}  {'':<28}  {values[1]:>10.4g}  {values[2]:>10.4g}")
+    spread = {k: percentiles(found[k], k) for k in ("distance", "certified", "empirical")}
+    for name in ("p10", "median", "p90"):
+        distance, certified, empirical = (spread[k][f"{k}_{name}"] for k in ("distance", "certified", "empirical"))
+        print(f"{name:>6}  {distance:>10.4g}  {'':<28}  {certified:>10.4g}  {empirical:>10.4g}")
 
 
 GEOMETRY_TABLE = (("epoch", "d"), ("distance_median", ".3g"), ("certified_median", ".3g"), ("step_max", ".3g"),

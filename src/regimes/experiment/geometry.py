@@ -144,20 +144,14 @@ class GeometryRecorder(Callback):
         self.saved_ = state or None  # used in on_train_begin, where the run is at hand
 
 
-def saved_run_geometry(path, *, device=None, data_dir=None) -> dict:
-    """The geometry of a saved run's probe at its checkpoint's weights (the last finished
-    epoch: a checkpoint holds no other): `epoch`, `iteration` and `probe_geometry`'s
-    per-sample values. The model, data and probe are rebuilt from the run's config."""
+def checkpoint_geometry(run_dir, checkpoint: dict, *, device=None, data_dir=None) -> dict:
+    """The geometry of a saved run's probe at its checkpoint's weights (`checkpoint`:
+    `RunDirectory.read_checkpoint()`, the last finished epoch: a checkpoint holds no other):
+    `epoch`, `iteration` and `probe_geometry`'s per-sample values. The model, data and probe
+    are rebuilt from the run's config."""
     from regimes.experiment.config import RunConfig
     from regimes.experiment.training import resolve_device, setup_run
-    from regimes.records import RunDirectory
 
-    run_dir = RunDirectory(path)
-    if not run_dir.has_config():
-        raise FileNotFoundError(f"{run_dir.path} is not a run directory (it has no {run_dir.CONFIG})")
-    checkpoint = run_dir.read_checkpoint()  # a damaged one: one line
-    if checkpoint is None:
-        raise FileNotFoundError(f"{run_dir.path} has no {run_dir.CHECKPOINT}: the run finished no epoch yet")
     config = RunConfig.from_dict(run_dir.read_config())
     run = setup_run(config, resolve_device(device), data_dir)
     run.model.load_state_dict(checkpoint["model"])

@@ -31,11 +31,17 @@ has `freeze_iteration`, and `save_state` / `load_state` carry the frozen copy.
 
 from __future__ import annotations
 
-import math
 from collections.abc import Callable, Mapping
 
 from regimes.extras import require
-from regimes.integrations.session import TrackingSession, default_probe_size, draw_probe, is_dataset, model_inputs
+from regimes.integrations.session import (
+    TrackingSession,
+    default_probe_size,
+    draw_probe,
+    is_dataset,
+    model_inputs,
+    settled_metric,
+)  # fmt: skip
 
 accelerate = require("accelerate", "regimes.integrations.accelerate")
 
@@ -106,8 +112,7 @@ class RegimesTracking:
         due, and the epoch's row of `metrics`."""
         for event, iteration in self.session.end_epoch(epoch):
             self.events_.append((event, iteration))
-            value = math.nan if iteration is None else float(iteration)
-            self.accelerator.log({f"regimes/settled_{event.curve}": value}, step=self.tracker.iteration)
+            self.accelerator.log(settled_metric(event, iteration), step=self.tracker.iteration)
             if self.on_regime_change is not None:
                 self.on_regime_change(event=event, iteration=iteration)
         if self.session.freeze_due(epoch, last=self.epochs is not None and epoch >= self.epochs):

@@ -64,6 +64,7 @@ from regimes.integrations.session import (
     draw_probe,
     is_dataset,
     model_inputs,
+    settled_metric,
     warn_late_freeze,
 )  # fmt: skip
 from regimes.records import atomic_write
@@ -187,7 +188,7 @@ class RegimesCallback(transformers.TrainerCallback):
 
     def _tell(self, args, state, control, model, event, iteration) -> None:
         self.events_.append((event, iteration))
-        self.logs_[f"regimes/settled_{event.curve}"] = math.nan if iteration is None else float(iteration)
+        self.logs_.update(settled_metric(event, iteration))
         callbacks = self.trainer_.callback_handler.callbacks if self.trainer_ is not None else []
         for callback in callbacks:
             if callback is not self and callable(getattr(callback, "on_regime_change", None)):

@@ -37,7 +37,6 @@
 
 from __future__ import annotations
 
-import math
 from collections.abc import Callable, Mapping
 
 from regimes.extras import require
@@ -50,6 +49,7 @@ from regimes.integrations.session import (
     draw_probe,
     is_dataset,
     model_inputs,
+    settled_metric,
     warn_late_freeze,
 )  # fmt: skip
 
@@ -148,9 +148,8 @@ class RegimesCallback(pl.Callback):
 
     def _tell(self, trainer, pl_module, event, iteration) -> None:
         self.events_.append((event, iteration))
-        value = {f"regimes/settled_{event.curve}": math.nan if iteration is None else float(iteration)}
         for logger in trainer.loggers:
-            logger.log_metrics(value, step=trainer.global_step)
+            logger.log_metrics(settled_metric(event, iteration), step=trainer.global_step)
         for callback in trainer.callbacks:
             if callback is not self and callable(getattr(callback, "on_regime_change", None)):
                 callback.on_regime_change(trainer, pl_module, event=event, iteration=iteration)

@@ -41,6 +41,7 @@ gradients is skipped by the gradient scaler without calling the optimizer's `ste
 
 from __future__ import annotations
 
+import math
 import time
 import warnings
 from collections.abc import Callable, Mapping
@@ -61,7 +62,7 @@ from regimes.tracker import Tracker
 
 __all__ = [
     "TrackingSession", "Roles", "StepGate", "draw_probe", "model_inputs", "default_probe_size", "process_rank",
-    "is_sharded", "check_freeze", "warn_late_freeze", "LOG_PREFIX", "LABEL_KEYS",
+    "is_sharded", "check_freeze", "warn_late_freeze", "settled_metric", "LOG_PREFIX", "LABEL_KEYS",
 ]  # fmt: skip
 
 LOG_PREFIX = "regimes/"  # regimes/delta_w, regimes/delta_a, regimes/delta_a/<site>
@@ -212,6 +213,12 @@ def warn_late_freeze(freeze, max_epochs) -> None:
             "Set freeze below the number of epochs.",
             stacklevel=3,
         )
+
+
+def settled_metric(event: RegimeEvent, iteration: int | None) -> dict[str, float]:
+    """What an adapter logs for a detector event: `regimes/settled_w` or `regimes/settled_p`,
+    the optimizer step the curve settled at (NaN when the claim was withdrawn)."""
+    return {f"{LOG_PREFIX}settled_{event.curve}": math.nan if iteration is None else float(iteration)}
 
 
 def _world_size() -> int:

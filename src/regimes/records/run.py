@@ -176,9 +176,6 @@ class RunDirectory:
         """
         return writer_lock(self.path, self.lock_path, wait, "a `regimes run` or a sweep's trial")
 
-    def _make_folder(self) -> None:
-        make_folder(self.path)
-
     def remove(self, up_to=None) -> None:
         """Remove the run's files and lock (nothing else the user put there); with `up_to`, also
         the folder and its parents up to and including `up_to` (those a failed start made), each
@@ -203,7 +200,7 @@ class RunDirectory:
         the same config is left as it is: the caller resumes it or passes `force`. A run
         that recorded nothing (it ended before its first epoch) is replaced either way.
         """
-        self._make_folder()
+        make_folder(self.path)
         if is_run_directory(self.path):
             if force or not self.has_records():
                 self._clear()
@@ -358,13 +355,7 @@ class RunDirectory:
 
     def write_epochs(self, rows: list[dict]) -> None:
         """Rewrite epochs.parquet with all epochs so far (one dict per epoch)."""
-        names = list(_EPOCH_COLUMNS)
-        for row in rows:
-            names += [k for k in row if k not in names]
-        fields = [pa.field(n, _EPOCH_COLUMNS.get(n, _infer_type(rows, n))) for n in names]
-        data = {n: [_plain(row.get(n)) for row in rows] for n in names}
-        table = pa.table(data, schema=pa.schema(fields))
-        atomic_write(self.epochs_path, parquet_bytes(table))
+        atomic_write(self.epochs_path, parquet_bytes(_rows_table(rows, _EPOCH_COLUMNS)))
 
     def read_epochs(self) -> list[dict]:
         if not self.epochs_path.is_file():
@@ -375,10 +366,7 @@ class RunDirectory:
 
     def write_geometry(self, rows: list[dict]) -> None:
         """Rewrite geometry.parquet with every epoch's row so far (`regimes.experiment.geometry`)."""
-        names = list(dict.fromkeys(k for row in rows for k in row))
-        fields = [pa.field(n, pa.int64() if n in _INT_COLUMNS else _infer_type(rows, n)) for n in names]
-        table = pa.table({n: [_plain(row.get(n)) for row in rows] for n in names}, schema=pa.schema(fields))
-        atomic_write(self.geometry_path, parquet_bytes(table))
+        atomic_write(self.geometry_path, parquet_bytes(_rows_table(rows, dict.fromkeys(_INT_COLUMNS, pa.int64()))))
 
     def read_geometry(self) -> list[dict]:
         """The geometry rows, one per epoch (epoch 0: the initial weights); [] when none were recorded."""
@@ -595,6 +583,16 @@ def _steps_table(records: dict) -> pa.Table:
             value = value.astype(np.float64)
         arrays[name] = value
     return pa.table(arrays)
+
+
+def _rows_table(rows: list[dict], known: Mapping[str, pa.DataType]) -> pa.Table:
+    """A table of `rows` (dicts): the `known` columns first, with their types, then every other
+    key in the order it first appears, its type inferred from the values."""
+    names = list(known)
+    for row in rows:
+        names += [k for k in row if k not in names]
+    fields = [pa.field(n, known.get(n) or _infer_type(rows, n)) for n in names]
+    return pa.table({n: [_plain(row.get(n)) for row in rows] for n in names}, schema=pa.schema(fields))
 
 
 def _infer_type(rows: list[dict], name: str) -> pa.DataType:
