@@ -94,7 +94,7 @@ def step_times(preset: str, blocks: int = 7, steps: int = 20, threads: int = 1) 
     import torch
 
     from regimes.experiment import get_preset
-    from regimes.experiment.training import resolve_device, setup_run
+    from regimes.experiment.setup import resolve_device, setup_run
     from regimes.freeze import ValuePattern, freeze_regime
 
     torch.set_num_threads(threads)

@@ -14,7 +14,7 @@ import torch
 
 from regimes import geometry
 from regimes.experiment.config import RunConfig
-from regimes.experiment.training import setup_run
+from regimes.experiment.setup import setup_run
 from regimes.geometry.watch import probe_inputs
 from regimes.records import RunDirectory
 

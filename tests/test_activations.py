@@ -12,7 +12,7 @@ from test_zoo import MODEL_CASES, _build, _forward, _inputs
 import regimes
 from regimes.experiment import get_preset
 from regimes.experiment.presets import NATIVE_ACTIVATIONS, PRESETS
-from regimes.experiment.training import resolve_device, setup_run
+from regimes.experiment.setup import resolve_device, setup_run
 from regimes.tracker import NoActivationSitesError
 from regimes.zoo import create_model, model_sites
 

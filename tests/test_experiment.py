@@ -19,7 +19,7 @@ from regimes.experiment import (
     list_presets,
     train_run,
 )
-from regimes.experiment.training import batches_per_epoch
+from regimes.experiment.setup import batches_per_epoch
 from regimes.records import RunDirectory
 from regimes.zoo import create_model, list_models
 

@@ -342,29 +342,27 @@ def test_freeze_off_leaves_the_steps_table_as_it_was(tmp_path):
     assert not math.isnan(summary["best_score"])
 
 
-def test_auto_freezes_at_the_first_epoch_end_after_the_detector_s_first_claim():
-    from types import SimpleNamespace
-
-    from regimes.experiment.callbacks import RegimeDetection
-    from regimes.experiment.freezing import FreezeRegime
+def test_auto_freezes_at_the_first_epoch_end_after_the_detector_s_first_claim(tmp_path):
+    from regimes.run import Run
 
     torch.manual_seed(0)
     model = create_model("mlp", input_size=6, num_classes=2, hidden=[8])
-    tracker = regimes.Tracker(model, torch.randn(4, 6), quantities=[ValuePattern()])
-    detection = RegimeDetection.__new__(RegimeDetection)
-    detection.detector_ = SimpleNamespace(first_settled_p=None)
-    run = SimpleNamespace(callbacks=[detection], tracker=tracker, stop=False, epoch=1,
-                          config=SimpleNamespace(max_epochs=10))  # fmt: skip
-    freezer = FreezeRegime("auto")
-    freezer.on_train_begin(run)
-    freezer.on_epoch_end(run)
-    assert freezer.gates_ is None and freezer.state_dict() == {}
-    tracker.iteration, run.epoch = 7, 2
-    detection.detector_.first_settled_p = (5, 7)  # settled at step 5, claimed at update 7
-    freezer.on_epoch_end(run)
-    assert freezer.iteration_ == 7 and freezer.gates_.installed
-    assert set(freezer.state_dict()) == {"iteration", "frozen"}
-    freezer.gates_.remove()
+    run = Run(tmp_path / "run", freeze="auto", batches_per_epoch=3)
+    tracker = run.watch(model, torch.randn(4, 6))
+    for _ in range(3):
+        tracker.step()
+    run.end_epoch(1)  # the detector exists now, and has claimed nothing
+    assert run.gates is None and "frozen" not in run.state_dict()
+    run.detector.first_settled_p = (5, 7)  # settled at step 5, claimed at update 7
+    for _ in range(3):
+        tracker.step()
+    run.end_epoch(2)
+    assert run.freeze_iteration == 6 and run.gates.installed
+    assert set(run.state_dict()["frozen"]) == {"iteration", "state"}
+    run.end_epoch(3, last=True)  # frozen once only
+    assert run.freeze_iteration == 6
+    run.gates.remove()
+    run.close()
 
 
 def test_a_sweep_over_freeze_writes_one_column_type():

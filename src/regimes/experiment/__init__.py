@@ -3,7 +3,8 @@
 from regimes.experiment.callbacks import Callback, EarlyStopping
 from regimes.experiment.config import ConfigError, RunConfig, apply_overrides, dump_toml, load_toml
 from regimes.experiment.presets import get_preset, list_presets
-from regimes.experiment.training import RunState, train_run
+from regimes.experiment.state import RunState
+from regimes.experiment.training import train_run
 
 __all__ = [
     "Callback",

@@ -4,14 +4,19 @@ arguments never break an old callback. `__init__` only stores arguments; what a 
 learns during a run ends in `_`, and `state_dict()` / `load_state_dict()` carry it over a
 resume.
 
-The loop's own work is done by callbacks too: `EarlyStopping`, `RecordWriter` (the run
-directory), `Checkpoint` (what --resume continues from) and `ProgressBar`.
+The loop's own work is done by callbacks too: `EarlyStopping`, `Checkpoint` (what --resume
+continues from) and `ProgressBar`; the run's records, detector and freeze are the run
+object's (`regimes.Run`), which the loop calls at every epoch's end.
 
-    class PrintRho(Callback):
-        def on_epoch_end(self, run, **kwargs):
-            print(run.epoch, run.summary["rho"])
+    >>> from regimes.experiment import Callback
+    >>> class PrintScore(Callback):
+    ...     def on_epoch_end(self, run, row, **kwargs):
+    ...         print(run.epoch, round(row["val_score"], 2))
+    >>> # train_run(config, "runs/x", callbacks=[PrintScore()])
 
-    train_run(config, "runs/x", callbacks=[PrintRho()])
+A callback's `name` (its class's, unless given) keys its state in a checkpoint, so two
+callbacks of one run cannot share a name. What a callback adds to the run's summary it
+returns from `summary_fields()`: nothing looks a callback up by its type.
 """
 
 from __future__ import annotations
@@ -19,11 +24,10 @@ from __future__ import annotations
 import math
 from dataclasses import dataclass
 
-import numpy as np
 
 from regimes.records import Status
 
-__all__ = ["Callback", "EarlyStopping", "RecordWriter", "RegimeDetection", "Checkpoint", "ProgressBar", "notify"]
+__all__ = ["Callback", "EarlyStopping", "EpochRecords", "Checkpoint", "ProgressBar", "notify", "check_unique_names"]
 
 
 class Callback:
@@ -48,6 +52,19 @@ class Callback:
         """The online detector changed its answer (`event`: a `regimes.detect.RegimeEvent`,
         its steps in measurements; `iteration`: the optimizer step it settled at, or None)."""
 
+    @property
+    def name(self) -> str:
+        """The key of this callback's state in a checkpoint: unique among a run's callbacks."""
+        return getattr(self, "_name", None) or type(self).__name__
+
+    @name.setter
+    def name(self, value: str) -> None:
+        self._name = value
+
+    def summary_fields(self) -> dict:
+        """Fields this callback adds to the run's summary (`regimes.records.RunSummary`)."""
+        return {}
+
     def state_dict(self) -> dict:
         return {}
 
@@ -58,6 +75,19 @@ class Callback:
 def notify(callbacks, hook: str, run, **kwargs) -> None:
     for callback in callbacks:
         getattr(callback, hook)(run, **kwargs)
+
+
+def check_unique_names(callbacks) -> None:
+    """Two callbacks of one run with one name would overwrite each other's saved state."""
+    seen: dict[str, object] = {}
+    for callback in callbacks:
+        if callback.name in seen:
+            raise ValueError(
+                f"two callbacks are named {callback.name!r} ({type(seen[callback.name]).__name__} and "
+                f"{type(callback).__name__}): give one another name (callback.name = '...'), so that each keeps its "
+                "own state in the checkpoint"
+            )
+        seen[callback.name] = callback
 
 
 @dataclass
@@ -86,6 +116,14 @@ class EarlyStopping(Callback):
     def on_epoch_end(self, run, row, **kwargs) -> None:
         if run.status != Status.DIVERGED and self.update(row["val_score"], run.epoch):
             run.stop = True
+            if run.epoch < run.config.max_epochs:
+                from regimes.runs import describe_stop
+
+                run.stop_reason = describe_stop(status=run.status, stop_epoch=run.epoch, max_epochs=run.config.max_epochs,
+                                                epochs=run.epochs, stopper=self, score_name=run.task.score_name)  # fmt: skip
+
+    def summary_fields(self) -> dict:
+        return {"stopping_score": self.best_score, "stopping_epoch": self.best_epoch}
 
     def state_dict(self) -> dict:
         return {k: getattr(self, k) for k in ("best_score", "best_epoch", "epochs_without_improvement")}
@@ -95,95 +133,16 @@ class EarlyStopping(Callback):
             setattr(self, key, value)
 
 
-class RecordWriter(Callback):
-    """Writes the run directory as the run goes: the new step records and all epoch rows
-    after every epoch, and the summary (status `running` until the end)."""
+class EpochRecords(Callback):
+    """Ends the epoch in the run object (`RunState.run`, a `regimes.Run`): its records, the
+    detector (whose events every callback hears as `on_regime_change`), the freeze, the epoch
+    table and the summary. After early stopping, so that the summary says how a last epoch ended."""
 
-    CURVES = ("dw", "dw_layerwise", "da")  # what the summary is computed from
-
-    def __init__(self, run_dir, columns=CURVES):
-        self.run_dir, self.columns = run_dir, columns
-
-    def on_train_begin(self, run, **kwargs) -> None:
-        # What is on disk (after a resume, rewound to the checkpoint) is the curve so far.
-        on_disk = self.run_dir.read_steps(columns=["iteration", *self.CURVES])
-        self.written_ = int(on_disk["iteration"][-1]) if len(on_disk["iteration"]) else 0
-        self.curves_ = {name: [on_disk.get(name, np.zeros(0))] for name in self.CURVES}
-
-    def on_epoch_end(self, run, **kwargs) -> None:
-        tracker = run.tracker
-        names = [*self.columns, *(f"da:{site}" for site in tracker.sites)]
-        tensors = [f"dw:{name}" for name in tracker.parameter_names]
-        new = tracker.records(since=self.written_, names=list(dict.fromkeys([*names, *self.CURVES, *tensors])))
-        if len(new["iteration"]):
-            # The per-tensor table first: a crash between the two leaves it ahead, and a
-            # resume truncates both to the checkpoint.
-            self.run_dir.append_tensor_steps(new["iteration"], run.epoch, tracker.parameter_names,
-                                             np.column_stack([new[t] for t in tensors]))  # fmt: skip
-            records = {"iteration": new["iteration"], "epoch": np.full(len(new["iteration"]), run.epoch, dtype=np.int64)}
-            records.update({name: new[name] for name in names})
-            self.run_dir.append_steps(records)
-            self.written_ = int(new["iteration"][-1])
-            for name in self.curves_:
-                self.curves_[name].append(new[name])
-        self.run_dir.write_epochs(run.epochs)
-        self.run_dir.write_summary(run.summarize(self.curves(), Status.RUNNING if not run.stop else run.status))
-
-    def curves(self) -> dict[str, np.ndarray]:
-        for chunks in self.curves_.values():
-            if len(chunks) > 1:
-                chunks[:] = [np.concatenate(chunks)]
-        return {name: chunks[0] for name, chunks in self.curves_.items()}
-
-    def on_train_end(self, run, **kwargs) -> None:
-        run.summary = run.summarize(self.curves(), run.status)
-        self.run_dir.write_summary(run.summary)
-
-    def on_interrupt(self, run, **kwargs) -> None:
-        if not hasattr(self, "curves_"):  # interrupted before the loop began: the curves are on disk
-            self.on_train_begin(run)
-        self.run_dir.write_summary(run.summarize(self.curves(), Status.INTERRUPTED))
-
-
-class RegimeDetection(Callback):
-    """Feeds every measured step to the online detector (`regimes.detect`) at the end of each
-    epoch, in order, and tells every callback `on_regime_change`. It reads the curves the
-    headline rho is computed from (the config's weight change, and da); after a resume it
-    replays what is on disk, so its answers are those of an uninterrupted run."""
-
-    def __init__(self, run_dir, tau: float = 0.1):
-        self.run_dir, self.tau = run_dir, tau
-
-    def on_train_begin(self, run, **kwargs) -> None:
-        from regimes.detect import RegimeChangeDetector
-
-        self.weights_ = "dw_layerwise" if run.config.weight_change == "layerwise" else "dw"
-        self.every_ = run.config.track_every
-        self.detector_ = RegimeChangeDetector(max(1, run.batches_per_epoch // self.every_), self.tau)
-        on_disk = self.run_dir.read_steps(columns=["iteration", self.weights_, "da"])
-        for dw, da in zip(on_disk.get(self.weights_, ()), on_disk["da"]):
-            self.detector_.update(float(dw), float(da))  # replay: no events for the past
-        self.read_ = int(on_disk["iteration"][-1]) if len(on_disk["iteration"]) else 0
-
-    def on_epoch_end(self, run, **kwargs) -> None:
-        new = run.tracker.records(since=self.read_, names=[self.weights_, "da"])
-        if len(new["iteration"]):
-            self.read_ = int(new["iteration"][-1])
-        for dw, da in zip(new[self.weights_], new["da"]):
-            for event in self.detector_.update(float(dw), float(da)):
-                notify(run.callbacks, "on_regime_change", run, event=event, iteration=self.iteration(event.step))
-
-    def iteration(self, step: int | None) -> int | None:
-        """The optimizer step of the detector's `step`-th measurement."""
-        return None if step is None else step * self.every_
-
-    @property
-    def settled(self) -> tuple[int | None, int | None]:
-        """(dw, da): the iteration each curve settled at, as the detector says now (None, None
-        before the run began)."""
-        if not hasattr(self, "detector_"):
-            return None, None
-        return self.iteration(self.detector_.settled_w), self.iteration(self.detector_.settled_p)
+    def on_epoch_end(self, run, row, **kwargs) -> None:
+        last = run.stop or run.epoch >= run.config.max_epochs
+        events = run.run.end_epoch(run.epoch, row, last=last, status=run.status if run.stop else None)
+        for event, iteration in events:
+            notify(run.callbacks, "on_regime_change", run, event=event, iteration=iteration)
 
 
 class Checkpoint(Callback):
@@ -222,14 +181,9 @@ class ProgressBar(Callback):
     def on_train_end(self, run, **kwargs) -> None:
         import sys
 
-        from regimes.runs import describe_stop
-
         self.bar_.close()
-        if run.status == Status.DIVERGED or len(run.epochs) < run.config.max_epochs:
-            stopper = next((c for c in run.callbacks if isinstance(c, EarlyStopping)), None)
-            reason = describe_stop(status=run.status, stop_epoch=len(run.epochs), max_epochs=run.config.max_epochs,
-                                   epochs=run.epochs, stopper=stopper, score_name=run.task.score_name)  # fmt: skip
-            self.bar_.write(f"stopped {reason}", file=sys.stderr)
+        if run.stop_reason is not None:
+            self.bar_.write(f"stopped {run.stop_reason}", file=sys.stderr)
 
     def on_interrupt(self, run, **kwargs) -> None:
         if hasattr(self, "bar_"):

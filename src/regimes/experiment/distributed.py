@@ -17,6 +17,7 @@ gloo on CPU, NCCL on CUDA (one GPU per process: cuda:LOCAL_RANK).
 
 from __future__ import annotations
 
+import math
 import os
 from dataclasses import dataclass
 from datetime import timedelta
@@ -24,6 +25,10 @@ from datetime import timedelta
 import torch
 import torch.distributed as dist
 from torch import nn
+
+from regimes.experiment.epoch import train_epoch
+from regimes.experiment.setup import setup_run
+from regimes.records import RunDirectory
 
 __all__ = ["DataParallel", "follow_run"]
 
@@ -116,11 +121,6 @@ class DataParallel:
 def follow_run(config, out, parallel: DataParallel, *, data_dir=None, resume: bool = False) -> None:
     """What a process other than the first does in a DDP run: the same training, no tracker,
     no run directory, no callbacks; it stops when the first process says so."""
-    import math
-
-    from regimes.experiment.training import setup_run, train_epoch
-    from regimes.records import RunDirectory
-
     run_dir = RunDirectory(out)
     if resume and (previous := run_dir.read_summary()) is not None and previous.status.done:
         return  # the first process returns too, before any collective: nothing left to do

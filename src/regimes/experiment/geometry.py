@@ -41,6 +41,8 @@ import numpy as np
 import torch
 
 from regimes.experiment.callbacks import Callback
+from regimes.experiment.config import RunConfig
+from regimes.experiment.setup import resolve_device, setup_run
 from regimes.geometry.watch import AnchorWatch, percentiles, probe_geometry, probe_inputs
 
 __all__ = ["GeometryRecorder", "NEXT_EPOCH_COLUMNS", "geometry_row"]
@@ -149,11 +151,8 @@ def checkpoint_geometry(run_dir, checkpoint: dict, *, device=None, data_dir=None
     `RunDirectory.read_checkpoint()`, the last finished epoch: a checkpoint holds no other):
     `epoch`, `iteration` and `probe_geometry`'s per-sample values. The model, data and probe
     are rebuilt from the run's config."""
-    from regimes.experiment.config import RunConfig
-    from regimes.experiment.training import resolve_device, setup_run
-
     config = RunConfig.from_dict(run_dir.read_config())
     run = setup_run(config, resolve_device(device), data_dir)
     run.model.load_state_dict(checkpoint["model"])
     per_sample = probe_geometry(run.model, probe_inputs(run.tracker), seed=config.seed)
-    return {"epoch": int(checkpoint["epoch"]), "iteration": int(checkpoint["tracker"]["iteration"]), **per_sample}
+    return {"epoch": int(checkpoint["epoch"]), "iteration": int(checkpoint["run"]["tracker"]["iteration"]), **per_sample}

@@ -24,7 +24,7 @@ from pathlib import Path
 
 from regimes.experiment.config import RunConfig
 from regimes.experiment.grids import Grid
-from regimes.experiment.training import check_names
+from regimes.experiment.setup import check_names
 from regimes.records import DONE, RunDirectory, RunSummary, Status, SweepDirectory, software_versions
 from regimes.runs import as_float, seed_statistics
 

@@ -110,15 +110,12 @@ class RegimesTracking:
     def end_epoch(self, epoch: int, **metrics) -> None:
         """The end of `epoch` (1, 2, ...): the steps so far, the detector's events, a freeze when
         due, and the epoch's row of `metrics`."""
-        for event, iteration in self.session.end_epoch(epoch):
+        last = self.epochs is not None and epoch >= self.epochs
+        for event, iteration in self.session.end_epoch(epoch, metrics, last=last):
             self.events_.append((event, iteration))
             self.accelerator.log(settled_metric(event, iteration), step=self.tracker.iteration)
             if self.on_regime_change is not None:
                 self.on_regime_change(event=event, iteration=iteration)
-        if self.session.freeze_due(epoch, last=self.epochs is not None and epoch >= self.epochs):
-            self.session.freeze()
-        self.session.epoch_row(epoch, metrics)
-        self.session.epoch = epoch + 1
 
     @property
     def gates(self):
@@ -131,7 +128,6 @@ class RegimesTracking:
 
     # accelerator.register_for_checkpointing(tracking): save_state / load_state call these.
     def state_dict(self) -> dict:
-        self.session.flush()
         return self.session.state_dict()
 
     def load_state_dict(self, state: dict) -> None:

@@ -145,7 +145,7 @@ class RegimesCallback(transformers.TrainerCallback):
             folder = _checkpoint_folder(args, state)
             saved = next((f for f in (folder / _state_file(rank, True), folder / STATE_FILE) if f.is_file()), None)
             if saved is not None and (rank == 0 or saved.name != STATE_FILE):
-                session.load_state_dict(torch.load(saved, map_location="cpu", weights_only=False))
+                session.load_state_dict(torch.load(saved, map_location="cpu", weights_only=True))
         self.tracker = session.start(model, lambda: self._draw(args, model, train_dataloader), step=state.global_step,
                                      rank=rank, **self.tracker_options)  # fmt: skip
         session.open()
@@ -178,13 +178,11 @@ class RegimesCallback(transformers.TrainerCallback):
 
     def on_epoch_end(self, args, state, control, model=None, **kwargs):
         epoch = self.session_.epoch
-        for event, iteration in self.session_.end_epoch(epoch):
-            self._tell(args, state, control, model, event, iteration)
         last = control.should_training_stop or state.global_step >= state.max_steps
-        if self.session_.freeze_due(epoch, last=last):
-            self.session_.freeze()  # before the Trainer evaluates and saves at this epoch's end
         losses = [entry["loss"] for entry in state.log_history if "loss" in entry]
-        self.session_.epoch_row(epoch, {"train_loss": losses[-1]} if losses else {})
+        # A freeze (when due) comes before the Trainer evaluates and saves at this epoch's end.
+        for event, iteration in self.session_.end_epoch(epoch, {"train_loss": losses[-1]} if losses else {}, last=last):
+            self._tell(args, state, control, model, event, iteration)
 
     def _tell(self, args, state, control, model, event, iteration) -> None:
         self.events_.append((event, iteration))
@@ -201,7 +199,7 @@ class RegimesCallback(transformers.TrainerCallback):
 
     def on_evaluate(self, args, state, control, metrics=None, **kwargs):
         if self.session_ is not None and metrics:
-            self.session_.epoch_row(max(1, math.ceil((state.epoch or 0) - 1e-9)), metrics)
+            self.session_.log(metrics, epoch=max(1, math.ceil((state.epoch or 0) - 1e-9)))
 
     def on_save(self, args, state, control, **kwargs):
         session = self.session_

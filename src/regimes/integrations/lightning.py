@@ -40,12 +40,12 @@ from __future__ import annotations
 from collections.abc import Callable, Mapping
 
 from regimes.extras import require
+from regimes.run import default_out
 from regimes.integrations.session import (
     StepGate,
     TrackingSession,
     check_freeze,
-    default_out,
-    default_probe_size,
+        default_probe_size,
     draw_probe,
     is_dataset,
     model_inputs,
@@ -140,11 +140,9 @@ class RegimesCallback(pl.Callback):
         # A freeze comes after the detector has heard the epoch, and before the next epoch's
         # training and validation, which run the gated model.
         epoch = trainer.current_epoch + 1
-        for event, iteration in self.session_.end_epoch(epoch):
+        last = _last_epoch(trainer, epoch)
+        for event, iteration in self.session_.end_epoch(epoch, trainer.callback_metrics, last=last):
             self._tell(trainer, pl_module, event, iteration)
-        if self.session_.freeze_due(epoch, last=_last_epoch(trainer, epoch)):
-            self.session_.freeze()
-        self.session_.epoch_row(epoch, trainer.callback_metrics)
 
     def _tell(self, trainer, pl_module, event, iteration) -> None:
         self.events_.append((event, iteration))
@@ -169,7 +167,7 @@ class RegimesCallback(pl.Callback):
 
     def on_exception(self, trainer, pl_module, exception: BaseException) -> None:
         if self.session_ is not None:
-            self.session_.interrupt(exception)
+            self.session_.abort(exception)
         self._close()
 
     def _close(self) -> None:
