@@ -173,7 +173,7 @@ def _fsdp_worker(rank: int, folder: str, port: int) -> None:
                                 / sum(w.numel() for w in weights))  # fmt: skip
             reference_da.append(float(np.mean([float((a != b).double().mean()) for a, b in zip(current, previous_a)])))
             previous_w, previous_a = weights, current
-        session.flush(1)
+        session.end_epoch(1)
         session.finish()
         result = {
             "roles": [session.roles.tracks, session.roles.writes],

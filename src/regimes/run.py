@@ -230,13 +230,14 @@ class Run:
         iterations = new["iteration"]
         if not len(iterations):
             return
+        if self.writes:
+            self.open()  # before the new records count: a resume rewinds the tables to `written`
         self.written = int(iterations[-1])
         for name in CURVES:
             self._curves[name].append(new[name])
         self._log(new)
         if not self.writes:
             return
-        self.open()
         # The per-tensor table first: a crash between the two leaves it ahead, and a resume
         # truncates both to the checkpoint.
         self.directory.append_tensor_steps(iterations, self.epoch, tracker.parameter_names,

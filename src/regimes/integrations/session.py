@@ -222,6 +222,7 @@ class TrackingSession(Run):
                          higher_is_better=higher_is_better, detect=detect, tau=tau, freeze=freeze,
                          weight_change=config.get("weight_change", "layerwise"))  # fmt: skip
         self.host_config = config
+        self.describe.update(score_name=score, seed=config.get("seed"))
         self.roles = Roles(tracks=False, writes=False)
         self.reported = 0  # the last iteration given to the host's loggers (`values`)
 

@@ -1,0 +1,209 @@
+"""One run lifecycle (`regimes.Run`) for every host.
+
+The same curves, fed through the runner, the Lightning, Trainer and accelerate adapters and a
+plain loop, give the same summary (window, steps, AUCs, rho under both readings, t_tau and the
+online detector's settle steps) and the same steps table: measuring every step and every
+second step, with an uneven last batch. The curves are scripted (`ScriptedTracker`: the k-th
+measurement of every host is the same number), so that any difference is the lifecycle's.
+"""
+
+from __future__ import annotations
+
+import math
+
+import numpy as np
+import pytest
+import torch
+from torch import nn
+
+import regimes
+import regimes.run
+from regimes import analysis
+from regimes.detect import RegimeChangeDetector
+from regimes.experiment import get_preset, train_run
+from regimes.records import RunDirectory
+
+EPOCHS = 6
+COMPARED = ("window", "steps", "batches_per_epoch", "auc_w", "auc_p", "rho", "rho_global", "rho_layerwise",
+            "stabilization_w", "stabilization_p", "settled_w_online", "settled_p_online", "stop_epoch")  # fmt: skip
+
+
+def scripted(k: np.ndarray) -> dict[str, np.ndarray]:
+    """The curves measured at optimizer step k (k = 1, 2, ...): both decay, the pattern first, with a
+    wiggle so that no window is flat; the detector settles both within the run."""
+    wiggle = 0.02 * np.sin(1.7 * k)
+    return {"dw": np.exp(-k / 12) + 0.1 + wiggle, "dw_layerwise": np.exp(-k / 10) + 0.2 + wiggle,
+            "da": np.exp(-k / 4) + 0.05 + wiggle}  # fmt: skip
+
+
+class ScriptedTracker(regimes.Tracker):
+    """A real tracker (sites, probe, state) whose measurements are `scripted`, by optimizer step."""
+
+    def step(self) -> None:
+        self.iteration += 1
+        if self.iteration % self.every:
+            return
+        k = np.array([self.iteration])
+        curves = scripted(k)
+        values = {c: curves["dw"] for c in self.history.columns if c.startswith("dw:")}
+        values.update({c: curves["da"] for c in self.history.columns if c.startswith("da:")})
+        values.update({c: np.zeros(1) for c in self.history.columns if c not in values})
+        values.update(curves)
+        self.history.append(np.array([self.iteration]), values)
+
+
+@pytest.fixture
+def scripted_trackers(monkeypatch, tmp_path):
+    monkeypatch.setenv("REGIMES_DATA", str(tmp_path / "data"))
+    monkeypatch.setattr(regimes, "Tracker", ScriptedTracker)  # the runner's setup builds regimes.Tracker
+    monkeypatch.setattr(regimes.run, "Tracker", ScriptedTracker)  # Run.watch, and so every adapter
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
+
+
+def data(n: int, seed: int = 0) -> torch.utils.data.TensorDataset:
+    generator = torch.Generator().manual_seed(seed)
+    x = torch.randn(n, 30, generator=generator)
+    return torch.utils.data.TensorDataset(x, (x[:, 0] > 0).long())
+
+
+def mlp() -> nn.Module:
+    torch.manual_seed(0)
+    return nn.Sequential(nn.Linear(30, 16), nn.ReLU(), nn.Linear(16, 2))
+
+
+# ---------------------------------------------------------------------- the hosts
+
+
+def through_runner(out, every: int) -> dict:
+    config = get_preset("mlp-breast-cancer").replace(max_epochs=EPOCHS, patience=EPOCHS + 1, track_every=every)
+    return dict(train_run(config, out))
+
+
+def through_plain_loop(out, every: int, n: int, batch_size: int) -> dict:
+    model, train = mlp(), data(n)
+    optimizer = torch.optim.SGD(model.parameters(), lr=1e-2)
+    run = regimes.Run(out)
+    tracker = run.watch(model, train.tensors[0][:6], every=every)
+    for epoch in range(1, EPOCHS + 1):
+        for x, y in torch.utils.data.DataLoader(train, batch_size=batch_size):
+            loss = nn.functional.cross_entropy(model(x), y)
+            optimizer.zero_grad()
+            loss.backward()
+            optimizer.step()
+            tracker.step()
+        run.end_epoch(epoch, {"val_score": 0.5})
+    return dict(run.finish())
+
+
+def through_lightning(out, every: int, n: int, batch_size: int) -> dict:
+    L = pytest.importorskip("lightning")
+    from regimes.integrations.lightning import RegimesCallback
+
+    class Module(L.LightningModule):
+        def __init__(self):
+            super().__init__()
+            self.net = mlp()
+
+        def forward(self, x):
+            return self.net(x)
+
+        def training_step(self, batch, batch_idx):
+            x, y = batch
+            return nn.functional.cross_entropy(self(x), y)
+
+        def configure_optimizers(self):
+            return torch.optim.SGD(self.parameters(), lr=1e-2)
+
+    train = data(n)
+    callback = RegimesCallback(train.tensors[0][:6], out=out, every=every)
+    trainer = L.Trainer(max_epochs=EPOCHS, accelerator="cpu", devices=1, logger=False, enable_checkpointing=False,
+                        enable_progress_bar=False, enable_model_summary=False, callbacks=[callback])  # fmt: skip
+    trainer.fit(Module(), torch.utils.data.DataLoader(train, batch_size=batch_size))
+    return dict(callback.summary)
+
+
+class HostModel(nn.Module):
+    """What the Trainer takes: inputs and labels by name, a loss in the output."""
+
+    def __init__(self):
+        super().__init__()
+        self.net = mlp()
+
+    def forward(self, x, labels=None):
+        logits = self.net(x)
+        return {"logits": logits} if labels is None else {"loss": nn.functional.cross_entropy(logits, labels), "logits": logits}
+
+
+def through_trainer(out, every: int, n: int, batch_size: int) -> dict:
+    transformers = pytest.importorskip("transformers")
+    from regimes.integrations.huggingface import RegimesCallback
+
+    train = data(n)
+    rows = [{"x": x, "labels": y} for x, y in zip(*train.tensors)]
+    callback = RegimesCallback({"x": train.tensors[0][:6]}, out=out, every=every)
+    args = transformers.TrainingArguments(output_dir=str(out.parent / "trainer"), per_device_train_batch_size=batch_size,
+                                          num_train_epochs=EPOCHS, learning_rate=1e-2, report_to=[], save_strategy="no",
+                                          use_cpu=True, disable_tqdm=True, logging_strategy="no")  # fmt: skip
+    trainer = transformers.Trainer(model=HostModel(), args=args, train_dataset=rows)
+    callback.attach(trainer)
+    trainer.train()
+    return dict(callback.summary)
+
+
+def through_accelerate(out, every: int, n: int, batch_size: int) -> dict:
+    accelerate = pytest.importorskip("accelerate")
+    from regimes.integrations.accelerate import RegimesTracking
+
+    accelerator = accelerate.Accelerator(cpu=True)
+    model, train = mlp(), data(n)
+    optimizer = torch.optim.SGD(model.parameters(), lr=1e-2)
+    loader = torch.utils.data.DataLoader(train, batch_size=batch_size)
+    model, optimizer, loader = accelerator.prepare(model, optimizer, loader)
+    tracking = RegimesTracking(accelerator, model, train.tensors[0][:6], out=out, every=every, epochs=EPOCHS)
+    for epoch in range(1, EPOCHS + 1):
+        for x, y in loader:
+            loss = nn.functional.cross_entropy(model(x), y)
+            optimizer.zero_grad()
+            accelerator.backward(loss)
+            optimizer.step()
+            tracking.step()
+        tracking.end_epoch(epoch)
+    return dict(tracking.finish())
+
+
+HOSTS = {"plain loop": through_plain_loop, "lightning": through_lightning, "trainer": through_trainer,
+         "accelerate": through_accelerate}  # fmt: skip
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("every", [1, 2])
+def test_the_same_curves_give_the_same_summary_through_every_host(tmp_path, scripted_trackers, every):
+    runner = through_runner(tmp_path / "runner", every)
+    n, batch_size = runner["train_size"], runner["batch_size"]
+    assert n % batch_size not in (0, 1)  # an uneven last batch (of more than one sample)
+    reference_steps = RunDirectory(tmp_path / "runner").read_steps()
+    # The slow reference: the scripted curves through the analysis and a fresh detector.
+    k = every * np.arange(1, runner["steps"] // every + 1)  # the optimizer steps measured
+    curves = scripted(k)
+    per_epoch = runner["batches_per_epoch"] // every
+    expected = analysis.summarize(curves["dw_layerwise"], curves["da"], per_epoch)
+    detector = RegimeChangeDetector(per_epoch)
+    for dw, da in zip(curves["dw_layerwise"], curves["da"]):
+        detector.update(dw, da)
+    assert runner["rho"] == expected["rho"] and runner["window"] == expected["window"]
+    assert runner["settled_p_online"] == detector.settled_p * every and runner["settled_w_online"] is not None
+    assert runner["rho_global"] == analysis.summarize(curves["dw"], curves["da"], per_epoch)["rho"]
+    for name, host in HOSTS.items():
+        summary = host(tmp_path / name, every, n, batch_size)
+        differing = {key: (summary[key], runner[key]) for key in COMPARED if not _same(summary[key], runner[key])}
+        assert differing == {}, f"{name}: {differing}"
+        steps = RunDirectory(tmp_path / name).read_steps()
+        for column in ("iteration", "epoch", "dw", "dw_layerwise", "da"):
+            np.testing.assert_array_equal(steps[column], reference_steps[column], err_msg=f"{name}: {column}")
+
+
+def _same(a, b) -> bool:
+    return a == b or (isinstance(a, float) and isinstance(b, float) and math.isnan(a) and math.isnan(b))
