@@ -207,3 +207,138 @@ def test_the_same_curves_give_the_same_summary_through_every_host(tmp_path, scri
 
 def _same(a, b) -> bool:
     return a == b or (isinstance(a, float) and isinstance(b, float) and math.isnan(a) and math.isnan(b))
+
+
+# ---------------------------------------------------------------------- a plain loop
+
+
+def plain_loop(out, epochs: int, *, resume_from: dict | None = None, stop_after: int | None = None) -> dict:
+    """A user's loop on a seeded MLP; returns the checkpoint it would save at its last epoch."""
+    torch.manual_seed(0)
+    model, train = mlp(), data(100)
+    optimizer = torch.optim.SGD(model.parameters(), lr=5e-2)
+    run = regimes.Run(out, resume=resume_from is not None)
+    first = 1
+    if resume_from is not None:
+        model.load_state_dict(resume_from["model"])
+        optimizer.load_state_dict(resume_from["optimizer"])
+        run.load_state_dict(resume_from["regimes"])
+        first = resume_from["epoch"] + 1
+    tracker = run.watch(model, train.tensors[0][:4], optimizer=optimizer)
+    checkpoint = None
+    for epoch in range(first, epochs + 1):
+        order = torch.randperm(100, generator=torch.Generator().manual_seed(epoch))
+        for batch in order.split(32):
+            loss = nn.functional.cross_entropy(model(train.tensors[0][batch]), train.tensors[1][batch])
+            optimizer.zero_grad()
+            loss.backward()
+            optimizer.step()
+            tracker.step()
+        run.end_epoch(epoch, {"train_loss": loss, "val_score": 1.0 / epoch})
+        # What a user's checkpoint holds; torch.save / torch.load(weights_only=True) round trip.
+        checkpoint = {"epoch": epoch, "model": model.state_dict(), "optimizer": optimizer.state_dict(),
+                      "regimes": run.state_dict()}  # fmt: skip
+        if epoch == stop_after:
+            run.abort(KeyboardInterrupt())
+            return checkpoint
+    run.finish()
+    return checkpoint
+
+
+def test_a_plain_loop_writes_the_runner_s_run_directory_and_resumes_to_the_same_records(tmp_path):
+    import io
+
+    plain_loop(tmp_path / "whole", 5)
+    saved = plain_loop(tmp_path / "cut", 5, stop_after=3)
+    buffer = io.BytesIO()
+    torch.save(saved, buffer)
+    buffer.seek(0)
+    assert RunDirectory(tmp_path / "cut").read_summary()["status"] == "interrupted"
+    plain_loop(tmp_path / "cut", 5, resume_from=torch.load(buffer, weights_only=True))  # plain data only
+    whole, cut = RunDirectory(tmp_path / "whole"), RunDirectory(tmp_path / "cut")
+    for column, values in whole.read_steps().items():
+        np.testing.assert_array_equal(cut.read_steps()[column], values, err_msg=column)
+    assert cut.read_epochs() == whole.read_epochs()
+    summary, resumed = dict(whole.read_summary()), dict(cut.read_summary())
+    for key in ("rho", "rho_global", "auc_w", "auc_p", "window", "steps", "batches_per_epoch", "best_score",
+                "stabilization_w", "stabilization_p", "settled_w_online", "settled_p_online", "stop_epoch", "status"):  # fmt: skip
+        assert resumed[key] == summary[key], key
+    assert summary["status"] == "finished" and summary["optimizer"] == "sgd" and summary["lr"] == 5e-2
+    assert whole.figure_path.is_file() and summary["integration"] == "loop"
+
+
+def test_a_fresh_run_refuses_a_folder_with_records_and_one_writer_at_a_time(tmp_path):
+    plain_loop(tmp_path / "run", 1)
+    with pytest.raises(FileExistsError, match="already holds this run"):
+        plain_loop(tmp_path / "run", 1)
+    holder = regimes.Run(tmp_path / "held")
+    holder.open()
+    from regimes.records import RunLockedError
+
+    with pytest.raises(RunLockedError, match="is being written by process"):
+        regimes.Run(tmp_path / "held").open()
+    holder.close()
+    regimes.Run(tmp_path / "held").open()  # released
+
+
+def test_the_plain_loop_example_gives_a_report_row(tmp_path):
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    pytest.importorskip("sklearn")
+    example = Path(__file__).parents[1] / "examples" / "plain_loop.py"
+    done = subprocess.run([sys.executable, str(example), str(tmp_path / "run")], capture_output=True, text=True,
+                          timeout=300, env={**__import__("os").environ, "OMP_NUM_THREADS": "1"})  # fmt: skip
+    assert done.returncode == 0, done.stderr
+    summary = RunDirectory(tmp_path / "run").read_summary()
+    assert f"rho {summary['rho']:.2f}" in done.stdout
+    assert (tmp_path / "run" / "figure.png").is_file()
+    from regimes.report import format_table, study_table
+    from regimes.runs import load_runs
+
+    rows = study_table(load_runs([tmp_path / "run"]))
+    assert len(rows) == 1 and "?" not in format_table(rows)
+
+
+def test_plot_run_draws_a_tracker_and_a_run(tmp_path):
+    pytest.importorskip("matplotlib")
+    from regimes.plots import plot_run
+
+    torch.manual_seed(0)
+    model, train = mlp(), data(64)
+    optimizer = torch.optim.SGD(model.parameters(), lr=5e-2)
+    run = regimes.Run(tmp_path / "run")
+    tracker = run.watch(model, train.tensors[0][:4])
+    for epoch in (1, 2):
+        for batch in torch.arange(64).split(16):
+            nn.functional.cross_entropy(model(train.tensors[0][batch]), train.tensors[1][batch]).backward()
+            optimizer.step()
+            optimizer.zero_grad()
+            tracker.step()
+        run.end_epoch(epoch, {"val_score": 0.5})
+    with pytest.raises(ValueError, match="batches_per_epoch"):
+        plot_run(tracker)
+    _, from_tracker = plot_run(tracker, batches_per_epoch=4)
+    _, from_run = plot_run(run)
+    for a, b in zip(from_tracker.right_ax.get_lines(), from_run.right_ax.get_lines()):
+        np.testing.assert_array_equal(a.get_ydata(), b.get_ydata())
+    assert len(from_run.right_ax.get_lines()) == 2
+    run.finish()
+
+
+def test_two_callbacks_with_one_name_are_refused_before_the_run_starts(tmp_path, monkeypatch):
+    from regimes.experiment import Callback
+
+    monkeypatch.setenv("REGIMES_DATA", str(tmp_path / "data"))
+
+    class Counter(Callback):
+        pass
+
+    config = get_preset("mlp-breast-cancer").replace(max_epochs=1)
+    with pytest.raises(ValueError, match="two callbacks are named 'Counter'"):
+        train_run(config, tmp_path / "run", callbacks=[Counter(), Counter()])
+    assert not (tmp_path / "run").exists()  # refused before anything was written
+    second = Counter()
+    second.name = "second counter"
+    assert train_run(config, tmp_path / "run", callbacks=[Counter(), second])["status"] == "finished"

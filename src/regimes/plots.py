@@ -61,16 +61,26 @@ def _own_row(run) -> dict:
     return read_run(path) if path else dict(run)
 
 
-def _resolve(run) -> tuple[dict, dict, list[dict], dict]:
+def _resolve(run, batches_per_epoch: int | None = None) -> tuple[dict, dict, list[dict], dict]:
     """A row, the drawn run's own row, its epoch rows and step records (dw and da only).
 
-    `run` is a run directory, or a dict from `regimes.runs.load_runs` (or any mapping with
-    the summary's keys and the `path` of the run directory to read the records from). The
-    drawn run's own row (`read_run`) gives the numbers of the curves drawn: for a sweep with
-    seeds, the row's rho is the seeds' mean while the curves are the selected trial's.
+    `run` is a run directory (a path, or a `regimes.Run`), a `regimes.Tracker` (its curves, no scores;
+    `batches_per_epoch` sets the smoothing window), or a dict from `regimes.runs.load_runs`
+    (or any mapping with the summary's keys and the `path` of the run directory to read the
+    records from). The drawn run's own row (`read_run`) gives the numbers of the curves drawn:
+    for a sweep with seeds, the row's rho is the seeds' mean while the curves are the selected
+    trial's.
     """
-    if isinstance(run, (str, Path)):
-        run = {"path": str(run)}
+    from regimes.tracker import Tracker
+
+    if isinstance(run, Tracker):
+        if batches_per_epoch is None:
+            raise ValueError("plot_run(tracker) needs batches_per_epoch= (optimizer steps per epoch): it sets the window")
+        steps = {"iteration": run.iterations, "dw": run.delta_w, "da": run.delta_a}
+        info = {"batches_per_epoch": batches_per_epoch}
+        return info, info, [], steps
+    if isinstance(run, (str, os.PathLike)):  # a folder, or a regimes.Run (its folder)
+        run = {"path": os.fspath(run)}
     info = dict(run)
     directory = RunDirectory(info["path"]) if info.get("path") else None
     if directory is None:
@@ -83,17 +93,20 @@ def _resolve(run) -> tuple[dict, dict, list[dict], dict]:
     return info, own, epochs, steps
 
 
-def _batches_per_epoch(info: dict, steps: dict) -> int:
-    bpe = info.get("batches_per_epoch")
-    if bpe:
-        return int(bpe)
+def _measurements_per_epoch(info: dict, steps: dict) -> int:
+    """The smoothing's epoch in measurements: optimizer steps per epoch over the steps between
+    measurements (as the summary's window); with no summary yet, the first epoch's length."""
+    if info.get("batches_per_epoch"):
+        iterations = np.asarray(steps.get("iteration", []))
+        every = int(np.diff(iterations).min()) if iterations.size > 1 else 1
+        return max(1, int(info["batches_per_epoch"]) // max(every, 1))
     epochs = np.asarray(steps.get("epoch", []))
-    if epochs.size:  # no summary yet: the length of the first epoch
+    if epochs.size:
         return max(1, int(np.sum(epochs == epochs.min())))
     return 1
 
 
-def plot_run(run, ax=None, legend: bool = True, label: str | None = None):
+def plot_run(run, ax=None, legend: bool = True, label: str | None = None, batches_per_epoch: int | None = None):
     """One panel: scores per epoch (left axis), normalised dw and da (right axis, [0, 1]).
 
     The smoothed curves have T - k + 1 points for T steps and window k; point j averages
@@ -102,7 +115,7 @@ def plot_run(run, ax=None, legend: bool = True, label: str | None = None):
     seed, optimizer, lr and weight decay). Returns `(fig, ax)` with `ax` the left (score)
     axis; the right one is `ax.right_ax`.
     """
-    info, own, epochs, steps = _resolve(run)
+    info, own, epochs, steps = _resolve(run, batches_per_epoch)
     if ax is None:
         fig, ax = _pyplot().subplots(figsize=_FIGURE_SIZE if legend else _PANEL_SIZE, layout="constrained")
     else:
@@ -115,7 +128,7 @@ def plot_run(run, ax=None, legend: bool = True, label: str | None = None):
         y = [np.nan if row.get(f"{key}_score") is None else row[f"{key}_score"] for row in epochs]
         ax.plot(x, y, color=_COLORS[key], marker="o", markersize=2.5, linewidth=1.4, label=name)
 
-    bpe = _batches_per_epoch(own, steps)
+    bpe = _measurements_per_epoch(own, steps)  # the curves' points per epoch
     last_epoch = max(x, default=0)
     for key, name in (("dw", "weight change (norm.)"), ("da", "pattern change (norm.)")):
         curve = np.asarray(steps.get(key, []), dtype=np.float64)

@@ -139,9 +139,14 @@ class Run:
 
     # -- the tracker -----------------------------------------------------------------------
 
-    def watch(self, model: torch.nn.Module, probe, **tracker_options) -> Tracker:
+    def watch(self, model: torch.nn.Module, probe, *, optimizer: torch.optim.Optimizer | None = None,
+              **tracker_options) -> Tracker:  # fmt: skip
         """Build the run's `regimes.Tracker` on `model` and `probe` (`tracker_options`: sites,
-        every, activation, quantities, ...), with what the run's freeze needs."""
+        every, activation, quantities, ...), with what the run's freeze needs. `optimizer`: the
+        training's, whose name, lr, weight decay and momentum the summary then records."""
+        if optimizer is not None:
+            for key, value in optimizer_fields(optimizer).items():
+                self.describe.setdefault(key, value)
         quantities = list(tracker_options.pop("quantities", ()))
         if self.freeze_when != "off":
             from regimes.freeze import ValuePattern
@@ -392,6 +397,10 @@ class Run:
             getattr(logger, "close", lambda: None)()
         self._release()
 
+    def __fspath__(self) -> str:
+        """The run directory's path: a `Run` goes wherever a path does (`plot_run(run)`)."""
+        return str(self.directory.path)
+
     def __enter__(self) -> Run:
         return self
 
@@ -522,6 +531,18 @@ def save_figure(directory: RunDirectory) -> None:
     from regimes.plots import save_run_figure
 
     save_run_figure(directory.path)
+
+
+def optimizer_fields(optimizer) -> dict:
+    """The summary's optimizer fields from a torch optimizer (its first parameter group)."""
+    while not isinstance(optimizer, torch.optim.Optimizer) and hasattr(optimizer, "optimizer"):
+        optimizer = optimizer.optimizer  # a host's wrapper (Lightning, accelerate)
+    group = optimizer.param_groups[0]
+    fields = {"optimizer": type(optimizer).__name__.lower(), "lr": group.get("lr"),
+              "weight_decay": group.get("weight_decay"), "momentum": group.get("momentum"),
+              "nesterov": group.get("nesterov")}  # fmt: skip
+    return {k: (float(v) if isinstance(v, (int, float)) and not isinstance(v, bool) else v)
+            for k, v in fields.items() if v is not None}  # fmt: skip
 
 
 def _is_scalar(value) -> bool:

@@ -39,6 +39,7 @@ def train_run(config: RunConfig, out, *, device: str | None = None, data_dir=Non
     anything. A run that fails before its first epoch is recorded leaves no directory behind
     (an interrupted one keeps its `interrupted` summary, and the next run there replaces it).
     """
+    check_unique_names([EarlyStopping(0, 0.0), EpochRecords(), GeometryRecorder(None), Checkpoint(None), *callbacks])
     parallel = DataParallel.from_environment(device)  # under torchrun: one process of a DDP run
     if parallel is not None and not parallel.main:
         return follow_run(config, out, parallel, data_dir=data_dir, resume=resume)
@@ -70,7 +71,6 @@ def train_run(config: RunConfig, out, *, device: str | None = None, data_dir=Non
         # The order is the order of work at an epoch's end: early stopping decides, the run writes
         # its records (and tells the detector's events), the geometry, then the checkpoint.
         state.callbacks = [stopper, EpochRecords(), *geometry, Checkpoint(run_dir), *callbacks]
-        check_unique_names(state.callbacks)
         state.run = Run(run_dir, config=config.to_dict(), host="runner", force=force, resume=checkpoint is not None,
                         weight_change=config.weight_change, batches_per_epoch=state.batches_per_epoch,
                         freeze=config.freeze, describe=_describe(state), contributors=state.callbacks,

@@ -147,7 +147,7 @@ class RegimesCallback(transformers.TrainerCallback):
             if saved is not None and (rank == 0 or saved.name != STATE_FILE):
                 session.load_state_dict(torch.load(saved, map_location="cpu", weights_only=True))
         self.tracker = session.start(model, lambda: self._draw(args, model, train_dataloader), step=state.global_step,
-                                     rank=rank, **self.tracker_options)  # fmt: skip
+                                     rank=rank, optimizer=optimizer, **self.tracker_options)  # fmt: skip
         session.open()
         self.session_ = session
         if self.tracker is not None:

@@ -114,7 +114,8 @@ class RegimesCallback(pl.Callback):
                                   tau=self.tau, freeze=self.freeze)  # fmt: skip
         session.load_state_dict(self.saved_ or {})
         self.tracker = session.start(pl_module, lambda: self._draw(trainer), step=trainer.global_step,
-                                     rank=trainer.global_rank, **self.tracker_options)  # fmt: skip
+                                     rank=trainer.global_rank, optimizer=next(iter(trainer.optimizers), None),
+                                     **self.tracker_options)  # fmt: skip
         session.open()
         self.session_ = session
         if self.tracker is not None:

@@ -227,7 +227,7 @@ class TrackingSession(Run):
         self.reported = 0  # the last iteration given to the host's loggers (`values`)
 
     def start(self, model: nn.Module, draw: Callable[[], object], *, step: int = 0, rank: int | None = None,
-              **tracker_options) -> Tracker | None:  # fmt: skip
+              optimizer=None, **tracker_options) -> Tracker | None:  # fmt: skip
         """Build the tracker where this process tracks (`draw()` gives the probe; it is called
         only there). `step`: the host's optimizer step, for a fit resumed without our state."""
         self.roles = Roles.of(model, rank)
@@ -241,7 +241,7 @@ class TrackingSession(Run):
         if not self.roles.tracks:
             return None
         resumed = self._saved is not None
-        tracker = self.watch(model, draw(), **tracker_options)
+        tracker = self.watch(model, draw(), optimizer=optimizer, **tracker_options)
         if not resumed and step > 0:
             warnings.warn(
                 f"the fit resumes at step {step} from a checkpoint without regimes' state: the curves go on from "
