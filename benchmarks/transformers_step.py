@@ -19,8 +19,8 @@ import torch
 
 import regimes
 from regimes.experiment import get_preset
-from regimes.experiment.tasks import get_task
 from regimes.experiment.setup import make_optimizer
+from regimes.experiment.tasks import get_task
 from regimes.zoo import create_model, model_sites
 
 TEXT = dict(hidden_size=64, num_layers=2, num_heads=4, intermediate_size=256, vocab_size=1000)

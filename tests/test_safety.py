@@ -25,8 +25,8 @@ from regimes.cli import build_parser, main
 from regimes.experiment import Callback, get_preset, train_run
 from regimes.experiment.engines import LocalEngine
 from regimes.experiment.grids import grid_from_dict
-from regimes.experiment.sweep import run_sweep
 from regimes.experiment.setup import resolve_device
+from regimes.experiment.sweep import run_sweep
 from regimes.records import RunDirectory, RunLockedError, SweepDirectory
 
 ROOT = Path(__file__).resolve().parents[1]

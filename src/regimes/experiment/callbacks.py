@@ -24,7 +24,6 @@ from __future__ import annotations
 import math
 from dataclasses import dataclass
 
-
 from regimes.records import Status
 
 __all__ = ["Callback", "EarlyStopping", "EpochRecords", "Checkpoint", "ProgressBar", "notify", "check_unique_names"]

@@ -40,18 +40,18 @@ from __future__ import annotations
 from collections.abc import Callable, Mapping
 
 from regimes.extras import require
-from regimes.run import default_out
 from regimes.integrations.session import (
     StepGate,
     TrackingSession,
     check_freeze,
-        default_probe_size,
+    default_probe_size,
     draw_probe,
     is_dataset,
     model_inputs,
     settled_metric,
     warn_late_freeze,
 )  # fmt: skip
+from regimes.run import default_out
 
 pl = require("lightning.pytorch", "regimes.integrations.lightning")
 
