@@ -4,6 +4,8 @@ pattern is the sign of the pre-activation, tested against references that record
 from __future__ import annotations
 
 import pytest
+
+pytest.importorskip("pyarrow", reason="run directories need pyarrow: pip install -e '.[study]'")
 import torch
 import torch.nn as nn
 import torch.nn.functional as F

@@ -9,6 +9,8 @@ import sys
 import numpy as np
 import pytest
 
+pytest.importorskip("pyarrow", reason="run directories need pyarrow: pip install -e '.[study]'")
+
 from regimes.experiment import Callback, get_preset, train_run
 from regimes.experiment.callbacks import Checkpoint, EarlyStopping, EpochRecords, ProgressBar
 from regimes.records import RunDirectory

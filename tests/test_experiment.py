@@ -5,8 +5,10 @@ from __future__ import annotations
 import math
 
 import numpy as np
-import pandas as pd
 import pytest
+
+pytest.importorskip("pyarrow", reason="run directories need pyarrow: pip install -e '.[study]'")
+pd = pytest.importorskip("pandas", reason="these tests read runs with pandas: pip install -e '.[study]'")
 
 from regimes.cli import main
 from regimes.experiment import (

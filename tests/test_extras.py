@@ -12,6 +12,8 @@ from pathlib import Path
 
 import pytest
 
+pytest.importorskip("pyarrow", reason="run directories need pyarrow: pip install -e '.[study]'")
+
 from regimes import extras
 from regimes.data import load_dataset
 from regimes.experiment import dump_toml, get_preset

@@ -7,6 +7,8 @@ import math
 
 import numpy as np
 import pytest
+
+pytest.importorskip("pyarrow", reason="run directories need pyarrow: pip install -e '.[study]'")
 import torch
 import torch.nn as nn
 import torch.nn.functional as F

@@ -16,6 +16,8 @@ os.environ.setdefault("MPLBACKEND", "Agg")  # before matplotlib is first importe
 import numpy as np
 import pytest
 
+pytest.importorskip("pyarrow", reason="run directories need pyarrow: pip install -e '.[study]'")
+
 from regimes.analysis import aggregate, bootstrap_interval, summarize
 from regimes.cli import _print_result, _trial_line, main
 from regimes.experiment import dump_toml, get_preset, list_presets, load_toml, train_run

@@ -14,6 +14,8 @@ import time
 
 import numpy as np
 import pytest
+
+pytest.importorskip("pyarrow", reason="run directories need pyarrow: pip install -e '.[study]'")
 import torch
 from torch import nn
 

@@ -7,8 +7,10 @@ import re
 from pathlib import Path
 
 import numpy as np
-import pandas as pd
 import pytest
+
+pytest.importorskip("pyarrow", reason="run directories need pyarrow: pip install -e '.[study]'")
+pd = pytest.importorskip("pandas", reason="these tests read runs with pandas: pip install -e '.[study]'")
 
 import regimes
 from regimes.records import (

@@ -7,6 +7,9 @@ import pkgutil
 
 import pytest
 
+pytest.importorskip("pyarrow", reason="run directories need pyarrow: pip install -e '.[study]'")
+pytest.importorskip("pandas", reason="these tests read runs with pandas: pip install -e '.[study]'")
+
 import regimes
 from regimes.data import load_dataset
 from regimes.data.registry import DATASETS
@@ -15,6 +18,7 @@ from regimes.experiment.engines import ENGINES, make_engine
 from regimes.experiment.grids import STUDY_GRIDS, study_grid
 from regimes.experiment.presets import PRESETS
 from regimes.experiment.tasks import TASKS, get_task
+from regimes.extras import EXTRAS, MissingExtraError
 from regimes.registry import Registry, UnknownNameError, suggestion, unknown_name_message
 from regimes.zoo import create_model
 from regimes.zoo.registry import MODELS
@@ -97,6 +101,8 @@ def test_a_registry_holds_the_activation_table():
 
 # ---- every registry in the project --------------------------------------------------------------
 
+OPTIONAL = set(EXTRAS) | {"wandb"}  # top-level modules of the extras
+
 
 def _registries_in_the_package() -> list[tuple[str, Registry]]:
     """Every Registry held at module level anywhere in `regimes`, so a new one is tested here at once."""
@@ -104,7 +110,14 @@ def _registries_in_the_package() -> list[tuple[str, Registry]]:
     for module_info in pkgutil.walk_packages(regimes.__path__, "regimes."):
         if module_info.name == "regimes.__main__":  # runs the command line
             continue
-        module = importlib.import_module(module_info.name)
+        try:
+            module = importlib.import_module(module_info.name)
+        except ModuleNotFoundError as error:  # a module of an extra that is not installed
+            if error.name is None or error.name.split(".")[0] not in OPTIONAL:
+                raise
+            continue
+        except MissingExtraError:
+            continue
         for attribute, value in vars(module).items():
             if isinstance(value, Registry):
                 found.setdefault(id(value), (f"{module.__name__}.{attribute}", value))

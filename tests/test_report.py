@@ -11,6 +11,8 @@ os.environ.setdefault("MPLBACKEND", "Agg")  # before matplotlib is first importe
 import numpy as np
 import pytest
 
+pytest.importorskip("pyarrow", reason="run directories need pyarrow: pip install -e '.[study]'")
+
 from regimes.analysis import smoothing_window, summarize
 from regimes.plots import plot_grid, plot_run, save_run_figure
 from regimes.records import RunDirectory

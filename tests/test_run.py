@@ -13,6 +13,8 @@ import math
 
 import numpy as np
 import pytest
+
+pytest.importorskip("pyarrow", reason="run directories need pyarrow: pip install -e '.[study]'")
 import torch
 from torch import nn
 

@@ -15,8 +15,10 @@ import time
 from pathlib import Path
 
 import numpy as np
-import pandas as pd
 import pytest
+
+pytest.importorskip("pyarrow", reason="run directories need pyarrow: pip install -e '.[study]'")
+pd = pytest.importorskip("pandas", reason="these tests read runs with pandas: pip install -e '.[study]'")
 
 from regimes.analysis import aggregate
 from regimes.cli import main

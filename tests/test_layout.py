@@ -1,0 +1,125 @@
+"""The package's layout: no import circle, even one hidden inside a function, and every
+module imports alone (in a fresh interpreter), so that no module works only because another
+happened to be imported first."""
+
+from __future__ import annotations
+
+import ast
+import importlib.util
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from regimes.extras import EXTRAS
+
+PACKAGE = Path(importlib.util.find_spec("regimes").origin).parent
+
+
+def module_names() -> dict[str, Path]:
+    names = {}
+    for path in sorted(PACKAGE.rglob("*.py")):
+        parts = list(path.relative_to(PACKAGE.parent).with_suffix("").parts)
+        if parts[-1] == "__init__":
+            parts = parts[:-1]
+        names[".".join(parts)] = path
+    return names
+
+
+def _runtime_nodes(tree: ast.AST):
+    """Every node, less the bodies of `if TYPE_CHECKING:` (imports for annotations only)."""
+    for node in ast.iter_child_nodes(tree):
+        if isinstance(node, ast.If) and getattr(node.test, "id", None) == "TYPE_CHECKING":
+            continue
+        yield node
+        yield from _runtime_nodes(node)
+
+
+def imports_of(name: str, path: Path, modules: dict) -> set[str]:
+    """The package's modules that `name` imports, at its top or inside any function."""
+    found = set()
+    for node in _runtime_nodes(ast.parse(path.read_text(encoding="utf-8"))):
+        if isinstance(node, ast.Import):
+            found |= {a.name for a in node.names if a.name in modules}
+        elif isinstance(node, ast.ImportFrom) and node.level == 0 and node.module in modules:
+            submodules = {f"{node.module}.{a.name}" for a in node.names} & set(modules)
+            found |= submodules
+            if len(submodules) < len(node.names):  # names from the module itself
+                found.add(node.module)
+    return found - {name}
+
+
+def cycles(graph: dict[str, set[str]]) -> list[list[str]]:
+    """The strongly connected components of more than one module (Tarjan)."""
+    index, low, stack, on_stack, found = {}, {}, [], set(), []
+
+    def visit(v):
+        index[v] = low[v] = len(index)
+        stack.append(v)
+        on_stack.add(v)
+        for w in graph[v]:
+            if w not in index:
+                visit(w)
+                low[v] = min(low[v], low[w])
+            elif w in on_stack:
+                low[v] = min(low[v], index[w])
+        if low[v] == index[v]:
+            component = []
+            while (w := stack.pop()) != v:
+                on_stack.discard(w)
+                component.append(w)
+            on_stack.discard(v)
+            if component:
+                found.append(sorted([v, *component]))
+
+    for v in graph:
+        if v not in index:
+            visit(v)
+    return found
+
+
+def test_no_module_imports_itself_back_through_others():
+    modules = module_names()
+    graph = {name: imports_of(name, path, modules) for name, path in modules.items()}
+    assert cycles(graph) == []
+
+
+def test_the_cycle_finder_finds_a_circle_hidden_in_a_function():
+    graph = {"a": {"b"}, "b": {"c"}, "c": {"a"}, "d": {"a"}}
+    assert cycles(graph) == [["a", "b", "c"]]
+    tree = ast.parse("def f():\n    from regimes.run import Run\n")
+    path = PACKAGE / "_probe_of_the_test.py"
+    try:
+        path.write_text(ast.unparse(tree))
+        assert imports_of("regimes._probe_of_the_test", path, {**module_names(), "regimes.run": None}) == {"regimes.run"}
+    finally:
+        path.unlink()
+
+
+@pytest.mark.slow
+def test_every_module_imports_alone():
+    optional = set(EXTRAS) | {"wandb"}
+    script = (
+        "import importlib, sys\n"
+        "from regimes.extras import MissingExtraError\n"
+        "name = sys.argv[1]\n"
+        "try:\n"
+        "    importlib.import_module(name)\n"
+        "except MissingExtraError:\n"
+        "    print('missing extra')\n"
+        "except ModuleNotFoundError as error:\n"
+        f"    if (error.name or '').split('.')[0] not in {sorted(optional)!r}:\n"
+        "        raise\n"
+        "    print('missing extra')\n"
+    )
+    names = [n for n in module_names() if n != "regimes.__main__"]
+    failed = {}
+    for start in range(0, len(names), 8):  # eight interpreters at a time
+        batch = {n: subprocess.Popen([sys.executable, "-c", script, n], stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                                     text=True) for n in names[start:start + 8]}  # fmt: skip
+        for name, process in batch.items():
+            _, err = process.communicate(timeout=300)
+            if process.returncode:
+                failed[name] = err.strip().splitlines()[-1]
+    assert failed == {}
