@@ -2,6 +2,7 @@
 
     regimes run mlp-breast-cancer                 train one run (a preset name or a TOML file)
     regimes run --resume runs/mlp-breast-cancer-seed0
+    regimes run mlp-mnist --log tensorboard       the curves live in TensorBoard (mlflow, wandb too)
     regimes presets                               the presets, one line each
     regimes show mlp-mnist > my.toml              a preset as TOML, to copy and edit
     regimes report runs/ --figure grid.png        the study's table over any number of runs
@@ -115,7 +116,8 @@ def cmd_run(args) -> int:
     try:
         with _sigterm_as_interrupt():
             summary = train_run(config, out, device=args.device, data_dir=args.data_dir, resume=bool(args.resume),
-                                force=args.force, callbacks=[] if args.quiet else [ProgressBar()])  # fmt: skip
+                                force=args.force, callbacks=[] if args.quiet else [ProgressBar()],
+                                log=args.log or ())  # fmt: skip
     except KeyboardInterrupt:
         if RunDirectory(out).has_config():
             print(f"\ninterrupted: the records up to the last finished epoch are in {out}; "
@@ -434,6 +436,8 @@ def build_parser() -> argparse.ArgumentParser:
     run.add_argument("--resume", metavar="DIR", help="continue an interrupted run from its last finished epoch")
     run.add_argument("--force", action="store_true", help="replace a different run already in --out")
     run.add_argument("--quiet", action="store_true", help="no progress bar, no result table")
+    run.add_argument("--log", action="append", metavar="LOGGER",
+                     help="also send the curves, as they are measured, to tensorboard, mlflow or wandb (repeatable)")
     run.add_argument("--threads", type=int, metavar="N", help="torch threads (numbers depend on it; recorded in the summary)")
     run.add_argument("--seeds", type=int, metavar="N",
                      help="run seeds 0..N-1 (from --seed) of this config: rho's mean and 95%% interval, as a sweep's seeds")

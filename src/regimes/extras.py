@@ -45,6 +45,7 @@ EXTRAS: dict[str, Extra] = {
     "accelerate": Extra("accelerate", "accelerate"),
     "mlflow": Extra("mlflow", "mlflow"),
     "tensorboard": Extra("tensorboard", "tensorboard"),
+    "wandb": Extra("wandb", "wandb"),
 }
 
 

@@ -280,6 +280,8 @@ class Run:
         metric named as `score` is the validation score), tell the loggers, and write the epoch
         table and a summary (status `status`, else running)."""
         self._merge_row(epoch, metrics)
+        for logger in self.loggers if self.writes else ():
+            logger.flush()  # a long run shows its curves as it trains
         if self.writes:
             self.open()
             self.directory.write_epochs(self.epochs)

@@ -12,6 +12,7 @@ to the same numbers as an uninterrupted run.
 from __future__ import annotations
 
 import math
+from collections.abc import Sequence
 from pathlib import Path
 
 from regimes.experiment.callbacks import Callback, Checkpoint, EarlyStopping, EpochRecords, check_unique_names, notify
@@ -21,6 +22,7 @@ from regimes.experiment.epoch import train_epoch
 from regimes.experiment.geometry import GeometryRecorder
 from regimes.experiment.setup import resolve_device, setup_run
 from regimes.experiment.state import RunState
+from regimes.loggers import make_loggers
 from regimes.records import RunDirectory, RunSummary, Status
 from regimes.run import Run, warn_late_freeze
 
@@ -28,11 +30,13 @@ __all__ = ["train_run"]
 
 
 def train_run(config: RunConfig, out, *, device: str | None = None, data_dir=None, resume: bool = False,
-              force: bool = False, callbacks: list[Callback] = ()) -> RunSummary:  # fmt: skip
+              force: bool = False, callbacks: list[Callback] = (), log: Sequence[str] = ()) -> RunSummary:  # fmt: skip
     """Train one run into the directory `out` and return its summary.
 
     `device`: None trains on CUDA if present, else on the CPU (`resolve_device`).
     `callbacks` are called after the built-in ones (early stopping, geometry, checkpoint).
+    `log`: loggers the run's curves go to as it trains ("tensorboard", "mlflow", "wandb":
+    `regimes.loggers`).
 
     One process writes a run: the directory's lock (`RunDirectory.writer`) is held from the
     first look at it to the last write, so a second writer is refused before it changes
@@ -40,6 +44,7 @@ def train_run(config: RunConfig, out, *, device: str | None = None, data_dir=Non
     (an interrupted one keeps its `interrupted` summary, and the next run there replaces it).
     """
     check_unique_names([EarlyStopping(0, 0.0), EpochRecords(), GeometryRecorder(None), Checkpoint(None), *callbacks])
+    loggers = make_loggers(log, out, config.to_dict())  # an unknown name or a missing extra: before anything is written
     parallel = DataParallel.from_environment(device)  # under torchrun: one process of a DDP run
     if parallel is not None and not parallel.main:
         return follow_run(config, out, parallel, data_dir=data_dir, resume=resume)
@@ -74,7 +79,7 @@ def train_run(config: RunConfig, out, *, device: str | None = None, data_dir=Non
         state.run = Run(run_dir, config=config.to_dict(), host="runner", force=force, resume=checkpoint is not None,
                         weight_change=config.weight_change, batches_per_epoch=state.batches_per_epoch,
                         freeze=config.freeze, describe=_describe(state), contributors=state.callbacks,
-                        lock=False)  # fmt: skip
+                        loggers=loggers, lock=False)  # fmt: skip
         state.run.attach(state.tracker)
         try:
             if checkpoint is None:
