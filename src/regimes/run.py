@@ -3,13 +3,25 @@
 The runner (`regimes run`), the Lightning, Trainer and accelerate adapters and a plain
 training loop all write through this one object (W&B's `wandb.init()` / `Run` is the model):
 
-    run = regimes.Run("runs/my-run", config={"lr": 1e-2})   # the run directory, one writer
-    tracker = run.watch(model, probe)                       # a regimes.Tracker on the probe
-    for epoch in range(1, epochs + 1):
-        for x, y in loader:
-            ...; optimizer.step(); tracker.step()
-        run.end_epoch(epoch, {"val_score": accuracy})         # records, detector, freeze, summary
-    summary = run.finish()                                  # the summary and the figure
+>>> import tempfile, torch, regimes
+>>> from torch import nn
+>>> _ = torch.manual_seed(0)
+>>> model = nn.Sequential(nn.Linear(4, 8), nn.ReLU(), nn.Linear(8, 2))
+>>> optimizer = torch.optim.SGD(model.parameters(), lr=0.1)
+>>> x, y = torch.randn(64, 4), torch.randint(0, 2, (64,))
+>>> run = regimes.Run(tempfile.mkdtemp() + "/my-run", config={"lr": 0.1})  # the run directory
+>>> tracker = run.watch(model, x[:8], optimizer=optimizer)  # a regimes.Tracker on the probe
+>>> for epoch in range(1, 4):
+...     for batch in torch.arange(64).split(16):
+...         loss = nn.functional.cross_entropy(model(x[batch]), y[batch])
+...         optimizer.zero_grad()
+...         loss.backward()
+...         optimizer.step()
+...         tracker.step()
+...     events = run.end_epoch(epoch, {"train_loss": loss})  # records, detector, freeze, summary
+>>> summary = run.finish()  # the summary and the figure
+>>> print(summary["steps"], summary["batches_per_epoch"], summary["window"], summary["status"])
+12 4 1 finished
 
 It owns the run directory (`regimes.records.RunDirectory`): the steps table and the
 per-tensor table, flushed after every epoch; the epoch table; the online detector's feed
