@@ -22,6 +22,8 @@ import os
 import sys
 from pathlib import Path
 
+from regimes.errors import NoRunError, RegimesError, UsageError
+
 
 def _config_for(args):
     from regimes.experiment import apply_overrides, get_preset, list_presets, load_toml
@@ -98,7 +100,7 @@ def cmd_run(args) -> int:
         changes = [flag for flag, given in (("a preset or config", args.preset), ("--set", args.set),
                                             ("--seed", args.seed is not None), ("--force", args.force)) if given]  # fmt: skip
         if changes:
-            raise ValueError(
+            raise UsageError(
                 f"--resume continues the run as its {RunDirectory.CONFIG} says, so {' and '.join(changes)} cannot go with "
                 f"it; to train with other settings, start a new run: `regimes run {out / RunDirectory.CONFIG} --set ... "
                 "--out OTHER_DIR`"
@@ -108,7 +110,7 @@ def cmd_run(args) -> int:
         config = load_toml(run.config_path)
     else:
         if not args.preset:
-            raise ValueError("name a preset or a TOML config (`regimes presets` lists the presets), or pass --resume DIR")
+            raise UsageError("name a preset or a TOML config (`regimes presets` lists the presets), or pass --resume DIR")
         config = _config_for(args)
         out = Path(args.out or Path("runs") / f"{config.preset or Path(args.preset).stem}-seed{config.seed}")
     from regimes.experiment.callbacks import ProgressBar
@@ -136,7 +138,7 @@ def _set_threads(threads: int | None) -> None:
     if threads is None:
         return
     if threads < 1:
-        raise ValueError(f"--threads must be >= 1, got {threads}")
+        raise UsageError(f"--threads must be >= 1, got {threads}")
     import torch
 
     torch.set_num_threads(threads)
@@ -150,7 +152,7 @@ def _run_seeds(args) -> int:
     from regimes.experiment.sweep import run_sweep
 
     if args.resume or args.seeds < 1:
-        raise ValueError("--seeds takes a number >= 1 and a preset or config (rerun the same command to resume)")
+        raise UsageError("--seeds takes a number >= 1 and a preset or config (rerun the same command to resume)")
     config = _config_for(args)
     out = Path(args.out or Path("runs") / f"{config.preset or Path(args.preset).stem}-seeds{config.seed}-{config.seed + args.seeds - 1}")
     grid = grid_from_dict({"seed": [config.seed]}, name="seeds")
@@ -214,7 +216,7 @@ def cmd_report(args) -> int:
     for path, reason in skipped:
         print(f"regimes: skipped {path}, which cannot be read: {reason} (--strict stops instead)", file=sys.stderr)
     if not runs:
-        raise ValueError(f"no readable run in {', '.join(args.dirs)}")
+        raise UsageError(f"no readable run in {', '.join(args.dirs)}")
     print(render(runs, args.format, unreadable=len(skipped)))
     if args.figure:
         from regimes.plots import plot_grid
@@ -232,23 +234,23 @@ def cmd_geometry(args) -> int:
     _set_threads(args.threads)
     run_dir = RunDirectory(args.run)
     if not run_dir.has_config():
-        raise FileNotFoundError(f"{run_dir.path} is not a run directory (it has no {run_dir.CONFIG})")
+        raise NoRunError(f"{run_dir.path} is not a run directory (it has no {run_dir.CONFIG})")
     recorded = run_dir.read_geometry()
     checkpoint = run_dir.read_checkpoint()  # a damaged one: one line
     last = checkpoint["epoch"] if checkpoint is not None else None
     if args.epoch is not None and args.epoch != last:
         row = next((r for r in recorded if r["epoch"] == args.epoch), None)
         if row is None and recorded:
-            raise ValueError(f"epoch {args.epoch}: the run recorded geometry for epochs "
+            raise UsageError(f"epoch {args.epoch}: the run recorded geometry for epochs "
                              f"{recorded[0]['epoch']}-{recorded[-1]['epoch']}")  # fmt: skip
         if row is None:
             weights = f"the checkpoint holds epoch {last}'s weights only" if checkpoint else "the run has no checkpoint"
-            raise ValueError(f"epoch {args.epoch}: {weights}, and the run recorded no geometry: train it with "
+            raise UsageError(f"epoch {args.epoch}: {weights}, and the run recorded no geometry: train it with "
                              "`--set geometry=true` to record every epoch")  # fmt: skip
         _print_pairs([(k, _geometry_value(v)) for k, v in row.items()])
         return 0
     if checkpoint is None:
-        raise FileNotFoundError(f"{run_dir.path} has no {run_dir.CHECKPOINT}: the run finished no epoch yet")
+        raise NoRunError(f"{run_dir.path} has no {run_dir.CHECKPOINT}: the run finished no epoch yet")
     from regimes.experiment.geometry import checkpoint_geometry
 
     found = checkpoint_geometry(run_dir, checkpoint, device=args.device, data_dir=args.data_dir)
@@ -306,13 +308,13 @@ def cmd_sweep(args) -> int:
     from regimes.experiment.sweep import run_sweep
 
     if args.seeds < 0:
-        raise ValueError(f"--seeds must be >= 0, got {args.seeds}")
+        raise UsageError(f"--seeds must be >= 0, got {args.seeds}")
     base = _config_for(args)
     grid = resolve_grid(args.grid, base)
     swept = set(grid.axes) | {k for v in grid.axes.get("optimizer", []) if isinstance(v, dict) for k in v}
     overridden = [text.split("=", 1)[0].strip().split(".")[0] for text in args.set or []]
     if clash := [k for k in overridden if k in swept]:
-        raise ValueError(f"--set {clash[0]} changes a key the grid sweeps over; use a grid file (--grid FILE) to change its values")
+        raise UsageError(f"--set {clash[0]} changes a key the grid sweeps over; use a grid file (--grid FILE) to change its values")
     if fixed := {k: v for k, v in grid.fixed.items() if k in overridden}:  # --set wins over the grid's fixed values
         grid.fixed = {k: v for k, v in grid.fixed.items() if k not in fixed}
     out = Path(args.out or Path("sweeps") / (base.preset or Path(args.preset).stem))
@@ -501,8 +503,8 @@ def main(argv=None) -> int:
     except BrokenPipeError:  # the reader stopped reading (`| head`): not an error
         os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())  # no second error at exit
         return 0
-    except (ConfigError, DataNotFoundError, EngineError, FileExistsError, FileNotFoundError, MissingExtraError,
-            NotADirectoryError, ProbeError, RunDirectoryError, ValueError) as error:  # fmt: skip
+    except (RegimesError, ConfigError, DataNotFoundError, EngineError, FileExistsError, FileNotFoundError,
+            MissingExtraError, NotADirectoryError, ProbeError, RunDirectoryError, ValueError) as error:  # fmt: skip
         return _one_line(str(error))
     except OSError as error:
         if not isinstance(error, PermissionError) and error.errno not in _REFUSED_BY_THE_FILE_SYSTEM:

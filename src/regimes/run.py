@@ -48,6 +48,7 @@ import torch
 
 from regimes.analysis import summarize_run
 from regimes.detect import RegimeChangeDetector, RegimeEvent
+from regimes.errors import RunExistsError, UsageError
 from regimes.extras import available
 from regimes.records import RunDirectory, RunSummary, Status, software_versions, study_fields
 from regimes.records.run import writer_lock
@@ -64,9 +65,9 @@ def check_freeze(freeze, detect: bool = True):
     """`freeze` as a run takes it: "off", "auto" (needs detection) or an epoch number >= 1."""
     if freeze in ("off", "auto") or (type(freeze) is int and freeze >= 1):
         if freeze == "auto" and not detect:
-            raise ValueError('freeze="auto" freezes when the online detector says the pattern settled: detect=True')
+            raise UsageError('freeze="auto" freezes when the online detector says the pattern settled: detect=True')
         return freeze
-    raise ValueError(f'freeze must be "off", "auto" or an epoch number >= 1 (freeze after that epoch), got {freeze!r}')
+    raise UsageError(f'freeze must be "off", "auto" or an epoch number >= 1 (freeze after that epoch), got {freeze!r}')
 
 
 def warn_late_freeze(freeze, max_epochs) -> None:
@@ -118,11 +119,11 @@ class Run:
                  higher_is_better: bool = True, describe: Mapping | None = None, contributors: Iterable = (),
                  loggers: Iterable = (), log_sites: bool = False, writes: bool = True, lock: bool = True) -> None:  # fmt: skip
         if weight_change not in ("layerwise", "global"):
-            raise ValueError(f'weight_change must be "layerwise" or "global", got {weight_change!r}')
+            raise UsageError(f'weight_change must be "layerwise" or "global", got {weight_change!r}')
         if not (isinstance(tau, (int, float)) and not isinstance(tau, bool) and 0 < tau <= 1):
-            raise ValueError(f"tau must be in (0, 1], got {tau!r}")
+            raise UsageError(f"tau must be in (0, 1], got {tau!r}")
         if batches_per_epoch is not None and (type(batches_per_epoch) is not int or batches_per_epoch < 1):
-            raise ValueError(f"batches_per_epoch must be a whole number >= 1, got {batches_per_epoch!r}")
+            raise UsageError(f"batches_per_epoch must be a whole number >= 1, got {batches_per_epoch!r}")
         self.directory = out if isinstance(out, RunDirectory) else RunDirectory(out)
         self.config, self.host, self.force, self.resume = dict(config or {}), host, force, resume
         self.weight_change, self.batches_per_epoch = weight_change, batches_per_epoch
@@ -172,7 +173,7 @@ class Run:
         from regimes.freeze import ValuePattern
 
         if self.freeze_when != "off" and not any(isinstance(q, ValuePattern) for q in tracker.quantities):
-            raise ValueError("a run with freeze on needs a regimes.freeze.ValuePattern quantity on its tracker")
+            raise UsageError("a run with freeze on needs a regimes.freeze.ValuePattern quantity on its tracker")
         self.tracker = tracker
         self._epoch_start = tracker.iteration
         if self._saved is not None:
@@ -222,7 +223,7 @@ class Run:
             return
         directory.create(self.config, force=self.force)  # another run there: FileExistsError
         if not self.force and (existing := directory.read_summary()) is not None:
-            raise FileExistsError(
+            raise RunExistsError(
                 f"{directory.path} already holds this run ({existing.get('status')}, {existing.get('stop_epoch')} "
                 "epochs): use --resume to continue it, --force to start it again, or choose another --out (in Python: "
                 "resume=True, force=True, or another out)"
@@ -271,9 +272,9 @@ class Run:
         `status`, else running). Returns the detector's events, each with the optimizer step it
         names (None when a claim is withdrawn)."""
         if type(epoch) is not int or epoch < 1:
-            raise ValueError(f"epoch must be a whole number >= 1, got {epoch!r}")
+            raise UsageError(f"epoch must be a whole number >= 1, got {epoch!r}")
         if self.epochs and epoch < self.epochs[-1]["epoch"]:
-            raise ValueError(f"epoch {epoch} ends after epoch {self.epochs[-1]['epoch']}: epochs go forward")
+            raise UsageError(f"epoch {epoch} ends after epoch {self.epochs[-1]['epoch']}: epochs go forward")
         self.epoch = epoch
         self.flush()
         if self.batches_per_epoch is None and self.tracker is not None and self.tracker.iteration > self._epoch_start:
@@ -506,7 +507,7 @@ class Run:
             self.open()
         if (frozen := state.get("frozen")) is not None:
             if self.freeze_when == "off":
-                raise ValueError(
+                raise UsageError(
                     f"the checkpoint's run froze its regime at step {frozen['iteration']}: resume it with the "
                     "freeze it was started with"
                 )

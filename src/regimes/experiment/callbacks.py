@@ -24,6 +24,7 @@ from __future__ import annotations
 import math
 from dataclasses import dataclass
 
+from regimes.errors import UsageError
 from regimes.records import Status
 
 __all__ = ["Callback", "EarlyStopping", "EpochRecords", "Checkpoint", "ProgressBar", "notify", "check_unique_names"]
@@ -81,7 +82,7 @@ def check_unique_names(callbacks) -> None:
     seen: dict[str, object] = {}
     for callback in callbacks:
         if callback.name in seen:
-            raise ValueError(
+            raise UsageError(
                 f"two callbacks are named {callback.name!r} ({type(seen[callback.name]).__name__} and "
                 f"{type(callback).__name__}): give one another name (callback.name = '...'), so that each keeps its "
                 "own state in the checkpoint"

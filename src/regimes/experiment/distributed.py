@@ -26,6 +26,7 @@ import torch
 import torch.distributed as dist
 from torch import nn
 
+from regimes.errors import UsageError
 from regimes.experiment.epoch import train_epoch
 from regimes.experiment.setup import setup_run
 from regimes.records import RunDirectory
@@ -53,13 +54,13 @@ class DataParallel:
         kind = torch.device("cuda" if device in (None, "auto") and torch.cuda.is_available() else device or "cpu").type
         if kind == "cuda":
             if not torch.cuda.is_available():
-                raise ValueError("--device cuda under torchrun: this machine has no CUDA GPU; use --device cpu")
+                raise UsageError("--device cuda under torchrun: this machine has no CUDA GPU; use --device cpu")
             torch.cuda.set_device(local_rank)
             place = torch.device("cuda", local_rank)
         elif kind == "cpu":
             place = torch.device("cpu")
         else:
-            raise ValueError(f"device {device!r} under torchrun: use cpu (gloo) or cuda (NCCL)")
+            raise UsageError(f"device {device!r} under torchrun: use cpu (gloo) or cuda (NCCL)")
         if not dist.is_initialized():
             dist.init_process_group("nccl" if kind == "cuda" else "gloo", timeout=timedelta(minutes=30))
         return cls(rank, world_size, place)

@@ -16,6 +16,7 @@ import torch
 import regimes
 from regimes.data import load_dataset
 from regimes.data.registry import DATASETS
+from regimes.errors import UsageError
 from regimes.experiment.config import RunConfig
 from regimes.experiment.state import RunState
 from regimes.experiment.tasks import get_task
@@ -59,16 +60,16 @@ def resolve_device(name: str | torch.device | None = None) -> torch.device:
     try:
         device = torch.device(name)
     except RuntimeError:
-        raise ValueError(f"unknown device {name!r}: use cpu, cuda, cuda:N or mps") from None
+        raise UsageError(f"unknown device {name!r}: use cpu, cuda, cuda:N or mps") from None
     if device.type == "cuda":
         if not torch.cuda.is_available():
-            raise ValueError(f"device {name!r}: this PyTorch build or machine has no CUDA GPU; use --device cpu")
+            raise UsageError(f"device {name!r}: this PyTorch build or machine has no CUDA GPU; use --device cpu")
         if device.index is not None and device.index >= torch.cuda.device_count():
-            raise ValueError(f"device {name!r}: this machine has {torch.cuda.device_count()} CUDA device(s)")
+            raise UsageError(f"device {name!r}: this machine has {torch.cuda.device_count()} CUDA device(s)")
     elif device.type == "mps" and not torch.backends.mps.is_available():
-        raise ValueError(f"device {name!r}: MPS (Apple GPUs) is not available here; use --device cpu")
+        raise UsageError(f"device {name!r}: MPS (Apple GPUs) is not available here; use --device cpu")
     elif device.type not in ("cpu", "cuda", "mps"):
-        raise ValueError(f"device {name!r} is not supported by the runner: use cpu, cuda, cuda:N or mps")
+        raise UsageError(f"device {name!r} is not supported by the runner: use cpu, cuda, cuda:N or mps")
     return device
 
 
@@ -119,7 +120,7 @@ def _quantities(config: RunConfig) -> list:
 def _check_vocabulary(config: RunConfig, splits) -> None:
     vocab = config.model_args.get("vocab_size")
     if splits.vocab_size and vocab is not None and vocab < splits.vocab_size:
-        raise ValueError(
+        raise UsageError(
             f"model_args.vocab_size = {vocab} is smaller than the tokenizer's vocabulary ({splits.vocab_size}) "
             f"for {config.dataset}: set model_args.vocab_size = data_args.vocab_size"
         )

@@ -15,6 +15,7 @@ import math
 from collections.abc import Sequence
 from pathlib import Path
 
+from regimes.errors import NoRunError
 from regimes.experiment.callbacks import Callback, Checkpoint, EarlyStopping, EpochRecords, check_unique_names, notify
 from regimes.experiment.config import RunConfig
 from regimes.experiment.distributed import DataParallel, follow_run
@@ -64,7 +65,7 @@ def train_run(config: RunConfig, out, *, device: str | None = None, data_dir=Non
                 return previous  # nothing left to do
             checkpoint = run_dir.read_checkpoint()  # a damaged one: one message, nothing changed
             if checkpoint is None:
-                raise FileNotFoundError(
+                raise NoRunError(
                     f"{run_dir.path} has no checkpoint to resume from (it ended before its first epoch, or its "
                     f"checkpoint was removed); nothing there was changed. Start it again with "
                     f"`regimes run {run_dir.config_path} --out {run_dir.path} --force`"

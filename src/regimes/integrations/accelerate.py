@@ -33,6 +33,7 @@ from __future__ import annotations
 
 from collections.abc import Callable, Mapping
 
+from regimes.errors import UsageError
 from regimes.extras import require
 from regimes.integrations.session import (
     TrackingSession,
@@ -76,7 +77,7 @@ class RegimesTracking:
                  detect: bool = True, tau: float = 0.1, freeze="off", on_regime_change: Callable | None = None,
                  epochs: int | None = None, **tracker_options) -> None:  # fmt: skip
         if isinstance(log_every, bool) or not isinstance(log_every, int) or log_every < 1:
-            raise ValueError(f"log_every must be a whole number >= 1, got {log_every!r}")
+            raise UsageError(f"log_every must be a whole number >= 1, got {log_every!r}")
         self.accelerator, self.log_every = accelerator, log_every
         self.on_regime_change, self.epochs, self.events_ = on_regime_change, epochs, []
         root = accelerator.project_dir or "."

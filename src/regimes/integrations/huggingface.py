@@ -53,6 +53,7 @@ from pathlib import Path
 
 import torch
 
+from regimes.errors import UsageError
 from regimes.extras import require
 from regimes.integrations.session import (
     LABEL_KEYS,
@@ -229,15 +230,15 @@ class RegimesCallback(transformers.TrainerCallback):
         source, collate = self.probe, getattr(train_dataloader, "collate_fn", None)
         if isinstance(self.probe, str):
             if self.probe != "eval":
-                raise ValueError(f"probe={self.probe!r}: pass the probe's data, a data set, or 'eval'")
+                raise UsageError(f"probe={self.probe!r}: pass the probe's data, a data set, or 'eval'")
             if self.trainer_ is None:
-                raise ValueError(
+                raise UsageError(
                     "probe='eval' reads the Trainer's eval_dataset: attach the callback with "
                     "RegimesCallback(...).attach(trainer), or pass the data set itself as the probe"
                 )
             source, collate = self.trainer_.eval_dataset, self.trainer_.data_collator
             if source is None or isinstance(source, Mapping):
-                raise ValueError("probe='eval' needs one eval_dataset in the Trainer; pass the data set itself as the probe")
+                raise UsageError("probe='eval' needs one eval_dataset in the Trainer; pass the data set itself as the probe")
         size = self.probe_size or default_probe_size(
             args.per_device_train_batch_size * args.gradient_accumulation_steps * args.world_size)
         rows = _ForwardColumns(source, model)

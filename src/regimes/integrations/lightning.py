@@ -39,6 +39,7 @@ from __future__ import annotations
 
 from collections.abc import Callable, Mapping
 
+from regimes.errors import UsageError
 from regimes.extras import require
 from regimes.integrations.session import (
     StepGate,
@@ -194,11 +195,11 @@ class RegimesCallback(pl.Callback):
         source = self.probe
         if isinstance(self.probe, str):
             if self.probe != "val":
-                raise ValueError(f"probe={self.probe!r}: pass the probe's data, a data set, or 'val'")
+                raise UsageError(f"probe={self.probe!r}: pass the probe's data, a data set, or 'val'")
             loaders = trainer.val_dataloaders
             loader = loaders[0] if isinstance(loaders, (list, tuple)) else loaders
             if loader is None:
-                raise ValueError("probe='val' needs a validation dataloader in the fit; pass the probe's data instead")
+                raise UsageError("probe='val' needs a validation dataloader in the fit; pass the probe's data instead")
             source, collate = loader.dataset, loader.collate_fn
         size = self.probe_size or default_probe_size(self._samples_per_step(trainer))
         return (self.probe_inputs or model_inputs)(draw_probe(source, size, self.probe_seed, collate))

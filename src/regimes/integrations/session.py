@@ -50,6 +50,7 @@ import torch
 from torch import nn
 
 from regimes.detect import RegimeEvent
+from regimes.errors import UnsupportedError, UsageError
 from regimes.run import Run, check_freeze, default_out, warn_late_freeze
 from regimes.sites import unwrap_model
 from regimes.tracker import Tracker
@@ -82,7 +83,7 @@ def is_sharded(model: nn.Module) -> bool:
 
     wrapper = getattr(fsdp, "FullyShardedDataParallel", None)
     if wrapper is not None and any(isinstance(m, wrapper) for m in model.modules()):
-        raise NotImplementedError(
+        raise UnsupportedError(
             "the model is wrapped in FSDP1 (FullyShardedDataParallel): regimes tracks FSDP2 models "
             "(torch.distributed.fsdp.fully_shard; Lightning's ModelParallelStrategy, accelerate's fsdp_version=2)"
         )
@@ -145,7 +146,7 @@ class StepGate:
 def default_probe_size(samples_per_step: int | None) -> int:
     """SPEC: |S| = round(0.2 * batch size), at least 1; the batch being one optimizer step's samples."""
     if not samples_per_step:
-        raise ValueError(
+        raise UsageError(
             "cannot tell the training batch size to size the probe (SPEC: 0.2 x batch size): pass probe_size="
         )
     return max(1, round(0.2 * samples_per_step))
@@ -156,9 +157,9 @@ def draw_probe(dataset, size: int, seed: int = 0, collate: Callable | None = Non
     seeded permutation), collated into one batch (torch's default collate unless `collate`)."""
     n = len(dataset)
     if n == 0:
-        raise ValueError("the data set to draw the probe from is empty")
+        raise UsageError("the data set to draw the probe from is empty")
     if isinstance(size, bool) or not isinstance(size, int) or size < 1:
-        raise ValueError(f"probe_size must be a whole number >= 1, got {size!r}")
+        raise UsageError(f"probe_size must be a whole number >= 1, got {size!r}")
     indices = torch.randperm(n, generator=torch.Generator().manual_seed(seed))[: min(size, n)].tolist()
     samples = [dataset[i] for i in indices]
     return (collate or torch.utils.data.default_collate)(samples)
@@ -173,7 +174,7 @@ def model_inputs(batch):
         return {k: v for k, v in batch.items() if k not in LABEL_KEYS}
     if isinstance(batch, (tuple, list)) and batch:
         return batch[0]
-    raise TypeError(
+    raise UsageError(
         f"cannot tell the model's inputs in a batch of type {type(batch).__name__}: pass probe_inputs=, a function "
         "from a batch to what the model's forward takes"
     )
@@ -233,7 +234,7 @@ class TrackingSession(Run):
         self.roles = Roles.of(model, rank)
         self.writes = self.roles.writes
         if self.freeze_when != "off" and _world_size() > 1:
-            raise NotImplementedError(
+            raise UnsupportedError(
                 f"freeze={self.freeze_when!r} runs in one process: the adapters freeze the regime on the process that "
                 "tracks, and every process trains the model. Train with one process, or use freeze='off'"
             )
