@@ -344,3 +344,49 @@ def test_two_callbacks_with_one_name_are_refused_before_the_run_starts(tmp_path,
     second = Counter()
     second.name = "second counter"
     assert train_run(config, tmp_path / "run", callbacks=[Counter(), second])["status"] == "finished"
+
+
+# ---------------------------------------------------------------------- mistakes around a run's life
+
+
+def test_an_overflowing_learning_rate_ends_the_run_as_diverged(tmp_path, monkeypatch, capsys):
+    from regimes.cli import main
+
+    monkeypatch.setenv("REGIMES_DATA", str(tmp_path / "data"))
+    out = tmp_path / "run"
+    assert main(["run", "mlp-breast-cancer", "--quiet", "--set", "lr=1e308", "--set", "max_epochs=3", "--out", str(out)]) == 3
+    summary = RunDirectory(out).read_summary()
+    assert summary["status"] == "diverged" and summary["stop_epoch"] == 1 and summary["steps"] == 0
+
+
+def test_freeze_under_torchrun_is_one_line_and_writes_nothing(tmp_path, monkeypatch, capsys):
+    from regimes.cli import main
+
+    monkeypatch.setenv("REGIMES_DATA", str(tmp_path / "data"))
+    monkeypatch.setenv("WORLD_SIZE", "2")  # what torchrun sets in each process it starts
+    assert main(["run", "mlp-breast-cancer", "--quiet", "--set", "freeze='auto'", "--out", str(tmp_path / "run")]) == 2
+    err = capsys.readouterr().err
+    assert "under torchrun" in err and len(err.strip().splitlines()) == 1
+    assert not (tmp_path / "run").exists()
+
+
+def test_resume_without_a_checkpoint_changes_nothing(tmp_path, monkeypatch, capsys):
+    from regimes.cli import main
+    from regimes.experiment import Callback
+
+    monkeypatch.setenv("REGIMES_DATA", str(tmp_path / "data"))
+
+    class StopAtTwo(Callback):
+        def on_epoch_end(self, run, **kwargs):
+            if run.epoch == 2:
+                raise KeyboardInterrupt
+
+    out = tmp_path / "run"
+    with pytest.raises(KeyboardInterrupt):
+        train_run(get_preset("mlp-breast-cancer").replace(max_epochs=4), out, callbacks=[StopAtTwo()])
+    RunDirectory(out).checkpoint_path.unlink()  # a full disk, or a user's mistake
+    before = {p.relative_to(out): p.read_bytes() for p in out.rglob("*") if p.is_file() and p.name != ".lock"}
+    assert main(["run", "--resume", str(out)]) == 2
+    assert "no checkpoint to resume from" in capsys.readouterr().err
+    after = {p.relative_to(out): p.read_bytes() for p in out.rglob("*") if p.is_file() and p.name != ".lock"}
+    assert after == before

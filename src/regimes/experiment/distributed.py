@@ -43,6 +43,11 @@ class DataParallel:
     device: torch.device
     model: nn.Module | None = None  # the DDP wrapper, set by `wrap`
 
+    @staticmethod
+    def requested() -> bool:
+        """Whether this process is one of several that torchrun started (WORLD_SIZE > 1)."""
+        return int(os.environ.get("WORLD_SIZE", "1")) > 1
+
     @classmethod
     def from_environment(cls, device: str | torch.device | None = "cpu") -> DataParallel | None:
         """Under torchrun (WORLD_SIZE > 1): join the process group and return this process's

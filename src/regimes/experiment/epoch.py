@@ -3,6 +3,7 @@ measurement after every optimizer step, then the validation split."""
 
 from __future__ import annotations
 
+import math
 import time
 
 import torch
@@ -18,6 +19,9 @@ def train_epoch(run: RunState) -> dict:
     then the validation split; returns the epoch's row of scores."""
     config, model, task, device = run.config, run.model, run.task, run.device
     epoch_start = time.time()
+    if _overflows(config.lr, model):  # torch refuses the first step: every weight would be infinite
+        return {"epoch": run.epoch, "train_loss": math.inf, "train_score": math.nan, "val_loss": math.nan,
+                "val_score": math.nan, "seconds": time.time() - epoch_start}  # fmt: skip
     train_tensors = run.splits.train.tensors
     model.train()
     loss_sum = torch.zeros((), device=device)
@@ -54,6 +58,12 @@ def train_epoch(run: RunState) -> dict:
         "val_score": val_score,
         "seconds": time.time() - epoch_start,
     }
+
+
+def _overflows(lr: float, model: torch.nn.Module) -> bool:
+    """Whether the learning rate is beyond the parameters' floating-point range."""
+    dtypes = {p.dtype for p in model.parameters() if p.is_floating_point()}
+    return any(abs(lr) > torch.finfo(dtype).max for dtype in dtypes)
 
 
 @torch.no_grad()

@@ -15,7 +15,7 @@ import math
 from collections.abc import Sequence
 from pathlib import Path
 
-from regimes.errors import NoRunError
+from regimes.errors import NoRunError, UnsupportedError
 from regimes.experiment.callbacks import Callback, Checkpoint, EarlyStopping, EpochRecords, check_unique_names, notify
 from regimes.experiment.config import RunConfig
 from regimes.experiment.distributed import DataParallel, follow_run
@@ -46,6 +46,11 @@ def train_run(config: RunConfig, out, *, device: str | None = None, data_dir=Non
     """
     check_unique_names([EarlyStopping(0, 0.0), EpochRecords(), GeometryRecorder(None), Checkpoint(None), *callbacks])
     loggers = make_loggers(log, out, config.to_dict())  # an unknown name or a missing extra: before anything is written
+    if config.freeze != "off" and DataParallel.requested():
+        raise UnsupportedError(
+            f"freeze = {config.freeze!r} under torchrun: the runner freezes the regime in one process; "
+            "train this run with one process (regimes run, without torchrun), or set freeze = \"off\""
+        )
     parallel = DataParallel.from_environment(device)  # under torchrun: one process of a DDP run
     if parallel is not None and not parallel.main:
         return follow_run(config, out, parallel, data_dir=data_dir, resume=resume)
