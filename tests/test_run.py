@@ -88,7 +88,7 @@ def through_plain_loop(out, every: int, n: int, batch_size: int) -> dict:
     model, train = mlp(), data(n)
     optimizer = torch.optim.SGD(model.parameters(), lr=1e-2)
     run = regimes.Run(out)
-    tracker = run.watch(model, train.tensors[0][:6], every=every)
+    tracker = run.watch(model, train.tensors[0][:6], every=every, optimizer=optimizer)
     for epoch in range(1, EPOCHS + 1):
         for x, y in torch.utils.data.DataLoader(train, batch_size=batch_size):
             loss = nn.functional.cross_entropy(model(x), y)
@@ -164,7 +164,8 @@ def through_accelerate(out, every: int, n: int, batch_size: int) -> dict:
     optimizer = torch.optim.SGD(model.parameters(), lr=1e-2)
     loader = torch.utils.data.DataLoader(train, batch_size=batch_size)
     model, optimizer, loader = accelerator.prepare(model, optimizer, loader)
-    tracking = RegimesTracking(accelerator, model, train.tensors[0][:6], out=out, every=every, epochs=EPOCHS)
+    tracking = RegimesTracking(accelerator, model, train.tensors[0][:6], out=out, every=every, epochs=EPOCHS,
+                               optimizer=optimizer, batch_size=batch_size)  # fmt: skip
     for epoch in range(1, EPOCHS + 1):
         for x, y in loader:
             loss = nn.functional.cross_entropy(model(x), y)
@@ -202,6 +203,10 @@ def test_the_same_curves_give_the_same_summary_through_every_host(tmp_path, scri
         summary = host(tmp_path / name, every, n, batch_size)
         differing = {key: (summary[key], runner[key]) for key in COMPARED if not _same(summary[key], runner[key])}
         assert differing == {}, f"{name}: {differing}"
+        # What the host knows of the run is recorded (the report shows no "?").
+        assert summary["optimizer"] == ("adamw" if name == "trainer" else "sgd"), name  # the Trainer's default
+        assert summary["lr"] == pytest.approx(1e-2), name
+        assert summary["batch_size"] == (batch_size if name != "plain loop" else None), name
         steps = RunDirectory(tmp_path / name).read_steps()
         for column in ("iteration", "epoch", "dw", "dw_layerwise", "da"):
             np.testing.assert_array_equal(steps[column], reference_steps[column], err_msg=f"{name}: {column}")

@@ -548,10 +548,19 @@ def save_figure(directory: RunDirectory) -> None:
     save_run_figure(directory.path)
 
 
+def innermost_optimizer(optimizer) -> torch.optim.Optimizer:
+    """The torch optimizer under host wrappers (Lightning's `_optimizer`, accelerate's `optimizer`)."""
+    while True:
+        inner = getattr(optimizer, "optimizer", None) or getattr(optimizer, "_optimizer", None)
+        if isinstance(inner, torch.optim.Optimizer) and inner is not optimizer:
+            optimizer = inner
+        else:
+            return optimizer
+
+
 def optimizer_fields(optimizer) -> dict:
     """The summary's optimizer fields from a torch optimizer (its first parameter group)."""
-    while not isinstance(optimizer, torch.optim.Optimizer) and hasattr(optimizer, "optimizer"):
-        optimizer = optimizer.optimizer  # a host's wrapper (Lightning, accelerate)
+    optimizer = innermost_optimizer(optimizer)
     group = optimizer.param_groups[0]
     fields = {"optimizer": type(optimizer).__name__.lower(), "lr": group.get("lr"),
               "weight_decay": group.get("weight_decay"), "momentum": group.get("momentum"),

@@ -64,6 +64,7 @@ class RegimesTracking:
         detect, tau, freeze: online detection and the frozen regime, as the callbacks take them.
         on_regime_change: called as `on_regime_change(event=..., iteration=...)` for each event.
         epochs: the loop's number of epochs, so that no freeze comes after its last (None: unknown).
+        optimizer: the loop's optimizer, whose name, lr and weight decay the summary records.
         probe_inputs, config, force, log_sites, score, higher_is_better, **tracker_options:
             as the Lightning and Trainer callbacks take them.
 
@@ -75,7 +76,7 @@ class RegimesTracking:
                  out=None, config: Mapping | None = None, force: bool = False, log_every: int = 1,
                  log_sites: bool = False, score: str | None = None, higher_is_better: bool = True,
                  detect: bool = True, tau: float = 0.1, freeze="off", on_regime_change: Callable | None = None,
-                 epochs: int | None = None, **tracker_options) -> None:  # fmt: skip
+                 epochs: int | None = None, optimizer=None, **tracker_options) -> None:  # fmt: skip
         if isinstance(log_every, bool) or not isinstance(log_every, int) or log_every < 1:
             raise UsageError(f"log_every must be a whole number >= 1, got {log_every!r}")
         self.accelerator, self.log_every = accelerator, log_every
@@ -91,10 +92,11 @@ class RegimesTracking:
             size = probe_size or default_probe_size(batch_size)
             return (probe_inputs or model_inputs)(draw_probe(probe, size, probe_seed, collate))
 
+        self.session.describe.update(batch_size=batch_size, max_epochs=epochs)
         # The tracker snapshots the weights now (iteration 0); the run directory waits for
         # the first step, so that accelerator.load_state can resume the tracker first.
         self.tracker = self.session.start(accelerator.unwrap_model(model), draw, rank=accelerator.process_index,
-                                          **tracker_options)  # fmt: skip
+                                          optimizer=optimizer, **tracker_options)  # fmt: skip
         self._measured = 0
 
     def step(self) -> None:

@@ -141,6 +141,10 @@ class RegimesCallback(transformers.TrainerCallback):
                                   force=self.force, log_sites=self.log_sites, score=self.score,
                                   higher_is_better=self.higher_is_better, detect=self.detect, tau=self.tau,
                                   freeze=self.freeze)  # fmt: skip
+        session.describe.update(batch_size=args.per_device_train_batch_size * args.gradient_accumulation_steps
+                                * args.world_size, max_epochs=math.ceil(state.num_train_epochs or 0) or None,
+                                dataset=type(getattr(train_dataloader, "dataset", None)).__name__
+                                if train_dataloader is not None else None)  # fmt: skip
         rank = args.process_index
         if state.global_step > 0:  # resumed: this process's state, saved in the checkpoint folder
             folder = _checkpoint_folder(args, state)

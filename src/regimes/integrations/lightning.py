@@ -114,6 +114,9 @@ class RegimesCallback(pl.Callback):
                                   score=self.score, higher_is_better=self.higher_is_better, detect=self.detect,
                                   tau=self.tau, freeze=self.freeze)  # fmt: skip
         session.load_state_dict(self.saved_ or {})
+        loader = trainer.train_dataloader
+        session.describe.update(batch_size=self._samples_per_step(trainer), max_epochs=trainer.max_epochs,
+                                dataset=_dataset_name(getattr(loader, "dataset", None)))  # fmt: skip
         self.tracker = session.start(pl_module, lambda: self._draw(trainer), step=trainer.global_step,
                                      rank=trainer.global_rank, optimizer=next(iter(trainer.optimizers), None),
                                      **self.tracker_options)  # fmt: skip
@@ -210,6 +213,11 @@ class RegimesCallback(pl.Callback):
         if not batch_size:
             return None
         return batch_size * trainer.accumulate_grad_batches * trainer.world_size
+
+
+def _dataset_name(dataset) -> str | None:
+    """A data set's name for the summary: its class's, unless it is a generic container."""
+    return None if dataset is None else type(dataset).__name__
 
 
 def _last_epoch(trainer, epoch: int) -> bool:

@@ -51,7 +51,7 @@ from torch import nn
 
 from regimes.detect import RegimeEvent
 from regimes.errors import UnsupportedError, UsageError
-from regimes.run import Run, check_freeze, default_out, warn_late_freeze
+from regimes.run import Run, check_freeze, default_out, innermost_optimizer, warn_late_freeze
 from regimes.sites import unwrap_model
 from regimes.tracker import Tracker
 
@@ -106,16 +106,6 @@ class Roles:
 # ---------------------------------------------------------------------- optimizer steps
 
 
-def _innermost(optimizer) -> torch.optim.Optimizer:
-    """The torch optimizer under host wrappers (Lightning's `_optimizer`, accelerate's `optimizer`)."""
-    while True:
-        inner = getattr(optimizer, "optimizer", None) or getattr(optimizer, "_optimizer", None)
-        if isinstance(inner, torch.optim.Optimizer) and inner is not optimizer:
-            optimizer = inner
-        else:
-            return optimizer
-
-
 class StepGate:
     """Whether any of `optimizers` stepped since the last `take()`.
 
@@ -125,7 +115,7 @@ class StepGate:
 
     def __init__(self, optimizers) -> None:
         self.stepped = False
-        self.handles = [_innermost(o).register_step_post_hook(self._on_step) for o in optimizers if o is not None]
+        self.handles = [innermost_optimizer(o).register_step_post_hook(self._on_step) for o in optimizers if o is not None]
 
     def _on_step(self, optimizer, args, kwargs) -> None:
         self.stepped = True
