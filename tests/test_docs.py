@@ -26,14 +26,14 @@ import pytest
 
 ROOT = Path(__file__).resolve().parents[1]
 DOCS = ROOT / "docs"
-PAGES = [ROOT / "README.md", *sorted(DOCS.rglob("*.md"))]
+PAGES = [ROOT / "README.md", ROOT / "CONTRIBUTING.md", *sorted(DOCS.rglob("*.md"))]
 
 SKIP = re.compile(r"<!--\s*docs-test:\s*skip\s+(?P<reason>\S.*?)\s*-->")
 SETUP = re.compile(r"<!--\s*docs-test:\s*setup\s+(?P<name>[\w-]+)\s*-->")
 BLOCK = re.compile(r"^```python[^\n]*\n(?P<code>.*?)^```[ \t]*$", re.S | re.M)
 
 # A small loop's objects, for the pages whose examples are fragments of the reader's loop:
-# the Breast Cancer MLP trained two epochs with a tracker.
+# the Breast Cancer MLP trained two epochs with a tracker, its sites named blocks.0.relu, blocks.1.relu.
 LOOP = """
 import torch
 import torch.nn.functional as F
@@ -47,8 +47,29 @@ torch.manual_seed(0)
 _x, _y = load_breast_cancer(return_X_y=True)
 _x = torch.tensor(StandardScaler().fit_transform(_x), dtype=torch.float32)
 x_train, y_train, x_val = _x[:400], torch.tensor(_y[:400]), _x[400:]
-model = nn.Sequential(nn.Linear(30, 64), nn.BatchNorm1d(64), nn.ReLU(), nn.Dropout(0.2),
-                      nn.Linear(64, 32), nn.BatchNorm1d(32), nn.ReLU(), nn.Dropout(0.2), nn.Linear(32, 2))
+
+
+class Block(nn.Module):
+    def __init__(self, n_in, n_out):
+        super().__init__()
+        self.linear, self.norm, self.relu, self.dropout = nn.Linear(n_in, n_out), nn.BatchNorm1d(n_out), nn.ReLU(), nn.Dropout(0.2)
+
+    def forward(self, x):
+        return self.dropout(self.relu(self.norm(self.linear(x))))
+
+
+class MLP(nn.Module):  # the study's Breast Cancer MLP; its sites are blocks.0.relu and blocks.1.relu
+    def __init__(self):
+        super().__init__()
+        self.blocks, self.head = nn.ModuleList([Block(30, 64), Block(64, 32)]), nn.Linear(32, 2)
+
+    def forward(self, x):
+        for block in self.blocks:
+            x = block(x)
+        return self.head(x)
+
+
+model = MLP()
 optimizer = torch.optim.SGD(model.parameters(), lr=1e-2)
 loss_fn = F.cross_entropy
 loader = list(zip(x_train.split(32), y_train.split(32)))
