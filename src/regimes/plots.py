@@ -1,4 +1,4 @@
-"""Figures: one panel per run, as in the study's figure (SPEC section 4).
+"""Figures: one panel per run, as in the study's figure (docs/runs.md).
 
 Each panel shows the train and validation score per epoch on the left axis and the
 normalised weight-change and pattern-change curves (the curves the AUCs are taken of) on a

@@ -1,4 +1,4 @@
-"""The published study's vocabulary, in one place (SPEC section 4): how it spells the
+"""The published study's vocabulary, in one place (docs/study.md): how it spells the
 models and data sets, the order of its table's rows, and which sweep grid each model
 family gets. Plain data keyed by the registry names (`regimes.zoo`, `regimes.data`);
 no torch, so the report reads it cheaply.
