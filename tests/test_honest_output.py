@@ -3,13 +3,11 @@ prints means what it says. Each test is one case of the issue, on small syntheti
 directories (written through the records API) or a Breast Cancer run of a few epochs.
 """
 
-import itertools
 import math
 import os
 import re
 import sys
 import warnings
-from pathlib import Path
 
 os.environ.setdefault("MPLBACKEND", "Agg")  # before matplotlib is first imported
 
@@ -23,11 +21,9 @@ from regimes.cli import _print_result, _trial_line, main
 from regimes.experiment import dump_toml, get_preset, list_presets, load_toml, train_run
 from regimes.experiment.callbacks import Callback
 from regimes.records import RunDirectory, RunSummary, SweepDirectory
-from regimes.report import aggregate_line, format_table, render
+from regimes.report import aggregate_line, render
 from regimes.runs import UnreadableRunError, UnreadableRunWarning, load_runs, read_run
-from regimes.study import DATASET_LABELS
 
-README = Path(__file__).resolve().parents[1] / "README.md"
 # The Breast Cancer run of issue 9: 0.9561 at epoch 3 is early stopping's reference, 0.9649 at epoch 4 the best.
 VAL_SCORES = (0.8421, 0.9123, 0.9561, 0.9649, 0.9649, 0.9649, 0.9561, 0.9649, 0.9561, 0.9561, 0.9561, 0.9561, 0.9561)
 
@@ -190,18 +186,6 @@ def test_a_sweep_with_an_unfinished_seed_says_so(tmp_path):
     assert row["status"] == "interrupted" and row["seeds"] == "2" and row["seed"] == "0,1"
     assert row["rho"] == f"{np.mean(rhos):.2f}"
     assert "over 2 runs (2 of them seeds of a sweep, each counted); left out 1 of 3: 1 interrupted" in text
-
-
-def test_the_readmes_table_is_what_the_tool_prints():
-    """The README's results table: the tool's header, and only labels the tool prints (no "Breast Cancer (seed 0)")."""
-    text = README.read_text()
-    start = text.index("| model ", text.index("The offline presets"))
-    lines = list(itertools.takewhile(lambda line: line.startswith("|"), text[start:].splitlines()))
-    header = format_table([]).splitlines()[0]
-    assert cells(lines[0]) == cells(header)
-    for line in lines[2:]:
-        row = dict(zip(cells(header), cells(line)))
-        assert row["dataset"] in DATASET_LABELS.values() and row["seed"].isdigit() and row["status"] == "finished"
 
 
 # == What it prints means what it says ===========================================================

@@ -22,7 +22,6 @@ pytest.importorskip("pyarrow", reason="run directories need pyarrow: pip install
 pd = pytest.importorskip("pandas", reason="these tests read runs with pandas: pip install -e '.[study]'")
 import torch
 
-import regimes
 from regimes.cli import build_parser, main
 from regimes.experiment import Callback, get_preset, train_run
 from regimes.experiment.engines import LocalEngine
@@ -535,12 +534,3 @@ def test_run_and_sweep_default_to_the_same_device():
     here = torch.device("cuda" if torch.cuda.is_available() else "cpu")
     assert resolve_device(None) == here
     assert LocalEngine(workers=1).device == here.type
-
-
-def test_the_readme_says_what_the_tool_does():
-    readme = (ROOT / "README.md").read_text()
-    for promise in ("`3`", "`4`", "`130`", "batches_per_epoch // k", "--resume` takes no `--set`",
-                    "on 2 cores", "HF_HUB_OFFLINE"):  # fmt: skip
-        assert promise in readme, promise
-    assert "your training is never interrupted by the tracker" not in readme
-    assert regimes.Tracker.step.__doc__ and "All or nothing" in regimes.Tracker.step.__doc__

@@ -1,8 +1,16 @@
-"""The study's analysis of dw / da curves (SPEC section 2). NumPy only: no torch here.
+"""The study's analysis of dw / da curves (docs/method.md, "The analysis"). NumPy only: no torch here.
 
 A curve goes through `sma` (smoothing over ~0.3 epoch), `robust_minmax` (percentile
 normalisation to [0, 1]) and `auc` (its mean). The ratio of the two AUCs, `rho`, says
 how much earlier the activation pattern settled than the weights did.
+
+>>> import numpy as np
+>>> from regimes import analysis
+>>> t = np.arange(200)
+>>> dw, da = np.exp(-t / 100), np.exp(-t / 10)   # the pattern comes down ten times faster
+>>> summary = analysis.summarize(dw, da, batches_per_epoch=10)
+>>> summary["rho"] > 1                            # so it settled earlier than the weights
+True
 """
 
 from __future__ import annotations
@@ -33,7 +41,11 @@ def _as_curve(x, name: str = "x") -> np.ndarray:
 
 
 def smoothing_window(batches_per_epoch: int) -> int:
-    """The study's window: `max(1, round(0.3 * batches_per_epoch))` (round halves to even)."""
+    """The study's window: `max(1, round(0.3 * batches_per_epoch))` (round halves to even).
+
+    >>> smoothing_window(15), smoothing_window(5), smoothing_window(1)
+    (4, 2, 1)
+    """
     if batches_per_epoch < 1:
         raise ValueError(f"batches_per_epoch must be >= 1, got {batches_per_epoch}")
     return max(1, round(0.3 * batches_per_epoch))
@@ -43,6 +55,11 @@ def sma(x, window: int) -> np.ndarray:
     """Simple moving average, uniform window, 'valid' mode: length `T - k + 1`.
 
     A curve shorter than the window is averaged with `k = T` (one value).
+
+    >>> sma([1.0, 2.0, 3.0, 4.0], 2)
+    array([1.5, 2.5, 3.5])
+    >>> sma([1.0, 2.0], 5)
+    array([1.5])
     """
     x = _as_curve(x)
     if window < 1:
@@ -56,7 +73,18 @@ def sma(x, window: int) -> np.ndarray:
 
 
 def robust_minmax(x, lo: float = 0.5, hi: float = 99.5) -> np.ndarray:
-    """Clip `(x - p_lo) / (p_hi - p_lo)` to [0, 1]; a flat curve becomes all zeros."""
+    """Clip `(x - p_lo) / (p_hi - p_lo)` to [0, 1]; a flat curve becomes all zeros.
+
+    Args:
+        x: a 1-D curve (already smoothed, in the study).
+        lo: the lower percentile `p_lo` (NumPy's linear interpolation).
+        hi: the upper percentile `p_hi`.
+
+    >>> robust_minmax([0.0, 5.0, 10.0], lo=0, hi=100)
+    array([0. , 0.5, 1. ])
+    >>> robust_minmax([3.0, 3.0, 3.0])
+    array([0., 0., 0.])
+    """
     x = _as_curve(x)
     if x.size == 0:
         return x.copy()
@@ -67,7 +95,11 @@ def robust_minmax(x, lo: float = 0.5, hi: float = 99.5) -> np.ndarray:
 
 
 def auc(x_hat) -> float:
-    """Area under a normalised curve on a unit time axis: its mean."""
+    """Area under a normalised curve on a unit time axis: its mean (NaN for an empty curve).
+
+    >>> auc([1.0, 0.5, 0.0, 0.0])
+    0.375
+    """
     x_hat = _as_curve(x_hat, "x_hat")
     if x_hat.size == 0:
         return math.nan
@@ -78,6 +110,13 @@ def stabilization(x_hat, tau: float = 0.1) -> float:
     """Smallest `i / len(x_hat)` such that `x_hat[j] < tau` for every `j >= i`.
 
     1.0 means the curve never settled below `tau` (its last value is still >= tau).
+    This is the paper's threshold analysis, `t_tau`: the curve must stay below `tau` for
+    good, so a dip that comes back up does not count.
+
+    >>> stabilization([1.0, 0.05, 0.5, 0.05, 0.0], tau=0.1)
+    0.6
+    >>> stabilization([1.0, 0.5, 0.2], tau=0.1)
+    1.0
     """
     x_hat = _as_curve(x_hat, "x_hat")
     if x_hat.size == 0:
@@ -92,6 +131,13 @@ def aggregate(rhos) -> tuple[float, float, float]:
 
     upper = sqrt(mean((rho_k - m)^2)) over the runs above the mean m; lower likewise
     below it. A side with no runs has semi-deviation 0.
+
+    Returns:
+        `(mean, upper semi-deviation, lower semi-deviation)`.
+
+    >>> mean, upper, lower = aggregate([1.0, 2.0, 3.0])
+    >>> mean, round(upper, 6), round(lower, 6)
+    (2.0, 1.0, 1.0)
     """
     r = _as_curve(rhos, "rhos")
     if r.size == 0:
@@ -125,8 +171,17 @@ def normalized_curve(x, batches_per_epoch: int) -> np.ndarray:
 def summarize(delta_w, delta_a, batches_per_epoch: int, tau: float = 0.1) -> dict:
     """The study's numbers for one run: AUC_W, AUC_P, rho and the stabilisation times.
 
-    `batches_per_epoch` sets the smoothing window (0.3 epoch) in measurements: for a tracker
-    built with `every=k`, pass `batches_per_epoch // k`.
+    Args:
+        delta_w: the weight-change curve, one value per measurement (`tracker.delta_w`).
+        delta_a: the pattern-change curve, as long (`tracker.delta_a`).
+        batches_per_epoch: sets the smoothing window (0.3 epoch) in measurements: for a
+            tracker built with `every=k`, pass `batches_per_epoch // k`.
+        tau: the threshold of the stabilisation times, a fraction of each curve's range.
+
+    Returns:
+        A dict with `auc_w`, `auc_p`, `rho` (`auc_w / auc_p`; inf when only the pattern
+        curve is flat, NaN when both are), `stabilization_w`, `stabilization_p`, `tau`,
+        `window` and `steps`.
     """
     delta_w = _as_curve(delta_w, "delta_w")
     delta_a = _as_curve(delta_a, "delta_a")
@@ -162,7 +217,7 @@ WEIGHT_CHANGES = ("layerwise", "global")
 
 
 def summarize_run(curves: dict, batches_per_epoch: int, weight_change: str = "layerwise", tau: float = 0.1) -> dict:
-    """A run's headline numbers under both readings of the weight change (SPEC section 1).
+    """A run's headline numbers under both readings of the weight change (docs/method.md).
 
     `curves` holds `dw` (eq. 2), `dw_layerwise` (the mean of per-tensor means) and `da`.
     Returns `summarize`'s keys for the `weight_change` reading (the headline), plus

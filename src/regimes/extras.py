@@ -67,7 +67,7 @@ def available(module: str) -> bool:
 
 
 def require(module: str, purpose: str) -> ModuleType:
-    """Import and return ``module`` (``"matplotlib.pyplot"``), or raise :class:`MissingExtraError`:
+    """Import and return ``module`` (``"matplotlib.pyplot"``), or raise `MissingExtraError`:
     ``<purpose> needs <package>, which is not installed: pip install 'regimes[<extra>]'``."""
     package = _extra(module).package
     if not available(module):

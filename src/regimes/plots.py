@@ -1,4 +1,4 @@
-"""Figures: one panel per run, as in the study's figure (SPEC section 4).
+"""Figures: one panel per run, as in the study's figure (docs/runs.md).
 
 Each panel shows the train and validation score per epoch on the left axis and the
 normalised weight-change and pattern-change curves (the curves the AUCs are taken of) on a
@@ -111,9 +111,17 @@ def plot_run(run, ax=None, legend: bool = True, label: str | None = None, batche
 
     The smoothed curves have T - k + 1 points for T steps and window k; point j averages
     iterations j+1 .. j+k and is drawn at the end of its window, (j + k) / batches_per_epoch
-    epochs. `label` is the title's second line, which says which run this is (default: its
-    seed, optimizer, lr and weight decay). Returns `(fig, ax)` with `ax` the left (score)
-    axis; the right one is `ax.right_ax`.
+    epochs.
+
+    Args:
+        run: a run directory (path), or one run as `regimes.runs.load_runs` returns it.
+        ax: the axis to draw into (default: a new figure).
+        legend: draw the legend below the panel.
+        label: the title's second line, which says which run this is (default: its seed,
+            optimizer, lr and weight decay).
+
+    Returns:
+        `(fig, ax)` with `ax` the left (score) axis; the right one is `ax.right_ax`.
     """
     info, own, epochs, steps = _resolve(run, batches_per_epoch)
     if ax is None:
@@ -236,9 +244,15 @@ def plot_grid(runs, path=None, ncols: int = 3):
     """One panel per run (`plot_run`), with one legend for all; saved to `path` if given.
 
     Each panel's title names its run: the seed, and whatever else differs between the runs
-    shown (optimizer, lr, weight decay, batch size, max epochs, preset). The format follows
-    the suffix of `path` (.png, .svg or .pdf). Returns `(fig, axes)`, the panels' left axes
-    in the order of `runs`.
+    shown (optimizer, lr, weight decay, batch size, max epochs, preset).
+
+    Args:
+        runs: runs as `regimes.runs.load_runs` returns them.
+        path: where to save the figure; the format follows its suffix (.png, .svg or .pdf).
+        ncols: panels per row.
+
+    Returns:
+        `(fig, axes)`, the panels' left axes in the order of `runs`.
     """
     runs = list(runs)
     if not runs:

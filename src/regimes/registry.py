@@ -1,12 +1,22 @@
 """Name-to-thing tables (models, data sets, tasks, presets, grids, engines, activations).
 
-Every table a user names things from is a :class:`Registry`, so an unknown name
+Every table a user names things from is a `Registry`, so an unknown name
 always reads the same way, whatever the kind:
 
     unknown model 'mlpp' (did you mean 'mlp'?); known: alexnet, ..., mlp, ...
 
-:func:`suggestion` is the one "did you mean" for code that checks names outside a
+`suggestion` is the one "did you mean" for code that checks names outside a
 registry (config keys, optimizer names).
+
+>>> colours = Registry("colour")
+>>> colours.register("red", "#f00")
+'#f00'
+>>> colours.get("red")
+'#f00'
+>>> colours.get("rde")
+Traceback (most recent call last):
+    ...
+regimes.registry.UnknownNameError: unknown colour 'rde' (did you mean 'red'?); known: red
 """
 
 from __future__ import annotations
@@ -39,11 +49,11 @@ def unknown_name_message(kind: str, name, known: Iterable[str], advice: str = ""
 
 
 class Registry(Generic[T]):
-    """Things of one ``kind`` by name. Iteration and :meth:`items` keep the order of
-    registration (a preset list reads in the study's order); :meth:`names` is sorted.
+    """Things of one ``kind`` by name. Iteration and `items` keep the order of
+    registration (a preset list reads in the study's order); `names` is sorted.
 
     ``advice`` ends the unknown-name message (e.g. "or give a TOML grid file");
-    ``error`` is the :class:`UnknownNameError` subclass to raise, for callers whose
+    ``error`` is the `UnknownNameError` subclass to raise, for callers whose
     users expect a more specific error type as well.
     """
 

@@ -1,7 +1,12 @@
-"""The published study's vocabulary, in one place (SPEC section 4): how it spells the
+"""The published study's vocabulary, in one place (docs/study.md): how it spells the
 models and data sets, the order of its table's rows, and which sweep grid each model
 family gets. Plain data keyed by the registry names (`regimes.zoo`, `regimes.data`);
 no torch, so the report reads it cheaply.
+
+>>> model_label("mlp"), dataset_label("breast-cancer"), optimizer_label("sgd")
+('MLP', 'Breast Cancer', 'SGD')
+>>> grid_family("lenet5"), grid_family("gpt2")
+('small', 'transformer')
 """
 
 from __future__ import annotations
@@ -53,6 +58,7 @@ def dataset_label(name) -> str:
 
 
 def optimizer_label(name) -> str:
+    """The study's spelling of an optimizer ("adamw" -> "AdamW"); other names as given."""
     return OPTIMIZER_LABELS.get(str(name), str(name))
 
 

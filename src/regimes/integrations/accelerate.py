@@ -61,12 +61,23 @@ class RegimesTracking:
         out: the run directory (default `<accelerator.project_dir>/regimes`, else `regimes`).
         log_every: log every this many measurements.
         batch_size: one optimizer step's samples, for the default probe size.
-        detect, tau, freeze: online detection and the frozen regime, as the callbacks take them.
+        probe_size: how many samples to draw when `probe` is a data set (default: 0.2 x `batch_size`).
+        probe_seed: the seed of that draw.
+        collate: how the drawn samples become one batch (default torch's `default_collate`).
+        detect: run the online detector of `regimes.detect` at each `end_epoch`.
+        tau: the detector's threshold, a fraction of each curve's range.
+        freeze: `"off"`, `"auto"` or an epoch number: freeze the regime, as `regimes run --set freeze=...`.
         on_regime_change: called as `on_regime_change(event=..., iteration=...)` for each event.
         epochs: the loop's number of epochs, so that no freeze comes after its last (None: unknown).
         optimizer: the loop's optimizer, whose name, lr and weight decay the summary records.
-        probe_inputs, config, force, log_sites, score, higher_is_better, **tracker_options:
-            as the Lightning and Trainer callbacks take them.
+        probe_inputs: a function from a collated batch to the model's inputs (default: a
+            tensor as it is, the first element of a tuple, a dict without its labels).
+        config: extra keys for the run's `config.toml` (`{"weight_change": "global"}`, ...).
+        force: replace a different run already in `out`.
+        log_sites: also log `regimes/delta_a/<site>`.
+        score: the name of the validation score passed to `end_epoch` (for the summary).
+        higher_is_better: whether a larger score is better (False for perplexity).
+        **tracker_options: passed to `regimes.Tracker` (`sites=`, `every=`, ...).
 
     `events_`: every (event, iteration) told so far, on the main process.
     """

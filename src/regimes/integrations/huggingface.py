@@ -87,7 +87,7 @@ class RegimesCallback(transformers.TrainerCallback):
             (rows collated by the Trainer's data collator), or "eval" for the Trainer's
             `eval_dataset` (needs `attach(trainer)`).
         probe_size: how many samples to draw; default round(0.2 x the samples of one
-            optimizer update), at least 1 (SPEC section 1).
+            optimizer update), at least 1 (the study's probe).
         probe_seed: the seed of the draw.
         probe_inputs: a function from a collated batch to the model's inputs (default: the
             batch without its labels).

@@ -67,7 +67,7 @@ class RegimesCallback(pl.Callback):
             `pl_module`), a map-style data set to draw it from, or "val" to draw it from the
             data set of the fit's (first) validation dataloader.
         probe_size: how many samples to draw; default round(0.2 x the samples of one
-            optimizer step), at least 1 (SPEC section 1).
+            optimizer step), at least 1 (the study's probe).
         probe_seed: the seed of the draw.
         probe_inputs: a function from a collated batch to the model's inputs (default: a
             tensor as it is, the first element of a tuple, a dict without its labels).
