@@ -19,6 +19,8 @@ import sys
 from types import ModuleType
 from typing import NamedTuple
 
+from regimes.errors import RegimesError
+
 __all__ = ["EXTRAS", "Extra", "MissingExtraError", "available", "install_command", "require"]
 
 
@@ -49,7 +51,7 @@ EXTRAS: dict[str, Extra] = {
 }
 
 
-class MissingExtraError(ImportError):
+class MissingExtraError(RegimesError, ImportError):
     """An optional package is not installed; the message names the extra that installs it."""
 
 

@@ -25,13 +25,15 @@ import difflib
 from collections.abc import Iterable, Iterator, Mapping
 from typing import Generic, TypeVar
 
+from regimes.errors import UsageError
+
 __all__ = ["Registry", "UnknownNameError", "suggestion", "unknown_name_message"]
 
 T = TypeVar("T")
 _NOTHING = object()  # register(name) without a value: used as a decorator
 
 
-class UnknownNameError(ValueError):
+class UnknownNameError(UsageError):
     """A name that is not registered; the message suggests the nearest and lists the known ones."""
 
 

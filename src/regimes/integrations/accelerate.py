@@ -72,7 +72,7 @@ class RegimesTracking:
         optimizer: the loop's optimizer, whose name, lr and weight decay the summary records.
         probe_inputs: a function from a collated batch to the model's inputs (default: a
             tensor as it is, the first element of a tuple, a dict without its labels).
-        config: extra keys for the run's `config.toml` (`{"weight_change": "global"}`, ...).
+        config: extra keys for the run's config (`{"weight_change": "global"}`, ...).
         force: replace a different run already in `out`.
         log_sites: also log `regimes/delta_a/<site>`.
         score: the name of the validation score passed to `end_epoch` (for the summary).
