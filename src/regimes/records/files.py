@@ -27,7 +27,7 @@ else:  # pragma: no cover
 
 __all__ = [
     "atomic_write", "json_ready", "toml_ready", "read_json", "write_json", "read_toml", "write_toml",
-    "toml_round_trip", "describe_difference",
+    "toml_round_trip", "describe_difference", "plain_state",
 ]  # fmt: skip
 
 
@@ -52,6 +52,31 @@ def atomic_write(path: Path, data: bytes) -> None:
             # The message names the file the caller asked for, not our hidden temporary one.
             raise type(error)(error.errno, error.strerror, str(path)) from None
         raise
+
+
+def plain_state(value):
+    """`value` as `torch.load(weights_only=True)` reads it back: numpy arrays as tensors, numpy
+    scalars as Python numbers, tuples as lists, mappings as dicts, other objects refused.
+
+    What converts a checkpoint of an older regimes (numpy and Python random states inside) once,
+    for a file you trust: `python -c "import torch; from regimes.records import plain_state as p;
+    torch.save(p(torch.load('RUN/checkpoint.pt', weights_only=False)), 'RUN/checkpoint.pt')"`.
+    """
+    import torch
+
+    if isinstance(value, torch.Tensor) or value is None or isinstance(value, (bool, int, float, str, bytes)):
+        return value
+    if isinstance(value, Mapping):
+        return {k: plain_state(v) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [plain_state(v) for v in value]
+    if isinstance(value, np.ndarray):
+        return torch.from_numpy(np.ascontiguousarray(value))
+    if isinstance(value, np.generic):
+        return value.item()
+    if isinstance(value, Enum):
+        return plain_state(value.value)
+    raise TypeError(f"{type(value).__module__}.{type(value).__qualname__} is not plain data or a tensor")
 
 
 def json_ready(value):

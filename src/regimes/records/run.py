@@ -54,7 +54,7 @@ try:
 except ImportError:  # pragma: no cover - not POSIX: no lock, one writer is then up to the user
     fcntl = None
 
-__all__ = ["RunDirectory", "RunDirectoryError", "RunLockedError", "DamagedRecordError", "is_run_directory"]
+__all__ = ["RunDirectory", "RunDirectoryError", "RunLockedError", "DamagedRecordError", "is_run_directory", "load_state"]
 
 
 class RunDirectoryError(Exception):
@@ -408,19 +408,10 @@ class RunDirectory:
         how to start the run again."""
         if not self.has_checkpoint():
             return None
-        import torch
-
         try:
-            state = torch.load(self.checkpoint_path, map_location=map_location, weights_only=False)
-        except Exception as error:  # torch.load raises many types for a damaged file
-            raise DamagedRecordError(
-                f"{self.checkpoint_path} cannot be read ({type(error).__name__}: {error}), so the run cannot "
-                f"continue. {self._kept_and_restart()}"
-            ) from None
-        if not isinstance(state, dict):
-            raise DamagedRecordError(f"{self.checkpoint_path} holds no checkpoint (a {type(state).__name__}). "
-                                     f"{self._kept_and_restart()}")  # fmt: skip
-        return state
+            return load_state(self.checkpoint_path, map_location=map_location)
+        except DamagedRecordError as error:
+            raise DamagedRecordError(f"{error}; the run cannot continue. {self._kept_and_restart()}") from None
 
     def check_records(self) -> None:
         """Read every step and per-tensor chunk's and the epoch table's metadata: a damaged file is a
@@ -465,6 +456,43 @@ def is_run_directory(path) -> bool:
 
 
 # -- helpers ---------------------------------------------------------------------------------
+
+
+def load_state(path, map_location="cpu") -> dict:
+    """The dict saved at `path` by `torch.save`, read with `torch.load(weights_only=True)`:
+    tensors and plain data only, so that nothing in the file can run code.
+
+    A file that needs unpickling (a checkpoint of an older regimes, with numpy's and Python's
+    random states inside, or a hostile one), a damaged file, or one that holds no dict is a
+    one-line `DamagedRecordError` naming it; the first says how to convert a file you trust
+    (`regimes.records.plain_state`).
+    """
+    import pickle
+
+    import torch
+
+    path = Path(path)
+    try:
+        state = torch.load(path, map_location=map_location, weights_only=True)
+    except FileNotFoundError:
+        raise
+    except Exception as error:  # torch.load raises many types for a damaged or unsafe file
+        text = str(error)
+        if isinstance(error, pickle.UnpicklingError) and "Weights only load failed" in text:
+            found = re.search(r"Unsupported global: GLOBAL (\S+)", text)
+            why = f"it names {found.group(1)}" if found else "it is not tensors and plain data"
+            raise DamagedRecordError(
+                f"{path} cannot be read without unpickling ({why}), which could run code, so regimes does not "
+                "load it; it is damaged, hostile, or from an older regimes. Only if you trust it, convert it once: "
+                f"python -c \"import torch; from regimes.records import plain_state as p; "
+                f"torch.save(p(torch.load('{path}', weights_only=False)), '{path}')\""
+            ) from None
+        first = text.strip().splitlines()[0] if text.strip() else ""
+        raise DamagedRecordError(f"{path} cannot be read ({type(error).__name__}: {first})") from None
+    if not isinstance(state, dict):
+        raise DamagedRecordError(f"{path} holds no checkpoint (a {type(state).__name__})")
+    return state
+
 
 
 @contextlib.contextmanager
