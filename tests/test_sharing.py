@@ -12,7 +12,7 @@ import numpy as np
 import pytest
 import torch
 
-from regimes.records import DamagedRecordError, RunDirectory, load_state, plain_state
+from regimes.records import DamagedRecordError, RunDirectory, RunDirectoryError, SweepDirectory, load_state, plain_state
 
 MARKER = "regimes-test-marker"
 
@@ -78,10 +78,197 @@ def test_an_older_checkpoint_is_refused_with_a_conversion_that_works(tmp_path):
     assert converted["rng"]["python"][1] == list(old["rng"]["python"][1])
 
 
-def test_a_damaged_checkpoint_is_one_line(tmp_path):
+# ------------------------------------------------- nothing written follows a link or leaves the folder
+
+
+def test_a_linked_lock_does_not_make_a_writer_overwrite_its_target(tmp_path):
+    target = tmp_path / "precious.txt"
+    target.write_text("keep me")
     run = RunDirectory(tmp_path / "run")
     run.path.mkdir()
-    run.checkpoint_path.write_bytes(b"not a checkpoint" * 10)
-    with pytest.raises(DamagedRecordError, match="checkpoint.pt cannot be read") as caught:
-        run.read_checkpoint()
-    assert "\n" not in str(caught.value)
+    run.lock_path.symlink_to(target)
+    with pytest.raises(RunDirectoryError, match="symbolic link") as caught:
+        with run.writer():
+            pass
+    assert target.read_text() == "keep me" and "\n" not in str(caught.value)
+    sweep = SweepDirectory(tmp_path / "sweep")
+    sweep.path.mkdir()
+    sweep.lock_path.symlink_to(target)
+    with pytest.raises(RunDirectoryError, match="symbolic link"):
+        with sweep.writer():
+            pass
+    assert target.read_text() == "keep me"
+
+
+@pytest.mark.parametrize("name", [RunDirectory.SUMMARY, RunDirectory.CONFIG, RunDirectory.EPOCHS,
+                                  RunDirectory.CHECKPOINT, RunDirectory.ERROR])  # fmt: skip
+def test_no_file_of_a_run_is_written_through_a_link(tmp_path, name):
+    target = tmp_path / "precious.txt"
+    target.write_text("keep me")
+    run = RunDirectory(tmp_path / "run")
+    run.path.mkdir()
+    (run.path / name).symlink_to(target)
+    write = {
+        RunDirectory.SUMMARY: lambda: run.write_summary({"status": "finished"}),
+        RunDirectory.CONFIG: lambda: run.write_config({"model": "mlp"}),
+        RunDirectory.EPOCHS: lambda: run.write_epochs([{"epoch": 1, "val_score": 0.5}]),
+        RunDirectory.CHECKPOINT: lambda: run.write_checkpoint({"epoch": 1}),
+        RunDirectory.ERROR: lambda: run.write_error("Traceback"),
+    }[name]
+    with pytest.raises(RunDirectoryError, match="symbolic link"):
+        write()
+    assert target.read_text() == "keep me" and (run.path / name).is_symlink()
+
+
+def test_step_chunks_are_not_written_into_a_linked_folder(tmp_path):
+    elsewhere = tmp_path / "elsewhere"
+    elsewhere.mkdir()
+    run = RunDirectory(tmp_path / "run")
+    run.path.mkdir()
+    run.steps_dir.symlink_to(elsewhere, target_is_directory=True)
+    records = {"iteration": [1], "epoch": [1], "dw": [0.1], "da": [0.2]}
+    with pytest.raises(RunDirectoryError, match="symbolic link"):
+        run.append_steps(records)
+    run.tensors_dir.symlink_to(elsewhere, target_is_directory=True)
+    with pytest.raises(RunDirectoryError, match="symbolic link"):
+        run.append_tensor_steps([1], 1, ["w"], np.zeros((1, 1)))
+    assert list(elsewhere.iterdir()) == []
+
+
+def test_sweep_files_and_trials_are_not_written_through_links(tmp_path):
+    target = tmp_path / "precious.txt"
+    target.write_text("keep me")
+    sweep = SweepDirectory(tmp_path / "sweep")
+    sweep.path.mkdir()
+    sweep.description_path.symlink_to(target)
+    with pytest.raises(RunDirectoryError, match="symbolic link"):
+        sweep.start({"base": {}, "grid": {}}, force=True)
+    sweep.description_path.unlink()
+    sweep.selected_path.symlink_to(target)
+    with pytest.raises(RunDirectoryError, match="symbolic link"):
+        sweep.write_selected({"trial": "x"})
+    sweep.table_path("trials").symlink_to(target)
+    with pytest.raises(RunDirectoryError, match="symbolic link"):
+        sweep.write_table("trials", [{"trial": "x"}])
+    assert target.read_text() == "keep me"
+    elsewhere = tmp_path / "elsewhere"
+    elsewhere.mkdir()
+    (sweep.path / "trials").symlink_to(elsewhere, target_is_directory=True)
+    with pytest.raises(RunDirectoryError, match="symbolic link"):
+        sweep.run("trials/sgd")
+
+
+@pytest.mark.parametrize("name", ["trials/..", "trials/../..", "../x", "/tmp/x", "trials/a/b", "other/x", "trials/."])
+def test_a_sweep_run_name_cannot_leave_its_folder(tmp_path, name):
+    with pytest.raises(ValueError, match="names no run of the sweep"):
+        SweepDirectory(tmp_path / "sweep").run(name)
+
+
+# ----------------------------------------------------- names that become paths stay names
+
+
+@pytest.mark.parametrize("preset", ["../escape", "..", "/tmp/abs", "a/b", "a\\b", ".hidden"])
+def test_a_preset_that_is_not_a_folder_name_is_refused(preset):
+    from regimes.experiment import ConfigError, get_preset
+
+    with pytest.raises(ConfigError, match="preset .* cannot name a folder"):
+        get_preset("mlp-breast-cancer").replace(preset=preset)
+
+
+def test_a_preset_name_is_refused_by_the_cli_in_one_line(tmp_path, capsys, monkeypatch):
+    from regimes.cli import main
+
+    monkeypatch.chdir(tmp_path)
+    config = tmp_path / "my.toml"
+    config.write_text('model = "mlp"\ndataset = "breast-cancer"\npreset = "../../escape"\n')
+    assert main(["run", str(config), "--quiet"]) == 2
+    err = capsys.readouterr().err.strip()
+    assert err.startswith("regimes: error: preset") and "\n" not in err
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["my.toml"]
+
+
+@pytest.mark.parametrize("value", ["..", ".", ".hidden"])
+def test_a_grid_value_that_would_name_no_trial_folder_is_refused(value):
+    from regimes.experiment import ConfigError, get_preset
+    from regimes.experiment.grids import grid_from_dict
+
+    grid = grid_from_dict({"optimizer": [{"name": value, "optimizer": "sgd"}, "adam"]})
+    with pytest.raises(ConfigError, match="grid key 'optimizer'"):
+        grid.trials(get_preset("mlp-breast-cancer"))
+
+
+# ------------------------------------------------- --force removes only what regimes wrote
+
+
+def _a_run(path: Path) -> RunDirectory:
+    run = RunDirectory(path)
+    run.create({"model": "mlp", "dataset": "breast-cancer"})
+    run.append_steps({"iteration": [1], "epoch": [1], "dw": [0.1], "da": [0.2]})
+    run.write_epochs([{"epoch": 1, "val_score": 0.5}])
+    run.write_summary({"status": "finished", "rho": 1.0})
+    return run
+
+
+def test_force_keeps_a_users_files_and_a_nested_run(tmp_path):
+    run = _a_run(tmp_path / "run")
+    (run.steps_dir / "notes.txt").write_text("mine")
+    nested = _a_run(run.steps_dir / "nested")
+    (run.path / "analysis.ipynb").write_text("mine too")
+    run.create({"model": "mlp", "dataset": "other"}, force=True)
+    assert (run.steps_dir / "notes.txt").read_text() == "mine"
+    assert (run.path / "analysis.ipynb").read_text() == "mine too"
+    assert nested.read_summary()["rho"] == 1.0 and nested.chunk_paths()
+    assert not run.chunk_paths() and not run.epochs_path.exists() and not run.has_summary()
+    run.remove(up_to=run.path)
+    assert (run.steps_dir / "notes.txt").exists() and nested.has_config()
+
+
+def test_force_refuses_a_linked_steps_folder_and_removes_nothing_there(tmp_path):
+    elsewhere = _a_run(tmp_path / "elsewhere")
+    run = _a_run(tmp_path / "run")
+    for path in run.chunk_paths():
+        path.unlink()
+    run.steps_dir.rmdir()
+    run.steps_dir.symlink_to(elsewhere.steps_dir, target_is_directory=True)
+    with pytest.raises(RunDirectoryError, match="symbolic link"):
+        run.create({"model": "mlp"}, force=True)
+    assert elsewhere.chunk_paths()
+
+
+class _Writes:
+    """An engine that trains nothing: each job's run gets its config and a finished summary."""
+
+    def run(self, jobs, on_result):
+        from regimes.records import RunSummary
+
+        for job in jobs:
+            run = RunDirectory(job.out)
+            run.create(job.config.to_dict(), force=True)
+            summary = RunSummary(status="finished", best_score=0.9, higher_is_better=True, rho=1.0)
+            run.write_summary(summary)
+            on_result(job, summary)
+
+    def close(self):
+        pass
+
+
+def test_sweep_force_twice_keeps_a_users_file_inside_trials(tmp_path):
+    from regimes.experiment import get_preset
+    from regimes.experiment.grids import grid_from_dict
+    from regimes.experiment.sweep import run_sweep
+
+    grid = grid_from_dict({"optimizer": ["sgd", "adam"], "lr": [1e-2]})
+    base = get_preset("mlp-breast-cancer").replace(max_epochs=1)
+    out = tmp_path / "sweep"
+    run_sweep(base, grid, out, _Writes(), seeds=2)
+    (out / "trials" / "notes.txt").write_text("mine")
+    (out / "trials" / "sgd-lr1e-2" / "plot.png").write_bytes(b"mine")
+    (out / "seeds" / "seed1" / "notes.txt").write_text("mine")
+    mine = _a_run(out / "trials" / "sgd-lr1e-2" / "my-run")
+    for _ in range(2):
+        run_sweep(base.replace(max_epochs=2), grid, out, _Writes(), seeds=2, force=True)
+    assert (out / "trials" / "notes.txt").read_text() == "mine"
+    assert (out / "trials" / "sgd-lr1e-2" / "plot.png").read_bytes() == b"mine"
+    assert (out / "seeds" / "seed1" / "notes.txt").read_text() == "mine"
+    assert mine.read_summary()["rho"] == 1.0
+    assert RunDirectory(out / "trials" / "adam-lr1e-2").read_config()["max_epochs"] == 2

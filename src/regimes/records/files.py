@@ -27,8 +27,31 @@ else:  # pragma: no cover
 
 __all__ = [
     "atomic_write", "json_ready", "toml_ready", "read_json", "write_json", "read_toml", "write_toml",
-    "toml_round_trip", "describe_difference", "plain_state",
+    "toml_round_trip", "describe_difference", "plain_state", "RunDirectoryError", "refuse_link", "real_folder",
 ]  # fmt: skip
+
+
+class RunDirectoryError(Exception):
+    """A run directory that cannot be used as asked (another process writes it, it cannot be
+    written here, a file in it is damaged); the message says why and what to do."""
+
+
+def refuse_link(path: Path) -> Path:
+    """`path`, unless it is a symbolic link: regimes writes and removes no file through a link,
+    so that nothing it writes leaves the folder the user named (`RunDirectoryError`)."""
+    path = Path(path)
+    if path.is_symlink():
+        raise RunDirectoryError(
+            f"{path} is a symbolic link (to {os.readlink(path)}); regimes writes nothing through a link: "
+            "remove the link, or choose another --out"
+        )
+    return path
+
+
+def real_folder(path: Path) -> Path:
+    """Make the folder `path` if need be; a link there is refused (`refuse_link`)."""
+    refuse_link(path).mkdir(parents=True, exist_ok=True)
+    return path
 
 
 def atomic_write(path: Path, data: bytes) -> None:
@@ -36,10 +59,11 @@ def atomic_write(path: Path, data: bytes) -> None:
 
     A reader (or a crash) sees the old file or the new one, never a part of one.
     """
-    path = Path(path)
+    path = refuse_link(path)
     # Not tempfile.mkstemp: its files are private (0600); this one gets the umask's mode.
     tmp = path.parent / f".{path.name}.{os.getpid()}.{uuid.uuid4().hex[:8]}.tmp"
     try:
+        # O_EXCL: a link planted under the temporary name is not followed either.
         with open(tmp, "xb") as f:
             f.write(data)
             f.flush()

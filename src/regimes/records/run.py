@@ -38,11 +38,14 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 
 from regimes.records.files import (
+    RunDirectoryError,
     atomic_write,
     describe_difference,
     parquet_bytes,
     read_json,
     read_toml,
+    real_folder,
+    refuse_link,
     toml_round_trip,
     write_json,
     write_toml,
@@ -55,11 +58,6 @@ except ImportError:  # pragma: no cover - not POSIX: no lock, one writer is then
     fcntl = None
 
 __all__ = ["RunDirectory", "RunDirectoryError", "RunLockedError", "DamagedRecordError", "is_run_directory", "load_state"]
-
-
-class RunDirectoryError(Exception):
-    """A run directory that cannot be used as asked (another process writes it, it cannot be
-    written here, a file in it is damaged); the message says why and what to do."""
 
 
 class RunLockedError(RunDirectoryError):
@@ -81,6 +79,7 @@ _EPOCH_COLUMNS = {
     "seconds": pa.float64(),
 }
 _CHUNK = re.compile(r"^part-(\d+)\.parquet$")
+_TEMPORARY = re.compile(r"^\..+\.tmp$")  # atomic_write's, left by a killed process
 
 
 class RunDirectory:
@@ -209,7 +208,7 @@ class RunDirectory:
                     f"{self.path} already holds a different run ({why}); "
                     "use --force to replace it or --resume to continue it, or choose another --out"
                 )
-        self.steps_dir.mkdir(exist_ok=True)
+        real_folder(self.steps_dir)
         self.write_config(config)
 
     def check_resumable(self) -> None:
@@ -237,13 +236,21 @@ class RunDirectory:
         return RunDirectory(target)
 
     def _clear(self) -> None:
+        """Remove what regimes wrote here: its named files, the chunks of steps/ and tensor_steps/
+        and left-over temporary files. Anything else (a user's file, a nested run directory)
+        stays, and so do the folders holding it; a link is removed, never followed."""
         for name in self.FILES:
             (self.path / name).unlink(missing_ok=True)
         for folder in (self.steps_dir, self.tensors_dir):
-            if folder.is_dir():
-                shutil.rmtree(folder)
+            if refuse_link(folder).is_dir():
+                for path in folder.iterdir():
+                    if (_CHUNK.match(path.name) or _TEMPORARY.match(path.name)) and not path.is_dir():
+                        path.unlink(missing_ok=True)
+                with contextlib.suppress(OSError):
+                    folder.rmdir()  # only when empty
         for leftover in self.path.glob(".*.tmp"):
-            leftover.unlink(missing_ok=True)
+            if not leftover.is_dir():
+                leftover.unlink(missing_ok=True)
 
     # -- config --------------------------------------------------------------------------
 
@@ -286,7 +293,7 @@ class RunDirectory:
                 )
             number = int(_CHUNK.match(chunks[-1].name).group(1)) + 1
         else:
-            self.steps_dir.mkdir(parents=True, exist_ok=True)
+            real_folder(self.steps_dir)
             number = 1
         atomic_write(self.steps_dir / f"part-{number:05d}.parquet", parquet_bytes(table))
 
@@ -312,7 +319,7 @@ class RunDirectory:
         })  # fmt: skip
         chunks = _chunk_paths(self.tensors_dir)
         number = int(_CHUNK.match(chunks[-1].name).group(1)) + 1 if chunks else 1
-        self.tensors_dir.mkdir(parents=True, exist_ok=True)
+        real_folder(self.tensors_dir)
         atomic_write(self.tensors_dir / f"part-{number:05d}.parquet", parquet_bytes(table))
 
     def read_tensor_steps(self) -> dict[str, np.ndarray]:
@@ -502,8 +509,11 @@ def writer_lock(folder: Path, lock_path: Path, wait: float, writers: str):
     it after `wait` seconds (`writers`: who takes such a lock, for the message)."""
     make_folder(folder)
     try:
-        fd = os.open(lock_path, os.O_RDWR | os.O_CREAT, 0o644)
+        # O_NOFOLLOW: a `.lock` that is a link must not make us truncate and write its target.
+        fd = os.open(refuse_link(lock_path), os.O_RDWR | os.O_CREAT | getattr(os, "O_NOFOLLOW", 0), 0o644)
     except OSError as error:
+        if error.errno == errno.ELOOP:
+            refuse_link(lock_path)  # made a link since: the same message
         raise _cannot_write(folder, error) from None
     try:
         if fcntl is not None and not _lock(fd, wait):
