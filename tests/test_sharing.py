@@ -272,3 +272,80 @@ def test_sweep_force_twice_keeps_a_users_file_inside_trials(tmp_path):
     assert (out / "seeds" / "seed1" / "notes.txt").read_text() == "mine"
     assert mine.read_summary()["rho"] == 1.0
     assert RunDirectory(out / "trials" / "adam-lr1e-2").read_config()["max_epochs"] == 2
+
+
+# ------------------------------------- `regimes report` skips a damaged or hostile run, in one line
+
+
+def _hostile_runs(root: Path) -> list[str]:
+    """Run (and sweep) directories whose files a report must not believe; their names."""
+    import json
+
+    from test_report import make_run
+
+    made = []
+
+    def run(name):
+        made.append(name)
+        return make_run(root / name)
+
+    (run("nested").summary_path).write_text("[" * 100_000 + "]" * 100_000)
+    summary = run("rho-text").summary_path
+    summary.write_text(json.dumps({**json.loads(summary.read_text()), "rho": "12.5"}))
+    summary = run("members-claimed").summary_path
+    summary.write_text(json.dumps({**json.loads(summary.read_text()), "steps": "many"}))
+    summary = run("sites-numbers").summary_path
+    summary.write_text(json.dumps({**json.loads(summary.read_text()), "sites": [1, 2]}))
+    geometry = run("geometry-text")
+    geometry.write_geometry([{"epoch": 1, "iteration": 40, "distance_median": "far", "certified_median": 0.1,
+                              "step_over_radius": 1.0, "no_flip_guaranteed": 0.5, "no_flip_observed": 0.5}])  # fmt: skip
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    epochs = run("score-text")
+    pq.write_table(pa.table({"epoch": [1], "val_score": ["0.99"]}), epochs.epochs_path)
+    sweep = SweepDirectory(root / "sweep-list")
+    sweep.path.mkdir()
+    sweep.description_path.write_text("[]")
+    made.append("sweep-list")
+    sweep = SweepDirectory(root / "sweep-escape")
+    sweep.path.mkdir()
+    sweep.description_path.write_text('{"model": "mlp", "dataset": "breast-cancer"}')
+    sweep.selected_path.write_text('{"path": "../good"}')
+    made.append("sweep-escape")
+    return made
+
+
+def test_report_skips_each_hostile_run_in_one_line_and_reports_the_others(tmp_path, capsys):
+    from test_report import make_run
+
+    from regimes.cli import main
+
+    make_run(tmp_path / "good")
+    hostile = _hostile_runs(tmp_path)
+    assert main(["report", str(tmp_path)]) == 0
+    captured = capsys.readouterr()
+    lines = captured.err.strip().splitlines()
+    assert len(lines) == len(hostile) and all(line.startswith("regimes: skipped ") for line in lines), lines
+    assert sorted(Path(line.split()[2].rstrip(",")).name for line in lines) == sorted(hostile)
+    assert "Traceback" not in captured.err
+    assert f"over 1 run; left out {len(hostile)} of {len(hostile) + 1}" in captured.out
+    assert main(["report", "--strict", str(tmp_path)]) == 2
+    err = capsys.readouterr().err.strip()
+    assert err.startswith("regimes: error: ") and "\n" not in err
+
+
+def test_a_summary_claiming_a_sweeps_members_does_not_reach_the_aggregate(tmp_path):
+    import json
+
+    from test_report import make_run
+
+    from regimes.report import aggregate_line, study_table
+    from regimes.runs import load_runs
+
+    run = make_run(tmp_path / "claims")
+    summary = json.loads(run.summary_path.read_text())
+    fake = [{"seed": s, "status": "finished", "rho": 100.0} for s in range(5)]
+    run.summary_path.write_text(json.dumps({**summary, "members": fake, "seeds": 5}))
+    rows = study_table(load_runs([tmp_path]))
+    assert "over 1 run" in aggregate_line(rows) and "100" not in aggregate_line(rows)

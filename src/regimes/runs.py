@@ -84,19 +84,40 @@ def read_run(path) -> dict:
     in the run's epoch rows (see `best_validation`), where it has any."""
     directory = RunDirectory(path)
     config = _read(directory.config_path, directory.read_config) if directory.has_config() else {}
-    run = dict(_read(directory.summary_path, directory.read_summary) or RunSummary())
+    summary = _read(directory.summary_path, directory.read_summary) or RunSummary()
+    # Keys a row gets from reading the run, never from what its summary claims.
+    run = {k: v for k, v in summary.items() if k not in _DERIVED}
     for key in ("model", "dataset", "seed"):
         if run.get(key) is None and key in config:
             run[key] = config[key]
     epochs = _read(directory.epochs_path, directory.read_epochs)
+    for row in epochs:
+        for key in ("epoch", "val_score", "train_score", "val_loss", "train_loss"):
+            if row.get(key) is not None and not _is_number(row[key]):
+                raise ValueError(f"{directory.epochs_path}: column {key!r} holds {row[key]!r}, not a number")
     best = best_validation(epochs, run.get("higher_is_better") is not False)
     if best is not None:
         run["best_score"], run["best_epoch"] = best
     if directory.geometry_path.is_file():
-        run.update(geometry_numbers(_read(directory.geometry_path, directory.read_geometry)))
+        rows = _read(directory.geometry_path, directory.read_geometry)
+        for row in rows:
+            for key in _GEOMETRY_READ:
+                if row.get(key) is not None and not _is_number(row[key]):
+                    raise ValueError(f"{directory.geometry_path}: column {key!r} holds {row[key]!r}, not a number")
+        run.update(geometry_numbers(rows))
     run["path"] = str(path)
     run["config"] = config
     return run
+
+
+_GEOMETRY_READ = ("distance_median", "certified_median", "step_over_radius", "no_flip_guaranteed", "no_flip_observed")
+# A row's keys that reading the run (or its sweep) sets; a summary holding them is not believed.
+_DERIVED = frozenset({"path", "config", "sweep", "trials", "members", "seeds", "rho_low", "rho_high", "rho_upper",
+                      "rho_lower", "rhos", "directory", "validity", *_GEOMETRY_READ})  # fmt: skip
+
+
+def _is_number(value) -> bool:
+    return isinstance(value, (int, float, np.integer, np.floating)) and not isinstance(value, (bool, np.bool_))
 
 
 def geometry_numbers(rows: list[dict]) -> dict:
@@ -138,15 +159,22 @@ def read_sweep(path) -> dict:
     sweep = SweepDirectory(path)
     description = sweep.read_description()
     selected = sweep.read_selected()
+    for name, value in (("description", description), ("selection", selected)):
+        if not isinstance(value, Mapping):
+            raise ValueError(f"{path}: the sweep's {name} is a {type(value).__name__}, not a table")
     if selected.get("path"):
         run = read_run(sweep.run(selected["path"]).path)
     else:  # no trial finished (or the grid is still running): the sweep's model and data set, no numbers
-        run = {"model": description.get("model"), "dataset": description.get("dataset"),
+        base = description.get("base")
+        run = {"model": _text(description.get("model")), "dataset": _text(description.get("dataset")),
                "status": Status.FAILED if selected else Status.RUNNING, "path": str(path),
-               "config": description.get("base", {})}  # fmt: skip
+               "config": base if isinstance(base, Mapping) else {}}  # fmt: skip
     run["sweep"] = str(path)
-    run["trials"] = selected.get("trials")
-    seed_runs = (selected.get("seeds") or {}).get("runs") or []  # the seeds of the current selection
+    run["trials"] = selected.get("trials") if _is_number(selected.get("trials")) else None
+    seeds = selected.get("seeds") or {}
+    seed_runs = (seeds.get("runs") if isinstance(seeds, Mapping) else None) or []  # the current selection's
+    if not isinstance(seed_runs, list) or not all(isinstance(name, str) for name in seed_runs):
+        raise ValueError(f"{sweep.selected_path}: seeds.runs is not a list of run names")
     if seed_runs:
         rows = [read_run(sweep.run(name).path) for name in seed_runs]
         run.update(seed_statistics(rows))
@@ -155,6 +183,10 @@ def read_sweep(path) -> dict:
         run["seed"] = seed_text([r.get("seed") for r in rows if r.get("status") == Status.FINISHED])
         run["members"] = [{"seed": r.get("seed"), "status": s, "rho": r.get("rho")} for r, s in zip(rows, statuses)]
     return run
+
+
+def _text(value) -> str | None:
+    return value if isinstance(value, str) else None
 
 
 def best_validation(epochs, higher_is_better: bool = True) -> tuple[float, int] | None:

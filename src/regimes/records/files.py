@@ -136,6 +136,10 @@ def read_json(path: Path):
             return json.load(f)
         except json.JSONDecodeError as e:
             raise ValueError(f"{path} is not valid JSON: {e}") from None
+        except RecursionError:
+            raise ValueError(f"{path} is nested too deeply to be a record of regimes") from None
+        except UnicodeDecodeError as e:
+            raise ValueError(f"{path} is not UTF-8 text: {e.reason}") from None
 
 
 def toml_ready(value):

@@ -21,6 +21,8 @@ from dataclasses import dataclass, field
 from enum import Enum
 from importlib import metadata
 
+import numpy as np
+
 __all__ = ["Status", "DONE", "STATUSES", "RunSummary", "software_versions", "STUDY_FIELDS", "study_fields"]
 
 
@@ -131,6 +133,8 @@ class RunSummary(Mapping):
         known = {k: v for k, v in data.items() if k in _KEYS}
         if known.get("status", Status.RUNNING) is None:
             del known["status"]
+        for key, value in known.items():
+            _check_type(key, value)
         return cls(**known, extra={k: v for k, v in data.items() if k not in _KEYS})
 
     def replace(self, **changes) -> RunSummary:
@@ -165,6 +169,30 @@ class RunSummary(Mapping):
 
 
 _KEYS = tuple(f.name for f in dataclasses.fields(RunSummary) if f.name != "extra")
+_TYPES = {f.name: str(f.type) for f in dataclasses.fields(RunSummary)}
+
+
+def _is_number(value) -> bool:
+    return isinstance(value, (int, float, np.integer, np.floating)) and not isinstance(value, (bool, np.bool_))
+
+
+def _check_type(key: str, value) -> None:
+    """A summary's value has its field's type (None always allowed): a number where a number
+    belongs, never a string, a bool or a table; a ValueError naming the key otherwise."""
+    kind = _TYPES[key].replace(" | None", "")
+    if value is None or kind == "Status":
+        return
+    ok = {
+        "float": _is_number(value),
+        "int": _is_number(value) and float(value).is_integer(),
+        "str": isinstance(value, str),
+        "bool": isinstance(value, (bool, np.bool_)),
+        "dict": isinstance(value, Mapping),
+        "list[str]": isinstance(value, (list, tuple)) and all(isinstance(v, str) for v in value),
+    }.get(kind, True)
+    if not ok:
+        shown = repr(value) if len(repr(value)) <= 40 else repr(value)[:37] + "..."
+        raise ValueError(f"{key} must be {'an' if kind == 'int' else 'a'} {kind} or null, got {shown}")
 
 
 # The summary fields that `regimes.analysis.summarize_run` computes: the study's numbers.
