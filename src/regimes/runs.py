@@ -24,7 +24,7 @@ from pathlib import Path
 import numpy as np
 
 from regimes.analysis import aggregate, bootstrap_interval
-from regimes.records import RunDirectory, RunSummary, Status, SweepDirectory, find_runs, is_sweep_directory
+from regimes.records import RunDirectory, RunSummary, Status, SweepDirectory, find_runs, is_sweep_directory, validity
 from regimes.study import optimizer_label, row_rank
 
 __all__ = [
@@ -107,6 +107,10 @@ def read_run(path) -> dict:
         run.update(geometry_numbers(rows))
     run["path"] = str(path)
     run["config"] = config
+    first = next((row.get("val_score") for row in sorted(epochs, key=lambda r: r.get("epoch") or 0)
+                  if _is_number(row.get("val_score"))), None)  # the first evaluation, for `validity`
+    every = config.get("track_every") if _is_number(config.get("track_every")) else None
+    run["validity"] = validity(summary, first_score=first, every=every)
     return run
 
 
@@ -181,7 +185,10 @@ def read_sweep(path) -> dict:
         statuses = [Status(r.get("status") or Status.RUNNING) for r in rows]
         run["status"] = next((s for s in _UNFINISHED if s in statuses), Status.FINISHED)
         run["seed"] = seed_text([r.get("seed") for r in rows if r.get("status") == Status.FINISHED])
-        run["members"] = [{"seed": r.get("seed"), "status": s, "rho": r.get("rho")} for r, s in zip(rows, statuses)]
+        run["members"] = [{"seed": r.get("seed"), "status": s, "rho": r.get("rho"), "validity": r["validity"]}
+                          for r, s in zip(rows, statuses)]  # fmt: skip
+        flags = [f for r in rows for f in r["validity"]["flags"]]
+        run["validity"] = {**run["validity"], "flags": list(dict.fromkeys(flags))}  # any seed's flags
     return run
 
 
@@ -269,8 +276,9 @@ def seed_statistics(runs, confidence: float = 0.95, resamples: int = 10_000) -> 
     bootstrap interval (`bootstrap_interval`) and semi-deviations (SPEC section 2).
 
     `runs` are summaries or rows (mappings with status, rho, best_score, ...). Keys: seeds,
-    best_score, stop_epoch (rounded mean), auc_w, auc_p, rho, rho_low, rho_high, rho_upper,
-    rho_lower, rhos (each run's, in order).
+    best_score, stop_epoch (rounded mean), auc_w, auc_p, rho, rho_global, rho_layerwise (the
+    means, so that every rho of a sweep's row is over the same seeds), rho_low, rho_high,
+    rho_upper, rho_lower, rhos (each run's, in order).
     """
     finished = [r for r in runs if r.get("status") == Status.FINISHED]
 
@@ -280,6 +288,7 @@ def seed_statistics(runs, confidence: float = 0.95, resamples: int = 10_000) -> 
 
     rhos = [v for v in (as_float(r.get("rho")) for r in finished) if math.isfinite(v)]
     m, upper, lower = aggregate(rhos) if rhos else (math.nan, math.nan, math.nan)
+    # Every rho column of a row is the same aggregate: the mean over these seeds.
     low, high = bootstrap_interval(rhos, confidence, resamples)
     stop = mean("stop_epoch")
     return {
@@ -289,6 +298,8 @@ def seed_statistics(runs, confidence: float = 0.95, resamples: int = 10_000) -> 
         "auc_w": mean("auc_w"),
         "auc_p": mean("auc_p"),
         "rho": m,
+        "rho_global": mean("rho_global"),
+        "rho_layerwise": mean("rho_layerwise"),
         "rho_low": low,
         "rho_high": high,
         "rho_upper": upper,

@@ -23,7 +23,8 @@ from importlib import metadata
 
 import numpy as np
 
-__all__ = ["Status", "DONE", "STATUSES", "RunSummary", "software_versions", "STUDY_FIELDS", "study_fields"]
+__all__ = ["Status", "DONE", "STATUSES", "RunSummary", "software_versions", "STUDY_FIELDS", "study_fields", "validity",
+           "LEARNED_MARGIN", "LEARNED_IMPROVEMENT"]
 
 
 class Status(str, Enum):
@@ -109,6 +110,14 @@ class RunSummary(Mapping):
     stopping_epoch: int | None = None  # the epoch of that reference
     settled_w_online: int | None = None  # iteration the online detector says dw settled at (None: not settled)
     settled_p_online: int | None = None  # the same for da (regimes.detect, never looking ahead)
+    # Validity of the run (SPEC section 1, `validity`): None where unknown (an older run, or a
+    # task without the number). majority_score: the validation split's majority-class accuracy
+    # (accuracy tasks); first_score: the first evaluation's validation score (epoch 1).
+    majority_score: float | None = None
+    first_score: float | None = None
+    measured: bool | None = None  # at least two measurements per smoothing window
+    learned: bool | None = None  # beat the majority class by 0.05 (accuracy) / improved on the first score by 10%
+    frozen: bool | None = None  # the regime was frozen (freeze_iteration is set)
     threads: int | None = None  # torch's thread count during the run
     error: str | None = None  # what ended a failed run
     extra: dict = field(default_factory=dict)
@@ -203,6 +212,61 @@ def study_fields(numbers: Mapping) -> dict:
     """The `STUDY_FIELDS` of `summarize_run`'s numbers, as `RunSummary` keywords (None where
     missing: a run with no step yet)."""
     return {k: numbers.get(k) for k in STUDY_FIELDS}
+
+
+LEARNED_MARGIN = 0.05  # accuracy: the best validation score beats the majority class by at least this
+LEARNED_IMPROVEMENT = 0.10  # lower-is-better scores (perplexity): the best is this fraction below the first
+
+
+def validity(summary: Mapping, *, majority_score=None, first_score=None, every=None) -> dict:
+    """Whether a run can be read as a result (SPEC section 1, "Validity of a run"): a pure function
+    of its summary. Returns `measured`, `learned`, `frozen` (True, False, or None where the
+    summary lacks what the answer needs) and `flags`: the words a table shows for a run that
+    did not measure, did not learn or was frozen ("not measured", "not learned", "frozen").
+
+    - measured: the run recorded at least two measurements per smoothing window:
+      `steps // every >= 2 * window`, where `steps` is the summary's optimizer steps, `every`
+      the tracker's measurement interval (the keyword, else the summary's `track_every`, else
+      1) and `window` the summary's smoothing window, in measurements. None without `steps`
+      or `window`.
+    - learned: with a higher-is-better score (accuracy), `best_score - majority_score >= 0.05`;
+      with a lower-is-better one (perplexity), `best_score <= (1 - 0.10) * first_score`, an
+      improvement of at least 10% on the first evaluation. `majority_score` and `first_score`
+      come from the keywords, else from the summary's fields; None without them (or without
+      `higher_is_better`). A best score that is not a finite number has not learned.
+    - frozen: `freeze_iteration` is set (else the summary's `frozen`, else False).
+
+    Where the numbers are missing, the summary's own `measured` / `learned` (written by the
+    run) are the answer.
+    """
+    get = summary.get
+    steps, window = get("steps"), get("window")
+    every = every if every is not None else get("track_every") or 1
+    measured = get("measured")
+    if _number(steps) and _number(window) and _number(every) and every >= 1:
+        measured = int(steps) // int(every) >= 2 * int(window)
+
+    learned = get("learned")
+    higher = get("higher_is_better")
+    best = get("best_score")
+    best = float(best) if _number(best) else float("nan")
+    if higher is True:
+        reference = majority_score if majority_score is not None else get("majority_score")
+        if _number(reference):
+            learned = best - float(reference) >= LEARNED_MARGIN - 1e-12
+    elif higher is False:
+        reference = first_score if first_score is not None else get("first_score")
+        if _number(reference):
+            learned = best <= (1 - LEARNED_IMPROVEMENT) * float(reference) + 1e-12
+
+    frozen = True if get("freeze_iteration") is not None else bool(get("frozen"))
+    flags = [word for word, flagged in (("not measured", measured is False), ("not learned", learned is False),
+                                        ("frozen", frozen)) if flagged]  # fmt: skip
+    return {"measured": measured, "learned": learned, "frozen": frozen, "flags": flags}
+
+
+def _number(value) -> bool:
+    return _is_number(value) and bool(np.isfinite(value))
 
 
 def software_versions() -> dict:
