@@ -349,3 +349,116 @@ def test_a_summary_claiming_a_sweeps_members_does_not_reach_the_aggregate(tmp_pa
     run.summary_path.write_text(json.dumps({**summary, "members": fake, "seeds": 5}))
     rows = study_table(load_runs([tmp_path]))
     assert "over 1 run" in aggregate_line(rows) and "100" not in aggregate_line(rows)
+
+
+# ------------------------------------------------------ validity: a run says how far it can be read
+
+
+@pytest.mark.parametrize(
+    "summary, every, measured",
+    [({"steps": 100, "window": 10}, None, True), ({"steps": 19, "window": 10}, None, False),
+     ({"steps": 100, "window": 10}, 5, True), ({"steps": 99, "window": 10}, 5, False),
+     ({"steps": 99, "window": 10, "track_every": 5}, None, False), ({"window": 10}, None, None)],
+)  # fmt: skip
+def test_validity_measured_is_two_measurements_per_window(summary, every, measured):
+    from regimes.records import validity
+
+    assert validity(summary, every=every)["measured"] is measured
+    assert ("not measured" in validity(summary, every=every)["flags"]) == (measured is False)
+
+
+@pytest.mark.parametrize(
+    "summary, majority, learned",
+    [({"higher_is_better": True, "best_score": 0.61}, 0.56, True),
+     ({"higher_is_better": True, "best_score": 0.60}, 0.56, False),
+     ({"higher_is_better": True, "best_score": 0.9, "majority_score": 0.88}, None, False),
+     ({"higher_is_better": True, "best_score": None}, 0.5, False),
+     ({"higher_is_better": True, "best_score": 0.9}, None, None),
+     ({"higher_is_better": False, "best_score": 90.0, "first_score": 100.0}, None, True),
+     ({"higher_is_better": False, "best_score": 91.0, "first_score": 100.0}, None, False),
+     ({"higher_is_better": False, "best_score": 91.0}, None, None)],
+)  # fmt: skip
+def test_validity_learned_beats_the_majority_or_the_first_score(summary, majority, learned):
+    from regimes.records import validity
+
+    assert validity(summary, majority_score=majority)["learned"] is learned
+
+
+def test_validity_frozen_and_the_summary_fields_round_trip(tmp_path):
+    from regimes.records import RunSummary, validity
+
+    assert validity({"freeze_iteration": 30})["frozen"] is True and validity({})["frozen"] is False
+    assert validity({}) == {"measured": None, "learned": None, "frozen": False, "flags": []}
+    run = RunDirectory(tmp_path / "run")
+    run.path.mkdir()
+    run.write_summary(RunSummary(majority_score=0.63, first_score=0.7, measured=True, learned=False, frozen=False))
+    back = run.read_summary()
+    assert (back.majority_score, back.first_score, back.measured, back.learned, back.frozen) == (0.63, 0.7, True,
+                                                                                                 False, False)
+    assert validity(back)["flags"] == ["not learned"]  # no numbers to decide: the run's own word
+
+
+def _with(run: RunDirectory, **changes) -> RunDirectory:
+    import json
+
+    summary = json.loads(run.summary_path.read_text())
+    run.summary_path.write_text(json.dumps({**summary, **changes}))
+    return run
+
+
+def test_the_report_flags_invalid_runs_and_leaves_them_out_of_the_mean(tmp_path):
+    from test_report import make_run
+
+    from regimes.report import render
+    from regimes.runs import load_runs
+
+    good = load_runs([make_run(tmp_path / "good").path])[0]
+    _with(make_run(tmp_path / "frozen", lr=1e-3), freeze_iteration=40)
+    _with(make_run(tmp_path / "chance", lr=1e-4), majority_score=0.95)
+    text = render(load_runs([tmp_path]))
+    header = [c.strip() for c in text.splitlines()[0].strip("|").split("|")]
+    assert header[header.index("status") + 1] == "flags"
+    assert "| frozen " in text and "| not learned " in text
+    assert f"mean rho = {good['rho']:.2f} (+0.00 / -0.00) over 1 run; left out 2 of 3: 1 not learned, 1 frozen" in text
+    assert "not flagged" in text
+    assert "over 3 runs" in render(load_runs([tmp_path]), include_flagged=True)
+
+
+def test_unrelated_runs_get_one_aggregate_line_each(tmp_path):
+    from test_report import make_run
+
+    from regimes.report import render
+    from regimes.runs import load_runs
+
+    make_run(tmp_path / "a", "mlp", "breast-cancer")
+    make_run(tmp_path / "b", "mlp", "breast-cancer", lr=1e-3)
+    make_run(tmp_path / "c", "lenet5", "mnist")
+    lines = render(load_runs([tmp_path])).strip().splitlines()
+    assert lines[-2].startswith("MLP / Breast Cancer: mean rho = ") and "over 2 runs" in lines[-2]
+    assert lines[-1].startswith("LeNet5 / MNIST: mean rho = ") and "over 1 run" in lines[-1]
+
+
+def test_rows_that_look_alike_name_their_directories(tmp_path):
+    from test_report import make_run
+
+    from regimes.report import render
+    from regimes.runs import load_runs
+
+    make_run(tmp_path / "first-try")
+    make_run(tmp_path / "second-try", tau_w=300.0)
+    text = render(load_runs([tmp_path]))
+    assert text.splitlines()[0].rstrip(" |").endswith("run")
+    assert "first-try" in text and "second-try" in text
+
+
+def test_a_sweeps_row_uses_one_aggregate_for_every_rho(tmp_path):
+    from test_honest_output import make_sweep
+
+    from regimes.runs import load_runs
+
+    sweep = make_sweep(tmp_path / "sweep", {0: (200.0, "finished"), 1: (120.0, "finished"), 2: (300.0, "finished")})
+    for seed, value in enumerate((1.0, 2.0, 6.0)):
+        _with(sweep.run(f"seeds/seed{seed}"), rho_global=value, rho_layerwise=10 * value)
+    _with(sweep.run("trials/sgd"), rho_global=50.0, rho_layerwise=70.0)
+    (row,) = load_runs([sweep.path])
+    assert row["rho_global"] == pytest.approx(3.0) and row["rho_layerwise"] == pytest.approx(30.0)
