@@ -80,7 +80,8 @@ def atomic_write(path: Path, data: bytes) -> None:
 
 def plain_state(value):
     """`value` as `torch.load(weights_only=True)` reads it back: numpy arrays as tensors, numpy
-    scalars as Python numbers, tuples as lists, mappings as dicts, other objects refused.
+    scalars as Python numbers, mappings as dicts (lists and tuples kept), other objects refused.
+    numpy's and Python's random states come back in a form their `set_state` / `setstate` take.
 
     What converts a checkpoint of an older regimes (numpy and Python random states inside) once,
     for a file you trust: `python -c "import torch; from regimes.records import plain_state as p;
@@ -92,8 +93,10 @@ def plain_state(value):
         return value
     if isinstance(value, Mapping):
         return {k: plain_state(v) for k, v in value.items()}
-    if isinstance(value, (list, tuple)):
+    if isinstance(value, list):
         return [plain_state(v) for v in value]
+    if isinstance(value, tuple):
+        return tuple(plain_state(v) for v in value)
     if isinstance(value, np.ndarray):
         return torch.from_numpy(np.ascontiguousarray(value))
     if isinstance(value, np.generic):
@@ -168,8 +171,12 @@ def write_toml(path: Path, value: Mapping) -> None:
 
 
 def read_toml(path: Path) -> dict:
+    """The TOML at `path`; a file that is not TOML (or nests too deeply) is a ValueError naming it."""
     with open(path, "rb") as f:
-        return tomllib.load(f)
+        try:
+            return tomllib.load(f)
+        except RecursionError:
+            raise ValueError(f"{path} is nested too deeply to be a record of regimes") from None
 
 
 def toml_round_trip(value: Mapping) -> dict:

@@ -42,6 +42,7 @@ from regimes.records.files import (
     atomic_write,
     describe_difference,
     parquet_bytes,
+    plain_state,
     read_json,
     read_toml,
     real_folder,
@@ -230,8 +231,10 @@ class RunDirectory:
         """Copy the whole run to `path` (which must not exist): whole or not at all."""
         target = Path(path)
         staging = target.with_name(f".{target.name}.copy")
-        shutil.rmtree(staging, ignore_errors=True)
-        shutil.copytree(self.path, staging, ignore=shutil.ignore_patterns(self.LOCK))
+        if refuse_link(staging).is_dir():
+            shutil.rmtree(staging)  # a copy a killed process left half-made
+        # symlinks=True: a link in the run is copied as a link, never read through
+        shutil.copytree(self.path, staging, symlinks=True, ignore=shutil.ignore_patterns(self.LOCK))
         staging.rename(target)
         return RunDirectory(target)
 
@@ -401,11 +404,13 @@ class RunDirectory:
     # -- checkpoint ----------------------------------------------------------------------
 
     def write_checkpoint(self, state: dict) -> None:
-        """Save `state` (tensors and plain data) with torch.save, atomically."""
+        """Save `state` (tensors and plain data) with torch.save, atomically. numpy arrays and
+        scalars are saved as tensors and numbers (`plain_state`), so that `read_checkpoint` loads
+        it with `torch.load(weights_only=True)`; any other object is a TypeError."""
         import torch
 
         buffer = io.BytesIO()
-        torch.save(state, buffer)
+        torch.save(plain_state(state), buffer)
         atomic_write(self.checkpoint_path, buffer.getvalue())
 
     def read_checkpoint(self, map_location="cpu") -> dict | None:
