@@ -7,8 +7,11 @@ print(format_table(rows))              # Markdown; fmt="csv" or fmt="latex"
 print(aggregate_line(rows, "markdown"))  # mean rho = 1.62 (+0.31 / -0.20) over 5 runs
 ```
 
-Every row says its run's `seed` and `status`; only finished runs enter the aggregate line,
-which says how many it covers and how many it left out, and why. A sweep directory
+Every row says its run's `seed`, `status` and directory name (`run`: a column when two rows
+would otherwise look alike), and `flags` when the run did not measure, did not learn or was
+frozen (SPEC section 1, `regimes.records.validity`: a column after status). Only finished,
+unflagged runs enter the aggregate line (flagged ones with `include_flagged`), one line per
+model and data set, which says how many it covers and how many it left out, and why. A sweep directory
 (`regimes sweep`) is one row: its selected configuration, and with several seeds the means
 over the seeds, rho with its 95% bootstrap interval; the aggregate line counts each of
 those seeds as a run, so the row and the line agree. Reading the runs and the seeds'

@@ -10,7 +10,8 @@ RUN/
                     the next epoch's steps (config `geometry = true`; regimes.experiment.geometry)
   summary.json      the run's numbers, status and software versions (a `RunSummary`)
   figure.png        the run's figure (regimes.plots.save_run_figure)
-  checkpoint.pt     what a resume needs (the runner's state, saved with torch.save)
+  checkpoint.pt     what a resume needs (the runner's state: tensors and plain data, saved with
+                    torch.save and read with torch.load(weights_only=True): nothing in it runs code)
   error.txt         the traceback of a failed run (a sweep's trial that raised)
   .lock             held (flock) by the one process that writes the run; its PID inside
 ```
@@ -19,6 +20,9 @@ RUN/
 Every file is written atomically (`regimes.records.files.atomic_write`), and one process at
 a time writes a run: `with run_dir.writer():` holds an OS lock on `.lock` (released however the
 process ends, kill -9 included); a second writer gets `RunLockedError` naming the first's PID.
+No file is written, and no lock taken, through a symbolic link (`records.files.refuse_link`), and
+`create(force=True)` / `remove()` delete only the files above and the chunks of steps/ and
+tensor_steps/: a user's file or a nested run directory stays.
 """
 
 from __future__ import annotations
