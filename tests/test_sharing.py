@@ -465,3 +465,12 @@ def test_a_sweeps_row_uses_one_aggregate_for_every_rho(tmp_path):
     _with(sweep.run("trials/sgd"), rho_global=50.0, rho_layerwise=70.0)
     (row,) = load_runs([sweep.path])
     assert row["rho_global"] == pytest.approx(3.0) and row["rho_layerwise"] == pytest.approx(30.0)
+
+
+def test_validity_keeps_the_runs_own_word_unless_told_the_numbers():
+    from regimes.records import validity
+
+    written = {"steps": 100, "window": 10, "measured": False, "higher_is_better": True, "best_score": 0.9,
+               "majority_score": 0.5, "learned": False}  # fmt: skip
+    assert validity(written)["measured"] is False and validity(written)["learned"] is False
+    assert validity(written, every=1)["measured"] is True and validity(written, majority_score=0.5)["learned"] is True

@@ -107,8 +107,9 @@ def read_run(path) -> dict:
         run.update(geometry_numbers(rows))
     run["path"] = str(path)
     run["config"] = config
-    first = next((row.get("val_score") for row in sorted(epochs, key=lambda r: r.get("epoch") or 0)
-                  if _is_number(row.get("val_score"))), None)  # the first evaluation, for `validity`
+    first = summary.first_score if summary.first_score is not None else next(
+        (row.get("val_score") for row in sorted(epochs, key=lambda r: r.get("epoch") or 0)
+         if _is_number(row.get("val_score"))), None)  # the first evaluation, for `validity`
     every = config.get("track_every") if _is_number(config.get("track_every")) else None
     run["validity"] = validity(summary, first_score=first, every=every)
     return run

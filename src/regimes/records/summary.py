@@ -236,25 +236,27 @@ def validity(summary: Mapping, *, majority_score=None, first_score=None, every=N
       `higher_is_better`). A best score that is not a finite number has not learned.
     - frozen: `freeze_iteration` is set (else the summary's `frozen`, else False).
 
-    Where the numbers are missing, the summary's own `measured` / `learned` (written by the
-    run) are the answer.
+    The summary's own `measured` / `learned` (what the run wrote, knowing its measurement
+    interval and its split) stand unless the caller passes `every` / the reference score; where
+    the run wrote none, they are computed from the summary's numbers.
     """
     get = summary.get
     steps, window = get("steps"), get("window")
-    every = every if every is not None else get("track_every") or 1
     measured = get("measured")
-    if _number(steps) and _number(window) and _number(every) and every >= 1:
-        measured = int(steps) // int(every) >= 2 * int(window)
+    if every is not None or measured is None:  # the run's own word stands unless the caller knows better
+        every = every if every is not None else get("track_every") or 1
+        if _number(steps) and _number(window) and _number(every) and every >= 1:
+            measured = int(steps) // int(every) >= 2 * int(window)
 
     learned = get("learned")
     higher = get("higher_is_better")
     best = get("best_score")
     best = float(best) if _number(best) else float("nan")
-    if higher is True:
+    if higher is True and (majority_score is not None or learned is None):
         reference = majority_score if majority_score is not None else get("majority_score")
         if _number(reference):
             learned = best - float(reference) >= LEARNED_MARGIN - 1e-12
-    elif higher is False:
+    elif higher is False and (first_score is not None or learned is None):
         reference = first_score if first_score is not None else get("first_score")
         if _number(reference):
             learned = best <= (1 - LEARNED_IMPROVEMENT) * float(reference) + 1e-12
