@@ -74,10 +74,19 @@ def slow_answer(prefix, bpe, tau, claimed_before, rule=RULE):
 
 
 def slow_history(x, bpe, tau=0.1, rule=RULE):
-    answers = []
+    """The answers after each value. A non-finite value is a step with no answer, after which
+    the curve starts over (issue 18: one bad value does not silence the detector for good):
+    each answer is the offline rule on the values since the last non-finite one, in steps of
+    the whole curve."""
+    answers, start = [], 0
     for n in range(1, len(x) + 1):
+        if not math.isfinite(x[n - 1]):
+            answers.append(None)
+            start = n
+            continue
         claimed = bool(answers) and answers[-1] is not None
-        answers.append(slow_answer(np.asarray(x[:n], dtype=float), bpe, tau, claimed, rule))
+        answer = slow_answer(np.asarray(x[start:n], dtype=float), bpe, tau, claimed, rule)
+        answers.append(None if answer is None else start + answer)
     return answers
 
 
@@ -347,13 +356,40 @@ def test_a_non_finite_value_unsettles_that_curve_for_good(bad):
     assert detector.state()["w"]["nonfinite_at"] == 251 and detector.state()["p"]["nonfinite_at"] is None
 
 
-def test_a_nan_from_the_start_never_settles():
+def test_a_nan_from_the_start_does_not_silence_the_curve_for_good():
+    # Issue 18: this test said `settled_w is None` (the NaN poisoned the curve for good); the
+    # curve now starts over after it, counting the NaN's step.
     detector = RegimeChangeDetector(5)
     detector.update(math.nan, 1.0)
     for _ in range(200):
         detector.update(0.0, 0.0)
-    assert detector.settled_w is None
+    assert detector.settled_w == 1 + offline_settle_step([0.0] * 200, 5)
     assert detector.settled_p == offline_settle_step([1.0] + [0.0] * 200, 5) is not None
+    assert detector.state()["w"]["nonfinite_at"] == 1
+
+
+def test_an_inf_then_a_new_decay_settles_again():
+    rng = np.random.default_rng(7)
+    x = np.concatenate([exp_decay(rng, 15, 20, 1.0), [math.inf], exp_decay(rng, 15, 20, 1.0)])
+    detector = RegimeChangeDetector(15)
+    for v in x:
+        detector.update(v, v)
+    assert detector.settled_w is not None and detector.settled_w > 301
+    assert detector.settled_w == 301 + offline_settle_step(x[301:], 15)
+
+
+@pytest.mark.parametrize("bpe", [2.5, True, "15", None, float("nan")])  # 0 and negatives: refused before too
+def test_batches_per_epoch_must_be_a_whole_number(bpe):
+    with pytest.raises(ValueError, match="batches_per_epoch"):
+        RegimeChangeDetector(bpe)
+    with pytest.raises(ValueError, match="batches_per_epoch"):
+        SettleDetector(bpe)
+
+
+@pytest.mark.parametrize("value", [True, "0.5"])
+def test_update_takes_numbers_only(value):
+    with pytest.raises(ValueError, match="real number"):
+        RegimeChangeDetector(5).update(value, 0.1)
 
 
 def test_events_settle_then_withdraw_when_the_curve_rises():

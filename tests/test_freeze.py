@@ -374,3 +374,37 @@ def test_a_sweep_over_freeze_writes_one_column_type():
     rows = [trial_row(Job(f"trials/f{value}", base.replace(freeze=value), "x"), {}, swept=("freeze",))
             for value in ("off", 2)]  # fmt: skip
     assert [row["freeze"] for row in rows] == ["off", "2"]
+
+
+# -- issue 18: gates that gate nothing are never silent
+
+
+def test_install_on_a_model_without_the_sites_raises():
+    from regimes.freeze import FrozenGates
+
+    with pytest.raises(ValueError, match="holds no relu module"):
+        FrozenGates(nn.Linear(3, 3)).install()
+    model = nn.Sequential(nn.Linear(3, 3), nn.ReLU())
+    with pytest.raises(ValueError, match="no relu site 'nope'"):
+        FrozenGates(model, sites=["nope", "1"]).install()
+    with pytest.raises(ValueError, match="no relu site '0'"):
+        FrozenGates(model, sites=["0"]).install()  # a Linear, not an activation
+    gates = FrozenGates(model, sites=["1"]).install()  # the real site still works
+    assert gates.installed
+    gates.remove()
+
+
+def test_a_gated_forward_in_which_no_site_ran_raises():
+    from regimes.freeze import FrozenGates
+
+    class Skips(nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.linear, self.relu = nn.Linear(3, 3), nn.ReLU()
+
+        def forward(self, x):
+            return self.linear(x)  # its ReLU never runs
+
+    model = Skips()
+    with FrozenGates(model), pytest.raises(ValueError, match="ran in this forward"):
+        model(torch.randn(2, 3))

@@ -633,3 +633,17 @@ def test_on_cuda_the_results_match_cpu():
     assert gpu[0].device.type == "cuda"
     torch.testing.assert_close(gpu[0].cpu(), cpu[0])
     torch.testing.assert_close(gpu[1].cpu(), cpu[1], rtol=1e-6, atol=0)
+
+
+# -- issue 18: a probe sample holding NaN has no region, and says so
+
+
+@pytest.mark.parametrize("bad", [math.nan, math.inf])
+def test_a_non_finite_sample_is_a_value_error_naming_it(bad):
+    model = nn.Sequential(nn.Linear(3, 4), nn.ReLU(), nn.Linear(4, 2))
+    x = torch.randn(3, 3)
+    x[1, 0] = bad
+    for instrument in (region_distance, local_affine_map):
+        with pytest.raises(ValueError, match="sample 1 of 3"):
+            instrument(model, x)
+    assert torch.isfinite(region_distance(model, x[[0, 2]])).all()

@@ -111,8 +111,10 @@ def test_study_table_rows(three_runs):
     assert [r["model"] for r in rows] == ["MLP", "ResNet34", "GPT-2"]
     assert rows[0]["dataset"] == "Breast Cancer" and rows[1]["dataset"] == "TinyImageNet"
     assert [r["optimizer"] for r in rows] == ["SGD", "SGD, Nesterov 0.9", "AdamW"]
-    assert list(rows[0]) == ["model", "dataset", "optimizer", "wd", "lr", "seed", "status", "best_score", "stop_epoch",
-                             "auc_w", "auc_p", "rho", "rho_global", "rho_layerwise"]  # fmt: skip
+    # Issue 18 added two keys after these: the run's directory name and its validity flags.
+    assert list(rows[0])[:14] == ["model", "dataset", "optimizer", "wd", "lr", "seed", "status", "best_score",
+                                  "stop_epoch", "auc_w", "auc_p", "rho", "rho_global", "rho_layerwise"]  # fmt: skip
+    assert list(rows[0])[14:] == ["run", "flags"] and [r["run"] for r in rows] == ["r1", "r2", "r3"]
     for row, run in zip(rows, three_runs):
         assert row["lr"] == run["lr"] and row["wd"] == run["weight_decay"]
         assert row["best_score"] == run["best_score"] and row["stop_epoch"] == run["stop_epoch"]

@@ -65,9 +65,13 @@ Degenerate input:
   `confirm(n)` steps have passed: a curve of zeros has settled, nothing moves. (The
   offline analysis does not forgive that rounding: `summarize` on a constant curve
   can give any t_tau.)
-- A non-finite value (NaN, inf: a diverged run) makes that curve unsettled for the
-  rest of the run, as it makes the offline t_tau 1.0; `state()` says at which step.
-  The other curve is unaffected.
+- A non-finite value (NaN, inf: a diverged step) is skipped, not refused: it counts as a
+  step and has no answer (any claim is withdrawn), and the curve starts over after it:
+  the answers are then the rule above on the values since the last non-finite one, in
+  steps of the whole run. One bad value never silences the detector for good;
+  `state()["nonfinite_at"]` says the last such step. The other curve is unaffected.
+  `batches_per_epoch` is a whole number >= 1 (2.5, True or a string is a ValueError),
+  and so is every update a real number.
 """
 
 from __future__ import annotations
@@ -208,8 +212,8 @@ class SettleDetector:
                 f"max_quiet_before must be in (0, 1], max_drift >= 0 and max_level in (0, 1], got "
                 f"{max_quiet_before}, {max_drift} and {max_level}"
             )
-        self.batches_per_epoch = int(batches_per_epoch)
-        self.window = smoothing_window(self.batches_per_epoch)  # raises on batches_per_epoch < 1
+        self.batches_per_epoch = check_batches_per_epoch(batches_per_epoch)
+        self.window = smoothing_window(self.batches_per_epoch)
         self.tau = float(tau)
         self.confirm_epochs = float(confirm_epochs)
         self.confirm_fraction = float(confirm_fraction)
@@ -220,8 +224,13 @@ class SettleDetector:
 
     def reset(self) -> None:
         self.steps = 0
-        self.settled: int | None = None
         self.nonfinite_at: int | None = None
+        self._start_over()
+
+    def _start_over(self) -> None:
+        """Forget the curve's values (not the step count): it begins again after step `self.steps`."""
+        self._offset = self.steps  # the update count before the curve's current stretch of finite values
+        self.settled: int | None = None
         self._total = 0.0  # running sum, added in order: np.cumsum's arithmetic
         self._sums = deque([0.0], maxlen=self.window + 1)
         self._raw = _Growing()
@@ -236,7 +245,7 @@ class SettleDetector:
 
     def confirm_steps(self, n: int | None = None) -> int:
         """Steps a run below tau must have lasted after `n` updates (default: now) to be claimed."""
-        n = self.steps if n is None else n
+        n = self.steps - self._offset if n is None else n
         return max(
             MIN_CONFIRM_STEPS,
             math.ceil(self.confirm_epochs * self.batches_per_epoch),
@@ -244,17 +253,24 @@ class SettleDetector:
         )
 
     def update(self, value) -> int | None:
+        """Take the next value (a real number: a bool or a string is a ValueError).
+
+        A NaN or infinite value (a diverged step) is skipped, not refused: it counts as a
+        step, withdraws any claim, and the curve starts over after it (settle steps keep
+        counting every update), so one bad value never silences the detector for good.
+        `nonfinite_at` is the last such step."""
+        if isinstance(value, (bool, np.bool_, str, bytes)):
+            raise ValueError(f"update takes a real number, got {value!r}")
         x = float(value)
         self.steps += 1
-        if self.nonfinite_at is None and not math.isfinite(x):
+        if not math.isfinite(x):
             self.nonfinite_at = self.steps
-        if self.nonfinite_at is not None:
-            self.settled = self._run_start = None
+            self._start_over()
             return None
         self._raw.append(x)
         self._total += x
         self._sums.append(self._total)
-        if self.steps >= self.window:
+        if self.steps - self._offset >= self.window:
             self._add_smoothed((self._sums[-1] - self._sums[0]) / self.window)
             self.settled = self._decide()
         return self.settled
@@ -283,7 +299,7 @@ class SettleDetector:
             self._run_start = start = self._run_start_below(lo, hi)
         if start is None:
             return None
-        settle_step = start + self.window  # smoothed index -> the update count its window ends at
+        settle_step = self._offset + start + self.window  # smoothed index -> the update count its window ends at
         # A claim, once made, stands while the curve stays below tau (moving with the start
         # of the run if the range changes); the evidence below is needed to make one.
         if self.settled is not None:
@@ -332,7 +348,7 @@ class SettleDetector:
             return quiet, (float(smoothed[-1]) - lo) / span, 0.0
         later = float(np.mean(smoothed[n - half :]))
         earlier = float(np.mean(smoothed[n - 2 * half : n - half]))
-        return quiet, (later - lo) / span, (earlier - later) / span * self.steps / half
+        return quiet, (later - lo) / span, (earlier - later) / span * (self.steps - self._offset) / half
 
     def state(self) -> dict:
         """What the last decision rests on, in the curve's own units and in steps."""
@@ -345,7 +361,7 @@ class SettleDetector:
             normalized = 0.0 if flat else min(max((last - lo) / (hi - lo), 0.0), 1.0)
             if self._run_start is not None and not flat:
                 quiet, level, drift = self._evidence(self._run_start, lo, hi)
-        run_start = None if self._run_start is None else self._run_start + self.window
+        run_start = None if self._run_start is None else self._offset + self._run_start + self.window
         return {
             "steps": self.steps,
             "window": self.window,
@@ -393,7 +409,7 @@ class RegimeChangeDetector:
     """
 
     def __init__(self, batches_per_epoch: int, tau: float = 0.1, **rule):
-        self.batches_per_epoch = batches_per_epoch
+        self.batches_per_epoch = check_batches_per_epoch(batches_per_epoch)
         self.tau = tau
         self._curves = {name: SettleDetector(batches_per_epoch, tau, **rule) for name in CURVES}
         self.events: list[RegimeEvent] = []
@@ -438,6 +454,15 @@ class RegimeChangeDetector:
             curve.reset()
         self.events.clear()
         self.first_settled_w = self.first_settled_p = None
+
+
+def check_batches_per_epoch(batches_per_epoch) -> int:
+    """`batches_per_epoch` as an int >= 1; 2.5, True, a string, 0 or a negative number is a ValueError."""
+    if isinstance(batches_per_epoch, (bool, np.bool_)) or not isinstance(batches_per_epoch, (int, np.integer)):
+        raise ValueError(f"batches_per_epoch must be a whole number >= 1, got {batches_per_epoch!r}")
+    if batches_per_epoch < 1:
+        raise ValueError(f"batches_per_epoch must be >= 1, got {batches_per_epoch}")
+    return int(batches_per_epoch)
 
 
 def settle_history(x, batches_per_epoch: int, tau: float = 0.1, **rule) -> list[int | None]:

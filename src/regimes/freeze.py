@@ -116,9 +116,16 @@ class FrozenGates:
     # ------------------------------------------------------------------ lifecycle
 
     def install(self) -> FrozenGates:
-        """Gate every forward of the model from now on (until `remove()`)."""
+        """Gate every forward of the model from now on (until `remove()`).
+
+        A site the model cannot have (no such activation module, nor a module that could call
+        the function) is a ValueError naming it, and so is a model with no activation module
+        when every site is asked for (a model whose activations are all functional: name its
+        sites, as `Tracker.sites` does). A gated forward in which none of the sites ran is a
+        ValueError too: gates that gate nothing are never silent."""
         if self._handles or self._overridden:
             return self
+        self._check_sites()
         try:
             self._handles.append(self.module.register_forward_pre_hook(self._begin, with_kwargs=True))
             self._handles.append(self.module.register_forward_hook(self._end, always_call=True))
@@ -161,6 +168,36 @@ class FrozenGates:
 
     # ------------------------------------------------------------------ the gated forward
 
+    def _check_sites(self) -> None:
+        name = self.activation.name
+        if self.sites is None:
+            if not any(isinstance(m, self.activation.modules) for m in self._live_names):
+                raise ValueError(
+                    f"FrozenGates: the {type(self.module).__name__} holds no {name} module, so there is nothing to "
+                    "gate; if it calls the function, pass its sites (sites=tracker.sites)"
+                )
+            return
+        if not self.sites:
+            raise ValueError("FrozenGates: sites is empty, so there is nothing to gate")
+        by_name = dict(self.module.named_modules())
+        missing = []
+        for site in sorted(self.sites):
+            base, _, index = site.rpartition("#")
+            base = base if base and index.isdigit() else site
+            if base.endswith("()"):  # a function called in a module's forward: "block.relu()"
+                owner = base[:-2].rpartition(".")[0]
+                ok = owner in by_name
+            else:
+                ok = isinstance(by_name.get(base), self.activation.modules)
+            if not ok:
+                missing.append(site)
+        if missing:
+            raise ValueError(
+                f"FrozenGates: the {type(self.module).__name__} has no {name} site {', '.join(map(repr, missing[:5]))}"
+                f"{f' (and {len(missing) - 5} more)' if len(missing) > 5 else ''}; its sites are named as "
+                "Tracker.sites names them"
+            )
+
     def _module_sites(self) -> list[tuple[str, nn.Module]] | None:
         """(base name, module) of every site when each is an activation module's call, else None."""
         if self.sites is None:
@@ -191,7 +228,13 @@ class FrozenGates:
     def _begin(self, module, args, kwargs):
         if self._suspended or self._current is not None:
             return None
-        self._current = _ForwardGates(self.gates(*args, **kwargs))
+        gates = self.gates(*args, **kwargs)
+        if not gates:
+            raise ValueError(
+                f"FrozenGates: no {self.activation.name} site of the {type(self.module).__name__} ran in this forward"
+                f"{'' if self.sites is None else ' among ' + ', '.join(sorted(self.sites)[:5])}: nothing would be gated"
+            )
+        self._current = _ForwardGates(gates)
         if self._stack is not None:
             self._mode = _GatingMode(self, self._current)
             self._mode.__enter__()

@@ -7,8 +7,11 @@ print(format_table(rows))              # Markdown; fmt="csv" or fmt="latex"
 print(aggregate_line(rows, "markdown"))  # mean rho = 1.62 (+0.31 / -0.20) over 5 runs
 ```
 
-Every row says its run's `seed` and `status`; only finished runs enter the aggregate line,
-which says how many it covers and how many it left out, and why. A sweep directory
+Every row says its run's `seed`, `status` and directory name (`run`: a column when two rows
+would otherwise look alike), and `flags` when the run did not measure, did not learn or was
+frozen (SPEC section 1, `regimes.records.validity`: a column after status). Only finished,
+unflagged runs enter the aggregate line (flagged ones with `include_flagged`), one line per
+model and data set, which says how many it covers and how many it left out, and why. A sweep directory
 (`regimes sweep`) is one row: its selected configuration, and with several seeds the means
 over the seeds, rho with its 95% bootstrap interval; the aggregate line counts each of
 those seeds as a run, so the row and the line agree. Reading the runs and the seeds'
@@ -22,9 +25,10 @@ import csv
 import io
 import math
 from collections import Counter
+from pathlib import Path
 
 from regimes.analysis import aggregate, bootstrap_interval
-from regimes.records import Status, is_sweep_directory
+from regimes.records import Status, is_sweep_directory, validity
 from regimes.runs import as_float, config_value, load_runs, optimizer_text, seed_statistics, seed_text
 from regimes.study import dataset_label, model_label
 
@@ -81,7 +85,12 @@ GEOMETRY_COLUMNS = (
     ("no_flip_guaranteed", "no flip guaranteed", "No flip, guar."),
     ("no_flip_observed", "no flip observed", "No flip, obs."),
 )
-_TEXT_COLUMNS = {"model", "dataset", "optimizer", "status"}
+# Added after status when a row is flagged (SPEC section 1, "Validity of a run": not measured,
+# not learned, frozen), and at the end when two rows share model, data set, optimizer, WD, LR
+# and seed: the run's directory name. Every row carries both keys (`run`, `flags`).
+FLAGS_COLUMN = ("flags", "flags", "Flags")
+RUN_COLUMN = ("run", "run", "Run")
+_TEXT_COLUMNS = {"model", "dataset", "optimizer", "status", "flags", "run"}
 
 
 # -- the table -------------------------------------------------------------------------------
@@ -115,11 +124,14 @@ def study_table(runs) -> list[dict]:
                 "rho_layerwise": as_float(run.get("rho_layerwise")),
             }
         )
+        rows[-1]["run"] = Path(str(run.get("sweep") or run.get("path") or "")).name or None  # the directory's name
+        rows[-1]["flags"] = list((run.get("validity") or validity(run))["flags"])
         if run.get("seeds"):  # a sweep rerun with several seeds
             rows[-1].update(rho_low=as_float(run.get("rho_low")), rho_high=as_float(run.get("rho_high")),
                             seeds=int(run["seeds"]))  # fmt: skip
         if run.get("members"):
-            rows[-1]["members"] = [dict(m) for m in run["members"]]
+            rows[-1]["members"] = [{**m, "flags": list((m.get("validity") or {}).get("flags", ()))}
+                                   for m in run["members"]]  # fmt: skip
         if "no_flip_observed" in run:
             rows[-1].update({key: as_float(run.get(key)) for key, _, _ in GEOMETRY_COLUMNS})
     return rows
@@ -139,8 +151,14 @@ def format_table(rows, fmt: str = "markdown") -> str:
     """The table as Markdown (default), CSV or a LaTeX booktabs tabular."""
     if fmt not in FORMATS:
         raise ValueError(f"unknown table format {fmt!r}; choose one of {', '.join(FORMATS)}")
-    columns = COLUMNS + (SEED_COLUMNS[fmt] if any(row.get("seeds") for row in rows) else ())
+    columns = COLUMNS
+    if any(row.get("flags") for row in rows):  # after status: how far the run can be read
+        at = [key for key, _, _ in columns].index("status") + 1
+        columns = columns[:at] + (FLAGS_COLUMN,) + columns[at:]
+    columns += SEED_COLUMNS[fmt] if any(row.get("seeds") for row in rows) else ()
     columns += GEOMETRY_COLUMNS if any("no_flip_observed" in row for row in rows) else ()
+    if _ambiguous(rows):  # rows that the other columns do not tell apart: name their directories
+        columns += (RUN_COLUMN,)
     cells = [[_cell(row.get(key), key, fmt) if key != "rho_ci" else _interval(row, fmt) for key, _, _ in columns]
              for row in rows]  # fmt: skip
     if fmt == "csv":
@@ -173,7 +191,19 @@ def format_table(rows, fmt: str = "markdown") -> str:
     return "\n".join([line(header), rule, *(line(c) for c in cells)]) + "\n"
 
 
+def _ambiguous(rows) -> bool:
+    seen = set()
+    for row in rows:
+        key = tuple(str(row.get(k)) for k in ("model", "dataset", "optimizer", "wd", "lr", "seed"))
+        if key in seen:
+            return True
+        seen.add(key)
+    return False
+
+
 def _cell(value, key: str, fmt: str) -> str:
+    if key == "flags":
+        value = ", ".join(value or ())
     if key in _TEXT_COLUMNS:
         text = "" if value is None else str(value)
         if fmt == "latex":
@@ -239,21 +269,41 @@ def _latex_escape(text: str) -> str:
     return "".join(special.get(c, c) for c in text)
 
 
-def aggregate_line(rows, fmt: str = "markdown", unreadable: int = 0) -> str:
+def aggregate_line(rows, fmt: str = "markdown", unreadable: int = 0, *, include_flagged: bool = False) -> str:
     """`mean rho = m (+u / -l) over n runs` (SPEC section 2), over the finished runs with a finite rho.
 
     A sweep row with seeds (`members`) counts each seed run, so the line and the row's
     interval are over the same runs. The line says what it left out and why: runs that are
-    running, interrupted, diverged or failed, finished ones without a finite rho, and
-    `unreadable` directories that `load_runs` skipped. A row without a status is taken as
-    finished (a table of numbers made by hand).
+    running, interrupted, diverged or failed, finished ones without a finite rho, runs
+    flagged as not measured, not learned or frozen (SPEC section 1, "Validity of a run";
+    counted in when `include_flagged`), and `unreadable` directories that `load_runs`
+    skipped. A row without a status is taken as finished (a table of numbers made by hand).
+
+    Unrelated runs are not averaged together: rows of different model and data set get one
+    line each, "MLP / Breast Cancer: mean rho = ...".
     """
     if fmt not in FORMATS:
         raise ValueError(f"unknown format {fmt!r}; choose one of {', '.join(FORMATS)}")
+    groups: dict = {}
+    for row in rows:
+        groups.setdefault((row.get("model"), row.get("dataset")), []).append(row)
+    if len(groups) <= 1:
+        return _group_line(rows, fmt, unreadable, include_flagged)
+    lines = []
+    for (model, dataset), members in groups.items():
+        label = f"{model or '?'} / {dataset or '?'}"  # the rows' labels (study_table)
+        label = _latex_escape(label) if fmt == "latex" else label
+        lines.append(f"{label}: {_group_line(members, fmt, 0, include_flagged)}")
+    if unreadable:
+        lines.append(f"left out {unreadable} unreadable")
+    return "\n".join(lines)
+
+
+def _group_line(rows, fmt: str, unreadable: int, include_flagged: bool) -> str:
     rhos, left_out, seeds = [], Counter(), 0
     for row in rows:
         for run in row.get("members") or [row]:
-            if (reason := _left_out_because(run)) is not None:
+            if (reason := _left_out_because(run, include_flagged)) is not None:
                 left_out[reason] += 1
             else:
                 rhos.append(as_float(run.get("rho")))
@@ -263,8 +313,9 @@ def aggregate_line(rows, fmt: str = "markdown", unreadable: int = 0) -> str:
     note = ""
     if left_out:
         reasons = ", ".join(f"{left_out[k]} {k}" for k in _LEFT_OUT if k in left_out)
+        flagged = " and not flagged" if any(k in left_out for k in _FLAGS) else ""
         note = (f"; left out {left_out.total()} of {len(rhos) + left_out.total()}: {reasons} "
-                "(only finished runs with a finite rho count)")  # fmt: skip
+                f"(only finished runs with a finite rho{flagged} count)")  # fmt: skip
     rho = "$\\rho$" if fmt == "latex" else "rho"
     if not rhos:
         return f"mean {rho}: no run finished with a finite rho{note}"
@@ -275,22 +326,27 @@ def aggregate_line(rows, fmt: str = "markdown", unreadable: int = 0) -> str:
 
 
 # Why a run is left out of the aggregate, in the order the line lists them.
+_FLAGS = ("not measured", "not learned", "frozen")
 _LEFT_OUT = (*map(str, (Status.RUNNING, Status.INTERRUPTED, Status.DIVERGED, Status.FAILED)), "without a finite rho",
-             "unreadable")  # fmt: skip
+             *_FLAGS, "unreadable")  # fmt: skip
 
 
-def _left_out_because(run) -> str | None:
+def _left_out_because(run, include_flagged: bool = False) -> str | None:
     status = Status(run.get("status") or Status.FINISHED)
     if status != Status.FINISHED:
         return str(status)
-    return None if math.isfinite(as_float(run.get("rho"))) else "without a finite rho"
+    if not math.isfinite(as_float(run.get("rho"))):
+        return "without a finite rho"
+    flags = run.get("flags") or ()
+    return None if include_flagged or not flags else flags[0]
 
 
-def render(runs, fmt: str = "markdown", unreadable: int = 0) -> str:
+def render(runs, fmt: str = "markdown", unreadable: int = 0, *, include_flagged: bool = False) -> str:
     """The table and, except for CSV (which must stay one table), the aggregate line under it
-    (`unreadable`: directories `load_runs` skipped, which the line counts as left out)."""
+    (`unreadable`: directories `load_runs` skipped, which the line counts as left out;
+    `include_flagged`: count runs flagged not measured, not learned or frozen in the mean)."""
     rows = study_table(runs)
     text = format_table(rows, fmt)
     if fmt != "csv":
-        text += "\n" + aggregate_line(rows, fmt, unreadable) + "\n"
+        text += "\n" + aggregate_line(rows, fmt, unreadable, include_flagged=include_flagged) + "\n"
     return text

@@ -24,7 +24,7 @@ from pathlib import Path
 import numpy as np
 
 from regimes.analysis import aggregate, bootstrap_interval
-from regimes.records import RunDirectory, RunSummary, Status, SweepDirectory, find_runs, is_sweep_directory
+from regimes.records import RunDirectory, RunSummary, Status, SweepDirectory, find_runs, is_sweep_directory, validity
 from regimes.study import optimizer_label, row_rank
 
 __all__ = [
@@ -84,19 +84,45 @@ def read_run(path) -> dict:
     in the run's epoch rows (see `best_validation`), where it has any."""
     directory = RunDirectory(path)
     config = _read(directory.config_path, directory.read_config) if directory.has_config() else {}
-    run = dict(_read(directory.summary_path, directory.read_summary) or RunSummary())
+    summary = _read(directory.summary_path, directory.read_summary) or RunSummary()
+    # Keys a row gets from reading the run, never from what its summary claims.
+    run = {k: v for k, v in summary.items() if k not in _DERIVED}
     for key in ("model", "dataset", "seed"):
         if run.get(key) is None and key in config:
             run[key] = config[key]
     epochs = _read(directory.epochs_path, directory.read_epochs)
+    for row in epochs:
+        for key in ("epoch", "val_score", "train_score", "val_loss", "train_loss"):
+            if row.get(key) is not None and not _is_number(row[key]):
+                raise ValueError(f"{directory.epochs_path}: column {key!r} holds {row[key]!r}, not a number")
     best = best_validation(epochs, run.get("higher_is_better") is not False)
     if best is not None:
         run["best_score"], run["best_epoch"] = best
     if directory.geometry_path.is_file():
-        run.update(geometry_numbers(_read(directory.geometry_path, directory.read_geometry)))
+        rows = _read(directory.geometry_path, directory.read_geometry)
+        for row in rows:
+            for key in _GEOMETRY_READ:
+                if row.get(key) is not None and not _is_number(row[key]):
+                    raise ValueError(f"{directory.geometry_path}: column {key!r} holds {row[key]!r}, not a number")
+        run.update(geometry_numbers(rows))
     run["path"] = str(path)
     run["config"] = config
+    first = summary.first_score if summary.first_score is not None else next(
+        (row.get("val_score") for row in sorted(epochs, key=lambda r: r.get("epoch") or 0)
+         if _is_number(row.get("val_score"))), None)  # the first evaluation, for `validity`
+    every = config.get("track_every") if _is_number(config.get("track_every")) else None
+    run["validity"] = validity(summary, first_score=first, every=every)
     return run
+
+
+_GEOMETRY_READ = ("distance_median", "certified_median", "step_over_radius", "no_flip_guaranteed", "no_flip_observed")
+# A row's keys that reading the run (or its sweep) sets; a summary holding them is not believed.
+_DERIVED = frozenset({"path", "config", "sweep", "trials", "members", "seeds", "rho_low", "rho_high", "rho_upper",
+                      "rho_lower", "rhos", "directory", "validity", *_GEOMETRY_READ})  # fmt: skip
+
+
+def _is_number(value) -> bool:
+    return isinstance(value, (int, float, np.integer, np.floating)) and not isinstance(value, (bool, np.bool_))
 
 
 def geometry_numbers(rows: list[dict]) -> dict:
@@ -138,23 +164,37 @@ def read_sweep(path) -> dict:
     sweep = SweepDirectory(path)
     description = sweep.read_description()
     selected = sweep.read_selected()
+    for name, value in (("description", description), ("selection", selected)):
+        if not isinstance(value, Mapping):
+            raise ValueError(f"{path}: the sweep's {name} is a {type(value).__name__}, not a table")
     if selected.get("path"):
         run = read_run(sweep.run(selected["path"]).path)
     else:  # no trial finished (or the grid is still running): the sweep's model and data set, no numbers
-        run = {"model": description.get("model"), "dataset": description.get("dataset"),
+        base = description.get("base")
+        run = {"model": _text(description.get("model")), "dataset": _text(description.get("dataset")),
                "status": Status.FAILED if selected else Status.RUNNING, "path": str(path),
-               "config": description.get("base", {})}  # fmt: skip
+               "config": base if isinstance(base, Mapping) else {}}  # fmt: skip
     run["sweep"] = str(path)
-    run["trials"] = selected.get("trials")
-    seed_runs = (selected.get("seeds") or {}).get("runs") or []  # the seeds of the current selection
+    run["trials"] = selected.get("trials") if _is_number(selected.get("trials")) else None
+    seeds = selected.get("seeds") or {}
+    seed_runs = (seeds.get("runs") if isinstance(seeds, Mapping) else None) or []  # the current selection's
+    if not isinstance(seed_runs, list) or not all(isinstance(name, str) for name in seed_runs):
+        raise ValueError(f"{sweep.selected_path}: seeds.runs is not a list of run names")
     if seed_runs:
         rows = [read_run(sweep.run(name).path) for name in seed_runs]
         run.update(seed_statistics(rows))
         statuses = [Status(r.get("status") or Status.RUNNING) for r in rows]
         run["status"] = next((s for s in _UNFINISHED if s in statuses), Status.FINISHED)
         run["seed"] = seed_text([r.get("seed") for r in rows if r.get("status") == Status.FINISHED])
-        run["members"] = [{"seed": r.get("seed"), "status": s, "rho": r.get("rho")} for r, s in zip(rows, statuses)]
+        run["members"] = [{"seed": r.get("seed"), "status": s, "rho": r.get("rho"), "validity": r["validity"]}
+                          for r, s in zip(rows, statuses)]  # fmt: skip
+        flags = [f for r in rows for f in r["validity"]["flags"]]
+        run["validity"] = {**run["validity"], "flags": list(dict.fromkeys(flags))}  # any seed's flags
     return run
+
+
+def _text(value) -> str | None:
+    return value if isinstance(value, str) else None
 
 
 def best_validation(epochs, higher_is_better: bool = True) -> tuple[float, int] | None:
@@ -237,8 +277,9 @@ def seed_statistics(runs, confidence: float = 0.95, resamples: int = 10_000) -> 
     bootstrap interval (`bootstrap_interval`) and semi-deviations (SPEC section 2).
 
     `runs` are summaries or rows (mappings with status, rho, best_score, ...). Keys: seeds,
-    best_score, stop_epoch (rounded mean), auc_w, auc_p, rho, rho_low, rho_high, rho_upper,
-    rho_lower, rhos (each run's, in order).
+    best_score, stop_epoch (rounded mean), auc_w, auc_p, rho, rho_global, rho_layerwise (the
+    means, so that every rho of a sweep's row is over the same seeds), rho_low, rho_high,
+    rho_upper, rho_lower, rhos (each run's, in order).
     """
     finished = [r for r in runs if r.get("status") == Status.FINISHED]
 
@@ -248,6 +289,7 @@ def seed_statistics(runs, confidence: float = 0.95, resamples: int = 10_000) -> 
 
     rhos = [v for v in (as_float(r.get("rho")) for r in finished) if math.isfinite(v)]
     m, upper, lower = aggregate(rhos) if rhos else (math.nan, math.nan, math.nan)
+    # Every rho column of a row is the same aggregate: the mean over these seeds.
     low, high = bootstrap_interval(rhos, confidence, resamples)
     stop = mean("stop_epoch")
     return {
@@ -257,6 +299,8 @@ def seed_statistics(runs, confidence: float = 0.95, resamples: int = 10_000) -> 
         "auc_w": mean("auc_w"),
         "auc_p": mean("auc_p"),
         "rho": m,
+        "rho_global": mean("rho_global"),
+        "rho_layerwise": mean("rho_layerwise"),
         "rho_low": low,
         "rho_high": high,
         "rho_upper": upper,

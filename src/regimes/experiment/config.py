@@ -89,6 +89,7 @@ class RunConfig:
         for name, value in _numbers(self.to_dict()):
             if not math.isfinite(value):
                 raise ConfigError(f"{name} must be a finite number, got {value!r}")
+        check_path_name("preset", self.preset, empty=True)
         if self.optimizer not in OPTIMIZERS:
             raise ConfigError(
                 f"optimizer must be one of {', '.join(OPTIMIZERS)}, "
@@ -153,6 +154,21 @@ class RunConfig:
 
     def replace(self, **changes) -> RunConfig:
         return RunConfig.from_dict({**self.to_dict(), **changes})
+
+
+def check_path_name(key: str, name, *, empty: bool = False) -> None:
+    """Refuse a name that becomes a folder's name (a preset, a sweep's trial) but could leave the
+    folder it is meant for: a separator, `..`, `.`, a leading dot or dash, a control character
+    (one-line ConfigError naming `key`). `empty`: "" is allowed (no name)."""
+    if empty and name == "":
+        return
+    text = str(name)
+    if (not text or text in (".", "..") or text[0] in ".-" or any(c in text for c in "/\\:")
+            or any(ord(c) < 32 or ord(c) == 127 for c in text)):  # fmt: skip
+        raise ConfigError(
+            f"{key} {text!r} cannot name a folder: a name holds no '/', '\\', ':' or control character, "
+            "and does not start with '.' or '-'"
+        )
 
 
 def _numbers(data: dict, prefix: str = ""):

@@ -23,7 +23,7 @@ import re
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from regimes.experiment.config import ConfigError, RunConfig, UnknownConfigNameError, read_toml
+from regimes.experiment.config import ConfigError, RunConfig, UnknownConfigNameError, check_path_name, read_toml
 from regimes.registry import Registry
 from regimes.study import GRID_FAMILIES, grid_family
 
@@ -90,7 +90,8 @@ class Grid:
                     changes[key] = value
                     if key == "optimizer":  # "sgd" alone is plain SGD, whatever the base config had
                         defaults.update({k: v for k, v in _NO_MOMENTUM.items() if k not in self.fixed})
-                parts.append(_name_part(key, value))
+                parts.append(part := _name_part(key, value))
+                check_path_name(f"grid key {key!r}: the trial name part", part)
             out.append(("-".join(parts), base.replace(**{**defaults, **changes})))
         names = [name for name, _ in out]
         if len(set(names)) != len(names):

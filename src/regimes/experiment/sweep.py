@@ -16,7 +16,6 @@ from __future__ import annotations
 
 import json
 import math
-import shutil
 import time
 import traceback
 from dataclasses import dataclass
@@ -232,7 +231,7 @@ def _remove_stale_seeds(seed_jobs: list[Job]) -> None:
         try:
             _check_runs_match([job], force=False)
         except FileExistsError:
-            shutil.rmtree(job.out)
+            RunDirectory(job.out).remove(up_to=job.out)  # what regimes wrote; a user's file stays
 
 
 def _reuse_trial_as_seed(winner: Job, seed_jobs: list[Job]) -> None:

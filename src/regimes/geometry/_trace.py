@@ -251,6 +251,12 @@ def prepare(model: nn.Module, x: torch.Tensor) -> tuple[nn.Module, torch.Tensor]
             f"x must be floating point (the functions differentiate the network in its input), got {x.dtype}. "
             "For a model that embeds token ids, pass the block after the embedding with the embedded input."
         )
+    # A NaN or inf input has no region: its distance would come out +inf (or NaN), silently.
+    bad = (~torch.isfinite(x.detach().reshape(x.shape[0], -1))).any(dim=1).nonzero().flatten().tolist()
+    if bad:
+        shown = ", ".join(map(str, bad[:5])) + (f" and {len(bad) - 5} more" if len(bad) > 5 else "")
+        raise ValueError(f"x holds NaN or infinite values in sample {shown} of {x.shape[0]}: such an input has no "
+                         "linear region, affine map or stability radius; drop it or fix it")  # fmt: skip
     module = unwrap_model(model)
     device, dtype = model_device_dtype(module, x)
     return module, x.detach().to(device=device, dtype=dtype)

@@ -10,14 +10,21 @@
 No module outside this package spells a file name; ask the directory classes for paths.
 """
 
-from regimes.records.files import atomic_write, describe_difference, json_ready
-from regimes.records.run import DamagedRecordError, RunDirectory, RunDirectoryError, RunLockedError, is_run_directory
-from regimes.records.summary import DONE, STATUSES, RunSummary, Status, software_versions, study_fields
+from regimes.records.files import atomic_write, describe_difference, json_ready, plain_state
+from regimes.records.run import (
+    DamagedRecordError,
+    RunDirectory,
+    RunDirectoryError,
+    RunLockedError,
+    is_run_directory,
+    load_state,
+)
+from regimes.records.summary import DONE, STATUSES, RunSummary, Status, software_versions, study_fields, validity
 from regimes.records.sweep import SweepDirectory, find_runs, is_sweep_directory
 
 __all__ = [
     "RunDirectory", "SweepDirectory", "RunSummary", "Status", "DONE", "STATUSES",
     "RunDirectoryError", "RunLockedError", "DamagedRecordError",
-    "is_run_directory", "is_sweep_directory", "find_runs", "software_versions", "study_fields",
-    "atomic_write", "json_ready", "describe_difference",
+    "is_run_directory", "is_sweep_directory", "find_runs", "software_versions", "study_fields", "validity",
+    "atomic_write", "json_ready", "describe_difference", "load_state", "plain_state",
 ]  # fmt: skip

@@ -27,8 +27,31 @@ else:  # pragma: no cover
 
 __all__ = [
     "atomic_write", "json_ready", "toml_ready", "read_json", "write_json", "read_toml", "write_toml",
-    "toml_round_trip", "describe_difference",
+    "toml_round_trip", "describe_difference", "plain_state", "RunDirectoryError", "refuse_link", "real_folder",
 ]  # fmt: skip
+
+
+class RunDirectoryError(Exception):
+    """A run directory that cannot be used as asked (another process writes it, it cannot be
+    written here, a file in it is damaged); the message says why and what to do."""
+
+
+def refuse_link(path: Path) -> Path:
+    """`path`, unless it is a symbolic link: regimes writes and removes no file through a link,
+    so that nothing it writes leaves the folder the user named (`RunDirectoryError`)."""
+    path = Path(path)
+    if path.is_symlink():
+        raise RunDirectoryError(
+            f"{path} is a symbolic link (to {os.readlink(path)}); regimes writes nothing through a link: "
+            "remove the link, or choose another --out"
+        )
+    return path
+
+
+def real_folder(path: Path) -> Path:
+    """Make the folder `path` if need be; a link there is refused (`refuse_link`)."""
+    refuse_link(path).mkdir(parents=True, exist_ok=True)
+    return path
 
 
 def atomic_write(path: Path, data: bytes) -> None:
@@ -36,10 +59,11 @@ def atomic_write(path: Path, data: bytes) -> None:
 
     A reader (or a crash) sees the old file or the new one, never a part of one.
     """
-    path = Path(path)
+    path = refuse_link(path)
     # Not tempfile.mkstemp: its files are private (0600); this one gets the umask's mode.
     tmp = path.parent / f".{path.name}.{os.getpid()}.{uuid.uuid4().hex[:8]}.tmp"
     try:
+        # O_EXCL: a link planted under the temporary name is not followed either.
         with open(tmp, "xb") as f:
             f.write(data)
             f.flush()
@@ -52,6 +76,34 @@ def atomic_write(path: Path, data: bytes) -> None:
             # The message names the file the caller asked for, not our hidden temporary one.
             raise type(error)(error.errno, error.strerror, str(path)) from None
         raise
+
+
+def plain_state(value):
+    """`value` as `torch.load(weights_only=True)` reads it back: numpy arrays as tensors, numpy
+    scalars as Python numbers, mappings as dicts (lists and tuples kept), other objects refused.
+    numpy's and Python's random states come back in a form their `set_state` / `setstate` take.
+
+    What converts a checkpoint of an older regimes (numpy and Python random states inside) once,
+    for a file you trust: `python -c "import torch; from regimes.records import plain_state as p;
+    torch.save(p(torch.load('RUN/checkpoint.pt', weights_only=False)), 'RUN/checkpoint.pt')"`.
+    """
+    import torch
+
+    if isinstance(value, torch.Tensor) or value is None or isinstance(value, (bool, int, float, str, bytes)):
+        return value
+    if isinstance(value, Mapping):
+        return {k: plain_state(v) for k, v in value.items()}
+    if isinstance(value, list):
+        return [plain_state(v) for v in value]
+    if isinstance(value, tuple):
+        return tuple(plain_state(v) for v in value)
+    if isinstance(value, np.ndarray):
+        return torch.from_numpy(np.ascontiguousarray(value))
+    if isinstance(value, np.generic):
+        return value.item()
+    if isinstance(value, Enum):
+        return plain_state(value.value)
+    raise TypeError(f"{type(value).__module__}.{type(value).__qualname__} is not plain data or a tensor")
 
 
 def json_ready(value):
@@ -87,6 +139,10 @@ def read_json(path: Path):
             return json.load(f)
         except json.JSONDecodeError as e:
             raise ValueError(f"{path} is not valid JSON: {e}") from None
+        except RecursionError:
+            raise ValueError(f"{path} is nested too deeply to be a record of regimes") from None
+        except UnicodeDecodeError as e:
+            raise ValueError(f"{path} is not UTF-8 text: {e.reason}") from None
 
 
 def toml_ready(value):
@@ -115,8 +171,12 @@ def write_toml(path: Path, value: Mapping) -> None:
 
 
 def read_toml(path: Path) -> dict:
+    """The TOML at `path`; a file that is not TOML (or nests too deeply) is a ValueError naming it."""
     with open(path, "rb") as f:
-        return tomllib.load(f)
+        try:
+            return tomllib.load(f)
+        except RecursionError:
+            raise ValueError(f"{path} is nested too deeply to be a record of regimes") from None
 
 
 def toml_round_trip(value: Mapping) -> dict:

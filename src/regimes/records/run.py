@@ -10,7 +10,8 @@ RUN/
                     the next epoch's steps (config `geometry = true`; regimes.experiment.geometry)
   summary.json      the run's numbers, status and software versions (a `RunSummary`)
   figure.png        the run's figure (regimes.plots.save_run_figure)
-  checkpoint.pt     what a resume needs (the runner's state, saved with torch.save)
+  checkpoint.pt     what a resume needs (the runner's state: tensors and plain data, saved with
+                    torch.save and read with torch.load(weights_only=True): nothing in it runs code)
   error.txt         the traceback of a failed run (a sweep's trial that raised)
   .lock             held (flock) by the one process that writes the run; its PID inside
 ```
@@ -19,6 +20,9 @@ RUN/
 Every file is written atomically (`regimes.records.files.atomic_write`), and one process at
 a time writes a run: `with run_dir.writer():` holds an OS lock on `.lock` (released however the
 process ends, kill -9 included); a second writer gets `RunLockedError` naming the first's PID.
+No file is written, and no lock taken, through a symbolic link (`records.files.refuse_link`), and
+`create(force=True)` / `remove()` delete only the files above and the chunks of steps/ and
+tensor_steps/: a user's file or a nested run directory stays.
 """
 
 from __future__ import annotations
@@ -38,11 +42,15 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 
 from regimes.records.files import (
+    RunDirectoryError,
     atomic_write,
     describe_difference,
     parquet_bytes,
+    plain_state,
     read_json,
     read_toml,
+    real_folder,
+    refuse_link,
     toml_round_trip,
     write_json,
     write_toml,
@@ -54,12 +62,7 @@ try:
 except ImportError:  # pragma: no cover - not POSIX: no lock, one writer is then up to the user
     fcntl = None
 
-__all__ = ["RunDirectory", "RunDirectoryError", "RunLockedError", "DamagedRecordError", "is_run_directory"]
-
-
-class RunDirectoryError(Exception):
-    """A run directory that cannot be used as asked (another process writes it, it cannot be
-    written here, a file in it is damaged); the message says why and what to do."""
+__all__ = ["RunDirectory", "RunDirectoryError", "RunLockedError", "DamagedRecordError", "is_run_directory", "load_state"]
 
 
 class RunLockedError(RunDirectoryError):
@@ -81,6 +84,7 @@ _EPOCH_COLUMNS = {
     "seconds": pa.float64(),
 }
 _CHUNK = re.compile(r"^part-(\d+)\.parquet$")
+_TEMPORARY = re.compile(r"^\..+\.tmp$")  # atomic_write's, left by a killed process
 
 
 class RunDirectory:
@@ -209,7 +213,7 @@ class RunDirectory:
                     f"{self.path} already holds a different run ({why}); "
                     "use --force to replace it or --resume to continue it, or choose another --out"
                 )
-        self.steps_dir.mkdir(exist_ok=True)
+        real_folder(self.steps_dir)
         self.write_config(config)
 
     def check_resumable(self) -> None:
@@ -231,19 +235,29 @@ class RunDirectory:
         """Copy the whole run to `path` (which must not exist): whole or not at all."""
         target = Path(path)
         staging = target.with_name(f".{target.name}.copy")
-        shutil.rmtree(staging, ignore_errors=True)
-        shutil.copytree(self.path, staging, ignore=shutil.ignore_patterns(self.LOCK))
+        if refuse_link(staging).is_dir():
+            shutil.rmtree(staging)  # a copy a killed process left half-made
+        # symlinks=True: a link in the run is copied as a link, never read through
+        shutil.copytree(self.path, staging, symlinks=True, ignore=shutil.ignore_patterns(self.LOCK))
         staging.rename(target)
         return RunDirectory(target)
 
     def _clear(self) -> None:
+        """Remove what regimes wrote here: its named files, the chunks of steps/ and tensor_steps/
+        and left-over temporary files. Anything else (a user's file, a nested run directory)
+        stays, and so do the folders holding it; a link is removed, never followed."""
         for name in self.FILES:
             (self.path / name).unlink(missing_ok=True)
         for folder in (self.steps_dir, self.tensors_dir):
-            if folder.is_dir():
-                shutil.rmtree(folder)
+            if refuse_link(folder).is_dir():
+                for path in folder.iterdir():
+                    if (_CHUNK.match(path.name) or _TEMPORARY.match(path.name)) and not path.is_dir():
+                        path.unlink(missing_ok=True)
+                with contextlib.suppress(OSError):
+                    folder.rmdir()  # only when empty
         for leftover in self.path.glob(".*.tmp"):
-            leftover.unlink(missing_ok=True)
+            if not leftover.is_dir():
+                leftover.unlink(missing_ok=True)
 
     # -- config --------------------------------------------------------------------------
 
@@ -286,7 +300,7 @@ class RunDirectory:
                 )
             number = int(_CHUNK.match(chunks[-1].name).group(1)) + 1
         else:
-            self.steps_dir.mkdir(parents=True, exist_ok=True)
+            real_folder(self.steps_dir)
             number = 1
         atomic_write(self.steps_dir / f"part-{number:05d}.parquet", parquet_bytes(table))
 
@@ -312,7 +326,7 @@ class RunDirectory:
         })  # fmt: skip
         chunks = _chunk_paths(self.tensors_dir)
         number = int(_CHUNK.match(chunks[-1].name).group(1)) + 1 if chunks else 1
-        self.tensors_dir.mkdir(parents=True, exist_ok=True)
+        real_folder(self.tensors_dir)
         atomic_write(self.tensors_dir / f"part-{number:05d}.parquet", parquet_bytes(table))
 
     def read_tensor_steps(self) -> dict[str, np.ndarray]:
@@ -394,11 +408,13 @@ class RunDirectory:
     # -- checkpoint ----------------------------------------------------------------------
 
     def write_checkpoint(self, state: dict) -> None:
-        """Save `state` (tensors and plain data) with torch.save, atomically."""
+        """Save `state` (tensors and plain data) with torch.save, atomically. numpy arrays and
+        scalars are saved as tensors and numbers (`plain_state`), so that `read_checkpoint` loads
+        it with `torch.load(weights_only=True)`; any other object is a TypeError."""
         import torch
 
         buffer = io.BytesIO()
-        torch.save(state, buffer)
+        torch.save(plain_state(state), buffer)
         atomic_write(self.checkpoint_path, buffer.getvalue())
 
     def read_checkpoint(self, map_location="cpu") -> dict | None:
@@ -408,19 +424,10 @@ class RunDirectory:
         how to start the run again."""
         if not self.has_checkpoint():
             return None
-        import torch
-
         try:
-            state = torch.load(self.checkpoint_path, map_location=map_location, weights_only=False)
-        except Exception as error:  # torch.load raises many types for a damaged file
-            raise DamagedRecordError(
-                f"{self.checkpoint_path} cannot be read ({type(error).__name__}: {error}), so the run cannot "
-                f"continue. {self._kept_and_restart()}"
-            ) from None
-        if not isinstance(state, dict):
-            raise DamagedRecordError(f"{self.checkpoint_path} holds no checkpoint (a {type(state).__name__}). "
-                                     f"{self._kept_and_restart()}")  # fmt: skip
-        return state
+            return load_state(self.checkpoint_path, map_location=map_location)
+        except DamagedRecordError as error:
+            raise DamagedRecordError(f"{error}; the run cannot continue. {self._kept_and_restart()}") from None
 
     def check_records(self) -> None:
         """Read every step and per-tensor chunk's and the epoch table's metadata: a damaged file is a
@@ -467,6 +474,43 @@ def is_run_directory(path) -> bool:
 # -- helpers ---------------------------------------------------------------------------------
 
 
+def load_state(path, map_location="cpu") -> dict:
+    """The dict saved at `path` by `torch.save`, read with `torch.load(weights_only=True)`:
+    tensors and plain data only, so that nothing in the file can run code.
+
+    A file that needs unpickling (a checkpoint of an older regimes, with numpy's and Python's
+    random states inside, or a hostile one), a damaged file, or one that holds no dict is a
+    one-line `DamagedRecordError` naming it; the first says how to convert a file you trust
+    (`regimes.records.plain_state`).
+    """
+    import pickle
+
+    import torch
+
+    path = Path(path)
+    try:
+        state = torch.load(path, map_location=map_location, weights_only=True)
+    except FileNotFoundError:
+        raise
+    except Exception as error:  # torch.load raises many types for a damaged or unsafe file
+        text = str(error)
+        if isinstance(error, pickle.UnpicklingError) and "Weights only load failed" in text:
+            found = re.search(r"Unsupported global: GLOBAL (\S+)", text)
+            why = f"it names {found.group(1)}" if found else "it is not tensors and plain data"
+            raise DamagedRecordError(
+                f"{path} cannot be read without unpickling ({why}), which could run code, so regimes does not "
+                "load it; it is damaged, hostile, or from an older regimes. Only if you trust it, convert it once: "
+                f"python -c \"import torch; from regimes.records import plain_state as p; "
+                f"torch.save(p(torch.load('{path}', weights_only=False)), '{path}')\""
+            ) from None
+        first = text.strip().splitlines()[0] if text.strip() else ""
+        raise DamagedRecordError(f"{path} cannot be read ({type(error).__name__}: {first})") from None
+    if not isinstance(state, dict):
+        raise DamagedRecordError(f"{path} holds no checkpoint (a {type(state).__name__})")
+    return state
+
+
+
 @contextlib.contextmanager
 def writer_lock(folder: Path, lock_path: Path, wait: float, writers: str):
     """Hold an exclusive flock on `lock_path` in `folder` (made if need be) for the block, the
@@ -474,8 +518,11 @@ def writer_lock(folder: Path, lock_path: Path, wait: float, writers: str):
     it after `wait` seconds (`writers`: who takes such a lock, for the message)."""
     make_folder(folder)
     try:
-        fd = os.open(lock_path, os.O_RDWR | os.O_CREAT, 0o644)
+        # O_NOFOLLOW: a `.lock` that is a link must not make us truncate and write its target.
+        fd = os.open(refuse_link(lock_path), os.O_RDWR | os.O_CREAT | getattr(os, "O_NOFOLLOW", 0), 0o644)
     except OSError as error:
+        if error.errno == errno.ELOOP:
+            refuse_link(lock_path)  # made a link since: the same message
         raise _cannot_write(folder, error) from None
     try:
         if fcntl is not None and not _lock(fd, wait):

@@ -21,7 +21,10 @@ from dataclasses import dataclass, field
 from enum import Enum
 from importlib import metadata
 
-__all__ = ["Status", "DONE", "STATUSES", "RunSummary", "software_versions", "STUDY_FIELDS", "study_fields"]
+import numpy as np
+
+__all__ = ["Status", "DONE", "STATUSES", "RunSummary", "software_versions", "STUDY_FIELDS", "study_fields", "validity",
+           "LEARNED_MARGIN", "LEARNED_IMPROVEMENT"]
 
 
 class Status(str, Enum):
@@ -107,6 +110,14 @@ class RunSummary(Mapping):
     stopping_epoch: int | None = None  # the epoch of that reference
     settled_w_online: int | None = None  # iteration the online detector says dw settled at (None: not settled)
     settled_p_online: int | None = None  # the same for da (regimes.detect, never looking ahead)
+    # Validity of the run (SPEC section 1, `validity`): None where unknown (an older run, or a
+    # task without the number). majority_score: the validation split's majority-class accuracy
+    # (accuracy tasks); first_score: the first evaluation's validation score (epoch 1).
+    majority_score: float | None = None
+    first_score: float | None = None
+    measured: bool | None = None  # at least two measurements per smoothing window
+    learned: bool | None = None  # beat the majority class by 0.05 (accuracy) / improved on the first score by 10%
+    frozen: bool | None = None  # the regime was frozen (freeze_iteration is set)
     threads: int | None = None  # torch's thread count during the run
     error: str | None = None  # what ended a failed run
     extra: dict = field(default_factory=dict)
@@ -131,6 +142,8 @@ class RunSummary(Mapping):
         known = {k: v for k, v in data.items() if k in _KEYS}
         if known.get("status", Status.RUNNING) is None:
             del known["status"]
+        for key, value in known.items():
+            _check_type(key, value)
         return cls(**known, extra={k: v for k, v in data.items() if k not in _KEYS})
 
     def replace(self, **changes) -> RunSummary:
@@ -165,6 +178,30 @@ class RunSummary(Mapping):
 
 
 _KEYS = tuple(f.name for f in dataclasses.fields(RunSummary) if f.name != "extra")
+_TYPES = {f.name: str(f.type) for f in dataclasses.fields(RunSummary)}
+
+
+def _is_number(value) -> bool:
+    return isinstance(value, (int, float, np.integer, np.floating)) and not isinstance(value, (bool, np.bool_))
+
+
+def _check_type(key: str, value) -> None:
+    """A summary's value has its field's type (None always allowed): a number where a number
+    belongs, never a string, a bool or a table; a ValueError naming the key otherwise."""
+    kind = _TYPES[key].replace(" | None", "")
+    if value is None or kind == "Status":
+        return
+    ok = {
+        "float": _is_number(value),
+        "int": _is_number(value) and float(value).is_integer(),
+        "str": isinstance(value, str),
+        "bool": isinstance(value, (bool, np.bool_)),
+        "dict": isinstance(value, Mapping),
+        "list[str]": isinstance(value, (list, tuple)) and all(isinstance(v, str) for v in value),
+    }.get(kind, True)
+    if not ok:
+        shown = repr(value) if len(repr(value)) <= 40 else repr(value)[:37] + "..."
+        raise ValueError(f"{key} must be {'an' if kind == 'int' else 'a'} {kind} or null, got {shown}")
 
 
 # The summary fields that `regimes.analysis.summarize_run` computes: the study's numbers.
@@ -175,6 +212,63 @@ def study_fields(numbers: Mapping) -> dict:
     """The `STUDY_FIELDS` of `summarize_run`'s numbers, as `RunSummary` keywords (None where
     missing: a run with no step yet)."""
     return {k: numbers.get(k) for k in STUDY_FIELDS}
+
+
+LEARNED_MARGIN = 0.05  # accuracy: the best validation score beats the majority class by at least this
+LEARNED_IMPROVEMENT = 0.10  # lower-is-better scores (perplexity): the best is this fraction below the first
+
+
+def validity(summary: Mapping, *, majority_score=None, first_score=None, every=None) -> dict:
+    """Whether a run can be read as a result (SPEC section 1, "Validity of a run"): a pure function
+    of its summary. Returns `measured`, `learned`, `frozen` (True, False, or None where the
+    summary lacks what the answer needs) and `flags`: the words a table shows for a run that
+    did not measure, did not learn or was frozen ("not measured", "not learned", "frozen").
+
+    - measured: the run recorded at least two measurements per smoothing window:
+      `steps // every >= 2 * window`, where `steps` is the summary's optimizer steps, `every`
+      the tracker's measurement interval (the keyword, else the summary's `track_every`, else
+      1) and `window` the summary's smoothing window, in measurements. None without `steps`
+      or `window`.
+    - learned: with a higher-is-better score (accuracy), `best_score - majority_score >= 0.05`;
+      with a lower-is-better one (perplexity), `best_score <= (1 - 0.10) * first_score`, an
+      improvement of at least 10% on the first evaluation. `majority_score` and `first_score`
+      come from the keywords, else from the summary's fields; None without them (or without
+      `higher_is_better`). A best score that is not a finite number has not learned.
+    - frozen: `freeze_iteration` is set (else the summary's `frozen`, else False).
+
+    The summary's own `measured` / `learned` (what the run wrote, knowing its measurement
+    interval and its split) stand unless the caller passes `every` / the reference score; where
+    the run wrote none, they are computed from the summary's numbers.
+    """
+    get = summary.get
+    steps, window = get("steps"), get("window")
+    measured = get("measured")
+    if every is not None or measured is None:  # the run's own word stands unless the caller knows better
+        every = every if every is not None else get("track_every") or 1
+        if _number(steps) and _number(window) and _number(every) and every >= 1:
+            measured = int(steps) // int(every) >= 2 * int(window)
+
+    learned = get("learned")
+    higher = get("higher_is_better")
+    best = get("best_score")
+    best = float(best) if _number(best) else float("nan")
+    if higher is True and (majority_score is not None or learned is None):
+        reference = majority_score if majority_score is not None else get("majority_score")
+        if _number(reference):
+            learned = best - float(reference) >= LEARNED_MARGIN - 1e-12
+    elif higher is False and (first_score is not None or learned is None):
+        reference = first_score if first_score is not None else get("first_score")
+        if _number(reference):
+            learned = best <= (1 - LEARNED_IMPROVEMENT) * float(reference) + 1e-12
+
+    frozen = True if get("freeze_iteration") is not None else bool(get("frozen"))
+    flags = [word for word, flagged in (("not measured", measured is False), ("not learned", learned is False),
+                                        ("frozen", frozen)) if flagged]  # fmt: skip
+    return {"measured": measured, "learned": learned, "frozen": frozen, "flags": flags}
+
+
+def _number(value) -> bool:
+    return _is_number(value) and bool(np.isfinite(value))
 
 
 def software_versions() -> dict:

@@ -14,11 +14,19 @@ sweeps/mlp-breast-cancer/
 
 from __future__ import annotations
 
+import contextlib
 import json
-import shutil
-from pathlib import Path
+from pathlib import Path, PurePosixPath
 
-from regimes.records.files import atomic_write, describe_difference, json_ready, parquet_bytes, read_json, write_json
+from regimes.records.files import (
+    atomic_write,
+    describe_difference,
+    json_ready,
+    parquet_bytes,
+    read_json,
+    refuse_link,
+    write_json,
+)
 from regimes.records.run import RunDirectory, is_run_directory, writer_lock
 
 __all__ = ["SweepDirectory", "is_sweep_directory", "find_runs"]
@@ -69,8 +77,15 @@ class SweepDirectory:
         return f"{self.SEEDS}/seed{seed}"
 
     def run(self, name: str) -> RunDirectory:
-        """The run directory of a run of this sweep, by its name."""
-        return RunDirectory(self.path / name)
+        """The run directory of a run of this sweep, by its name ("trials/<trial>" or
+        "seeds/seed<n>"). A name that would leave the sweep's folder or the folder of its kind
+        (absolute, `..`, more parts) is a ValueError; a link on the way is refused (`refuse_link`)."""
+        parts = PurePosixPath(str(name)).parts
+        if len(parts) != 2 or parts[0] not in self.TABLES or parts[1] in ("..", ".") or "\\" in str(name):
+            raise ValueError(f"{name!r} names no run of the sweep {self.path} (a run is {self.TRIALS}/<trial> "
+                             f"or {self.SEEDS}/seed<n>)")  # fmt: skip
+        refuse_link(self.path / parts[0])
+        return RunDirectory(refuse_link(self.path / parts[0] / parts[1]))
 
     # -- lifecycle -------------------------------------------------------------------------
 
@@ -85,8 +100,8 @@ class SweepDirectory:
 
     def start(self, description: dict, force: bool = False) -> None:
         """Write sweep.json; refuse a folder that holds another sweep (unless `force`, which
-        removes that sweep's runs and tables first)."""
-        if self.description_path.is_file():
+        removes that sweep's runs and tables first). A link in the file's place is refused."""
+        if refuse_link(self.description_path).is_file():
             if force:
                 self.clear()
             else:
@@ -104,13 +119,21 @@ class SweepDirectory:
         atomic_write(self.description_path, (json.dumps(description, indent=2) + "\n").encode("utf-8"))
 
     def clear(self) -> None:
-        """Remove the sweep's files and runs (nothing else the user put there)."""
+        """Remove the sweep's files and runs: what regimes wrote (`RunDirectory.remove`) and
+        nothing else the user put there. A folder that still holds something stays."""
         self.description_path.unlink(missing_ok=True)
         self.selected_path.unlink(missing_ok=True)
         for table in self.TABLES:
             for fmt in self.TABLE_FORMATS:
                 self.table_path(table, fmt).unlink(missing_ok=True)
-            shutil.rmtree(self.path / table, ignore_errors=True)
+            folder = refuse_link(self.path / table)
+            if not folder.is_dir():
+                continue
+            for run in sorted(folder.iterdir()):
+                if run.is_dir() and not run.is_symlink() and is_run_directory(run):
+                    RunDirectory(run).remove(up_to=run)
+            with contextlib.suppress(OSError):
+                folder.rmdir()  # only when empty
 
     def read_description(self) -> dict:
         return read_json(self.description_path)
