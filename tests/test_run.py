@@ -395,3 +395,34 @@ def test_resume_without_a_checkpoint_changes_nothing(tmp_path, monkeypatch, caps
     assert "no checkpoint to resume from" in capsys.readouterr().err
     after = {p.relative_to(out): p.read_bytes() for p in out.rglob("*") if p.is_file() and p.name != ".lock"}
     assert after == before
+
+
+def test_a_frozen_or_untrained_run_says_so_in_its_summary_and_its_printed_lines(tmp_path, monkeypatch, capsys):
+    from regimes.cli import main
+
+    monkeypatch.setenv("REGIMES_DATA", str(tmp_path / "data"))
+    args = ["run", "mlp-breast-cancer", "--set", "max_epochs=3", "--threads", "1"]
+    assert main([*args, "--set", "freeze=1", "--out", str(tmp_path / "frozen")]) == 0
+    frozen = RunDirectory(tmp_path / "frozen").read_summary()
+    assert frozen["frozen"] is True and frozen["freeze_iteration"] == frozen["batches_per_epoch"]
+    assert f"frozen from iteration {frozen['freeze_iteration']}" in capsys.readouterr().out
+    # lr 1e-12: the weights barely move and the score stays below the majority class: not learned.
+    assert main([*args, "--set", "lr=1e-12", "--out", str(tmp_path / "still")]) == 0
+    still = RunDirectory(tmp_path / "still").read_summary()
+    assert still["learned"] is False and still["majority_score"] == pytest.approx(0.6316, abs=1e-4)
+    assert "DID NOT LEARN" in capsys.readouterr().out
+    assert main(["report", str(tmp_path)]) == 0
+    table = capsys.readouterr().out
+    assert "not learned" in table and "frozen" in table
+    mean_line = [line for line in table.splitlines() if line.startswith("mean rho")]
+    assert mean_line and all("over 0 runs" in line or "left out" in line for line in mean_line)
+
+
+def test_a_frozen_runs_figure_says_so(tmp_path, monkeypatch):
+    pytest.importorskip("matplotlib")
+    from regimes.plots import plot_run
+
+    monkeypatch.setenv("REGIMES_DATA", str(tmp_path / "data"))
+    summary = train_run(get_preset("mlp-breast-cancer").replace(max_epochs=2, freeze=1), tmp_path / "run")
+    _, ax = plot_run(tmp_path / "run")
+    assert f"FROZEN from iteration {summary['freeze_iteration']}" in ax.get_title()

@@ -10,6 +10,8 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+
+pytest.importorskip("pyarrow", reason="run directories need pyarrow: pip install -e '.[study]'")
 import torch
 
 from regimes.records import DamagedRecordError, RunDirectory, RunDirectoryError, SweepDirectory, load_state, plain_state

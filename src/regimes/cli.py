@@ -64,9 +64,19 @@ def _print_result(summary: dict, out: Path) -> None:
     rho = _fmt(summary["rho"], ".2f")
     if summary.get("rho_global") is not None and summary.get("rho_layerwise") is not None:
         rho += f" (weight change: global {_fmt(summary['rho_global'], '.2f')}, layerwise {_fmt(summary['rho_layerwise'], '.2f')})"
+    from regimes.records import validity
+
+    flags = validity(summary)["flags"]
+    said = str(status)
+    if summary.get("freeze_iteration") is not None:
+        said += f", frozen from iteration {summary['freeze_iteration']}: da is 0 from there on by construction"
+    if "not measured" in flags:
+        said += ", NOT MEASURED: fewer than two measurements per smoothing window, rho means nothing"
+    if "not learned" in flags:
+        said += f", DID NOT LEARN: best score within 0.05 of the majority class ({_fmt(summary.get('majority_score'), '.4f')})"
     rows = [
         ("run", str(out)),
-        ("status", str(status)),
+        ("status", said),
         (f"best {summary['score_name']}", f"{_fmt(score, '.4f')} (epoch {_fmt(epoch, 'd')})"),
         ("stop epoch", stopped),
         ("AUC_W / AUC_P", f"{_fmt(summary['auc_w'], '.3f')} / {_fmt(summary['auc_p'], '.3f')}"),
@@ -89,6 +99,7 @@ def _print_result(summary: dict, out: Path) -> None:
 
 def cmd_run(args) -> int:
     from regimes.experiment import load_toml, train_run
+    from regimes.experiment.config import check_path_name
     from regimes.records import RunDirectory, Status
 
     _set_threads(args.threads)
@@ -112,7 +123,9 @@ def cmd_run(args) -> int:
         if not args.preset:
             raise UsageError("name a preset or a TOML config (`regimes presets` lists the presets), or pass --resume DIR")
         config = _config_for(args)
-        out = Path(args.out or Path("runs") / f"{config.preset or Path(args.preset).stem}-seed{config.seed}")
+        name = config.preset or Path(args.preset).stem
+        check_path_name("config file name", name)  # it names the default run folder
+        out = Path(args.out or Path("runs") / f"{name}-seed{config.seed}")
     from regimes.experiment.callbacks import ProgressBar
 
     try:
@@ -217,7 +230,7 @@ def cmd_report(args) -> int:
         print(f"regimes: skipped {path}, which cannot be read: {reason} (--strict stops instead)", file=sys.stderr)
     if not runs:
         raise UsageError(f"no readable run in {', '.join(args.dirs)}")
-    print(render(runs, args.format, unreadable=len(skipped)))
+    print(render(runs, args.format, unreadable=len(skipped), include_flagged=args.all))
     if args.figure:
         from regimes.plots import plot_grid
 
@@ -457,6 +470,8 @@ def build_parser() -> argparse.ArgumentParser:
     report.add_argument("--format", choices=["markdown", "csv", "latex"], default="markdown")
     report.add_argument("--figure", help="also draw the grid figure to this file (.png, .svg, .pdf)")
     report.add_argument("--strict", action="store_true", help="stop at a run that cannot be read (default: name it and skip it)")
+    report.add_argument("--all", action="store_true",
+                        help="count runs flagged not measured, not learned or frozen in the mean (default: leave them out)")
     report.set_defaults(func=cmd_report)
 
     geometry = commands.add_parser("geometry", help="region distances and stability radii of a saved run's probe")

@@ -25,7 +25,7 @@ from pathlib import Path
 import numpy as np
 
 from regimes.analysis import normalized_curve, smoothing_window
-from regimes.records import RunDirectory, Status, atomic_write
+from regimes.records import RunDirectory, Status, atomic_write, validity
 from regimes.runs import as_float, config_value, optimizer_text, read_run
 from regimes.study import dataset_label, model_label
 
@@ -186,6 +186,10 @@ def _title(info: dict, own: dict, label: str | None) -> str:
     status = Status(own.get("status") or Status.RUNNING)
     if status != Status.FINISHED:
         lines.append(f"{status} at epoch {own.get('stop_epoch') or 0} of {config_value(own, 'max_epochs') or '?'}")
+    flags = validity(own)["flags"]
+    if flags:  # a run that is not a result says so on its panel
+        frozen = f" from iteration {own['freeze_iteration']}" if own.get("freeze_iteration") is not None else ""
+        lines.append(", ".join(flags).upper().replace("FROZEN", f"FROZEN{frozen}"))
     mean = as_float(info.get("rho"))
     if info.get("members") and math.isfinite(mean):
         interval = ""

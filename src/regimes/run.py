@@ -50,7 +50,7 @@ from regimes.analysis import summarize_run
 from regimes.detect import RegimeChangeDetector, RegimeEvent
 from regimes.errors import RunExistsError, UsageError
 from regimes.extras import available
-from regimes.records import RunDirectory, RunSummary, Status, software_versions, study_fields
+from regimes.records import RunDirectory, RunSummary, Status, software_versions, study_fields, validity
 from regimes.records.run import writer_lock
 from regimes.runs import best_validation
 from regimes.sites import unwrap_model
@@ -453,11 +453,16 @@ class Run:
         fields.update(self.describe)
         for contributor in self.contributors:
             fields.update(contributor.summary_fields())
+        first = next((r["val_score"] for r in self.epochs if r.get("val_score") is not None), None)
+        fields.setdefault("first_score", first)
         known = {k: v for k, v in fields.items() if k in RunSummary.__dataclass_fields__}
         extra = {k: v for k, v in fields.items() if k not in known}
         if self.host != "runner":
             extra.setdefault("integration", self.host)
-        return RunSummary(**known, extra=extra)
+        summary = RunSummary(**known, extra=extra)
+        # Whether the run can be read as a result (measured, learned, frozen): said in the summary itself.
+        valid = validity(summary, every=self.every)
+        return summary.replace(measured=valid["measured"], learned=valid["learned"], frozen=valid["frozen"])
 
     # -- checkpoints -----------------------------------------------------------------------
 

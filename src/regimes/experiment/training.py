@@ -144,8 +144,18 @@ def _describe(state: RunState) -> dict:
         "score_name": state.task.score_name, "higher_is_better": state.task.higher_is_better,
         "max_epochs": config.max_epochs,
         "train_size": len(state.splits.train), "val_size": len(state.splits.val), "data_source": state.splits.source,
-        "device": str(state.device),
+        "device": str(state.device), "majority_score": _majority_score(state),
     }  # fmt: skip
+
+
+def _majority_score(state: RunState) -> float | None:
+    """The validation split's majority-class accuracy, the score a run must beat to have learned
+    (None for a task whose score is not an accuracy over class labels)."""
+    tensors = state.splits.val.tensors
+    labels = tensors[-1] if len(tensors) > 1 else None
+    if not state.task.higher_is_better or labels is None or labels.dim() != 1 or labels.is_floating_point():
+        return None
+    return float(labels.bincount().max()) / len(labels)
 
 
 def _first_missing_folder(path: Path):

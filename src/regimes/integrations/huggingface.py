@@ -68,7 +68,7 @@ from regimes.integrations.session import (
     settled_metric,
     warn_late_freeze,
 )  # fmt: skip
-from regimes.records import atomic_write
+from regimes.records import atomic_write, load_state, plain_state
 
 transformers = require("transformers", "regimes.integrations.huggingface")
 from transformers.trainer_utils import PREFIX_CHECKPOINT_DIR  # noqa: E402  (after the extras gate)
@@ -150,7 +150,7 @@ class RegimesCallback(transformers.TrainerCallback):
             folder = _checkpoint_folder(args, state)
             saved = next((f for f in (folder / _state_file(rank, True), folder / STATE_FILE) if f.is_file()), None)
             if saved is not None and (rank == 0 or saved.name != STATE_FILE):
-                session.load_state_dict(torch.load(saved, map_location="cpu", weights_only=True))
+                session.load_state_dict(load_state(saved))
         self.tracker = session.start(model, lambda: self._draw(args, model, train_dataloader), step=state.global_step,
                                      rank=rank, optimizer=optimizer, **self.tracker_options)  # fmt: skip
         session.open()
@@ -213,7 +213,7 @@ class RegimesCallback(transformers.TrainerCallback):
         session.flush()
         if session.roles.writes or session.tracker.weights.sharding is not None:  # a sharded process keeps its own
             buffer = io.BytesIO()
-            torch.save(session.state_dict(), buffer)
+            torch.save(plain_state(session.state_dict()), buffer)
             folder = _checkpoint_folder(args, state)
             folder.mkdir(parents=True, exist_ok=True)
             atomic_write(folder / _state_file(args.process_index, session.tracker.weights.sharding is not None),
