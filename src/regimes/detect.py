@@ -84,6 +84,7 @@ from dataclasses import dataclass
 import numpy as np
 
 from regimes.analysis import normalized_curve, smoothing_window, stabilization
+from regimes.errors import UsageError
 
 __all__ = [
     "RegimeChangeDetector",
@@ -201,14 +202,14 @@ class SettleDetector:
         max_level: float = 0.3,
     ):
         if not 0 < tau <= 1:
-            raise ValueError(f"tau must be in (0, 1], got {tau}")
+            raise UsageError(f"tau must be in (0, 1], got {tau}")
         if confirm_epochs < 0 or not 0 <= confirm_fraction < 1:
-            raise ValueError(
+            raise UsageError(
                 f"confirm_epochs must be >= 0 and confirm_fraction in [0, 1), got "
                 f"{confirm_epochs} and {confirm_fraction}"
             )
         if not 0 < max_quiet_before <= 1 or max_drift < 0 or not 0 < max_level <= 1:
-            raise ValueError(
+            raise UsageError(
                 f"max_quiet_before must be in (0, 1], max_drift >= 0 and max_level in (0, 1], got "
                 f"{max_quiet_before}, {max_drift} and {max_level}"
             )
@@ -260,7 +261,7 @@ class SettleDetector:
         counting every update), so one bad value never silences the detector for good.
         `nonfinite_at` is the last such step."""
         if isinstance(value, (bool, np.bool_, str, bytes)):
-            raise ValueError(f"update takes a real number, got {value!r}")
+            raise UsageError(f"update takes a real number, got {value!r}")
         x = float(value)
         self.steps += 1
         if not math.isfinite(x):
@@ -459,9 +460,9 @@ class RegimeChangeDetector:
 def check_batches_per_epoch(batches_per_epoch) -> int:
     """`batches_per_epoch` as an int >= 1; 2.5, True, a string, 0 or a negative number is a ValueError."""
     if isinstance(batches_per_epoch, (bool, np.bool_)) or not isinstance(batches_per_epoch, (int, np.integer)):
-        raise ValueError(f"batches_per_epoch must be a whole number >= 1, got {batches_per_epoch!r}")
+        raise UsageError(f"batches_per_epoch must be a whole number >= 1, got {batches_per_epoch!r}")
     if batches_per_epoch < 1:
-        raise ValueError(f"batches_per_epoch must be >= 1, got {batches_per_epoch}")
+        raise UsageError(f"batches_per_epoch must be >= 1, got {batches_per_epoch}")
     return int(batches_per_epoch)
 
 

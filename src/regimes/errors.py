@@ -11,6 +11,7 @@ so `except ValueError` keeps working.
     ├── DamagedInputError (ValueError)       a file cannot be read as what it should be
     ├── RunExistsError (FileExistsError)     a run is already where a new one would go
     ├── NoRunError (FileNotFoundError)       no run (or no checkpoint) where one is needed
+    ├── MissingInputError (FileNotFoundError) a file the user named is not there
     └── the older names, kept where they were defined: ConfigError, UnknownNameError,
         ModelArgumentError, ProbeError, NoActivationSitesError, MissingExtraError,
         DataNotFoundError, EngineError, RunDirectoryError (RunLockedError, DamagedRecordError),
@@ -19,7 +20,8 @@ so `except ValueError` keeps working.
 
 from __future__ import annotations
 
-__all__ = ["RegimesError", "UsageError", "UnsupportedError", "DamagedInputError", "RunExistsError", "NoRunError"]
+__all__ = ["RegimesError", "UsageError", "UnsupportedError", "DamagedInputError", "RunExistsError", "NoRunError",
+           "MissingInputError"]
 
 
 class RegimesError(Exception):
@@ -44,3 +46,7 @@ class RunExistsError(RegimesError, FileExistsError):
 
 class NoRunError(RegimesError, FileNotFoundError):
     """No run, or no checkpoint, where one is needed."""
+
+
+class MissingInputError(RegimesError, FileNotFoundError):
+    """A file the user named (a config, a grid, a data file) is not there."""

@@ -49,6 +49,7 @@ import torch.nn.functional as F
 from torch import nn
 from torch.overrides import TorchFunctionMode
 
+from regimes.errors import UsageError
 from regimes.quantities import Quantity, Step
 from regimes.sites import ACTIVATIONS, capture, unwrap_model
 from regimes.sites import _ModuleStack as ModuleStack
@@ -172,13 +173,13 @@ class FrozenGates:
         name = self.activation.name
         if self.sites is None:
             if not any(isinstance(m, self.activation.modules) for m in self._live_names):
-                raise ValueError(
+                raise UsageError(
                     f"FrozenGates: the {type(self.module).__name__} holds no {name} module, so there is nothing to "
                     "gate; if it calls the function, pass its sites (sites=tracker.sites)"
                 )
             return
         if not self.sites:
-            raise ValueError("FrozenGates: sites is empty, so there is nothing to gate")
+            raise UsageError("FrozenGates: sites is empty, so there is nothing to gate")
         by_name = dict(self.module.named_modules())
         missing = []
         for site in sorted(self.sites):
@@ -192,7 +193,7 @@ class FrozenGates:
             if not ok:
                 missing.append(site)
         if missing:
-            raise ValueError(
+            raise UsageError(
                 f"FrozenGates: the {type(self.module).__name__} has no {name} site {', '.join(map(repr, missing[:5]))}"
                 f"{f' (and {len(missing) - 5} more)' if len(missing) > 5 else ''}; its sites are named as "
                 "Tracker.sites names them"
@@ -230,7 +231,7 @@ class FrozenGates:
             return None
         gates = self.gates(*args, **kwargs)
         if not gates:
-            raise ValueError(
+            raise UsageError(
                 f"FrozenGates: no {self.activation.name} site of the {type(self.module).__name__} ran in this forward"
                 f"{'' if self.sites is None else ' among ' + ', '.join(sorted(self.sites)[:5])}: nothing would be gated"
             )

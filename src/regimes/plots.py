@@ -25,6 +25,7 @@ from pathlib import Path
 import numpy as np
 
 from regimes.analysis import normalized_curve, smoothing_window
+from regimes.errors import UsageError
 from regimes.records import RunDirectory, Status, atomic_write, validity
 from regimes.runs import as_float, config_value, optimizer_text, read_run
 from regimes.study import dataset_label, model_label
@@ -75,7 +76,7 @@ def _resolve(run, batches_per_epoch: int | None = None) -> tuple[dict, dict, lis
 
     if isinstance(run, Tracker):
         if batches_per_epoch is None:
-            raise ValueError("plot_run(tracker) needs batches_per_epoch= (optimizer steps per epoch): it sets the window")
+            raise UsageError("plot_run(tracker) needs batches_per_epoch= (optimizer steps per epoch): it sets the window")
         steps = {"iteration": run.iterations, "dw": run.delta_w, "da": run.delta_a}
         info = {"batches_per_epoch": batches_per_epoch}
         return info, info, [], steps
@@ -260,9 +261,9 @@ def plot_grid(runs, path=None, ncols: int = 3):
     """
     runs = list(runs)
     if not runs:
-        raise ValueError("plot_grid needs at least one run")
+        raise UsageError("plot_grid needs at least one run")
     if path is not None and Path(path).suffix.lower() not in FIGURE_SUFFIXES:
-        raise ValueError(f"cannot tell the figure format of {path}; end it in {', '.join(FIGURE_SUFFIXES)}")
+        raise UsageError(f"cannot tell the figure format of {path}; end it in {', '.join(FIGURE_SUFFIXES)}")
     ncols = max(1, min(ncols, len(runs)))
     nrows = math.ceil(len(runs) / ncols)
     fig, grid = _pyplot().subplots(

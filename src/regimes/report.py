@@ -28,6 +28,7 @@ from collections import Counter
 from pathlib import Path
 
 from regimes.analysis import aggregate, bootstrap_interval
+from regimes.errors import UsageError
 from regimes.records import Status, is_sweep_directory, validity
 from regimes.runs import as_float, config_value, load_runs, optimizer_text, seed_statistics, seed_text
 from regimes.study import dataset_label, model_label
@@ -150,7 +151,7 @@ def _integer(value) -> int | None:
 def format_table(rows, fmt: str = "markdown") -> str:
     """The table as Markdown (default), CSV or a LaTeX booktabs tabular."""
     if fmt not in FORMATS:
-        raise ValueError(f"unknown table format {fmt!r}; choose one of {', '.join(FORMATS)}")
+        raise UsageError(f"unknown table format {fmt!r}; choose one of {', '.join(FORMATS)}")
     columns = COLUMNS
     if any(row.get("flags") for row in rows):  # after status: how far the run can be read
         at = [key for key, _, _ in columns].index("status") + 1
@@ -283,7 +284,7 @@ def aggregate_line(rows, fmt: str = "markdown", unreadable: int = 0, *, include_
     line each, "MLP / Breast Cancer: mean rho = ...".
     """
     if fmt not in FORMATS:
-        raise ValueError(f"unknown format {fmt!r}; choose one of {', '.join(FORMATS)}")
+        raise UsageError(f"unknown format {fmt!r}; choose one of {', '.join(FORMATS)}")
     groups: dict = {}
     for row in rows:
         groups.setdefault((row.get("model"), row.get("dataset")), []).append(row)

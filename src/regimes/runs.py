@@ -24,6 +24,7 @@ from pathlib import Path
 import numpy as np
 
 from regimes.analysis import aggregate, bootstrap_interval
+from regimes.errors import DamagedInputError
 from regimes.records import RunDirectory, RunSummary, Status, SweepDirectory, find_runs, is_sweep_directory, validity
 from regimes.study import optimizer_label, row_rank
 
@@ -36,7 +37,7 @@ __all__ = [
 _UNFINISHED = (Status.RUNNING, Status.INTERRUPTED, Status.FAILED, Status.DIVERGED)
 
 
-class UnreadableRunError(ValueError):
+class UnreadableRunError(DamagedInputError):
     """A run or sweep directory whose files cannot be read (a corrupt summary, config or table)."""
 
 
@@ -94,7 +95,7 @@ def read_run(path) -> dict:
     for row in epochs:
         for key in ("epoch", "val_score", "train_score", "val_loss", "train_loss"):
             if row.get(key) is not None and not _is_number(row[key]):
-                raise ValueError(f"{directory.epochs_path}: column {key!r} holds {row[key]!r}, not a number")
+                raise DamagedInputError(f"{directory.epochs_path}: column {key!r} holds {row[key]!r}, not a number")
     best = best_validation(epochs, run.get("higher_is_better") is not False)
     if best is not None:
         run["best_score"], run["best_epoch"] = best
@@ -103,7 +104,7 @@ def read_run(path) -> dict:
         for row in rows:
             for key in _GEOMETRY_READ:
                 if row.get(key) is not None and not _is_number(row[key]):
-                    raise ValueError(f"{directory.geometry_path}: column {key!r} holds {row[key]!r}, not a number")
+                    raise DamagedInputError(f"{directory.geometry_path}: column {key!r} holds {row[key]!r}, not a number")
         run.update(geometry_numbers(rows))
     run["path"] = str(path)
     run["config"] = config
@@ -150,7 +151,7 @@ def _read(path: Path, reader):
     except ValueError as error:
         if str(path) in str(error):
             raise
-        raise ValueError(f"{path}: {error}") from error
+        raise DamagedInputError(f"{path}: {error}") from error
 
 
 def read_sweep(path) -> dict:
@@ -166,7 +167,7 @@ def read_sweep(path) -> dict:
     selected = sweep.read_selected()
     for name, value in (("description", description), ("selection", selected)):
         if not isinstance(value, Mapping):
-            raise ValueError(f"{path}: the sweep's {name} is a {type(value).__name__}, not a table")
+            raise DamagedInputError(f"{path}: the sweep's {name} is a {type(value).__name__}, not a table")
     if selected.get("path"):
         run = read_run(sweep.run(selected["path"]).path)
     else:  # no trial finished (or the grid is still running): the sweep's model and data set, no numbers
@@ -179,7 +180,7 @@ def read_sweep(path) -> dict:
     seeds = selected.get("seeds") or {}
     seed_runs = (seeds.get("runs") if isinstance(seeds, Mapping) else None) or []  # the current selection's
     if not isinstance(seed_runs, list) or not all(isinstance(name, str) for name in seed_runs):
-        raise ValueError(f"{sweep.selected_path}: seeds.runs is not a list of run names")
+        raise DamagedInputError(f"{sweep.selected_path}: seeds.runs is not a list of run names")
     if seed_runs:
         rows = [read_run(sweep.run(name).path) for name in seed_runs]
         run.update(seed_statistics(rows))

@@ -11,6 +11,8 @@ no torch, so the report reads it cheaply.
 
 from __future__ import annotations
 
+from regimes.errors import UsageError
+
 __all__ = ["MODEL_LABELS", "DATASET_LABELS", "OPTIMIZER_LABELS", "STUDY_ROWS", "GRID_FAMILIES",
            "model_label", "dataset_label", "optimizer_label", "grid_family", "row_rank"]  # fmt: skip
 
@@ -65,7 +67,7 @@ def optimizer_label(name) -> str:
 def grid_family(model: str) -> str:
     """The study's grid family of a model; a model the study has no grid for is an error."""
     if model not in GRID_FAMILIES:
-        raise ValueError(
+        raise UsageError(
             f"the study has no sweep grid for model {model!r} (families: "
             f"{', '.join(sorted(set(GRID_FAMILIES.values())))}): pass --grid FAMILY or a TOML grid file"
         )

@@ -12,6 +12,7 @@ import sys
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from regimes.errors import UsageError
 from regimes.extras import require
 from regimes.registry import UnknownNameError, suggestion
 
@@ -26,7 +27,7 @@ WEIGHT_CHANGES = ("layerwise", "global")
 FREEZES = ("off", "auto")  # or an epoch number
 
 
-class ConfigError(ValueError):
+class ConfigError(UsageError):
     """A config key or value that is not valid; the message says which and what is."""
 
 

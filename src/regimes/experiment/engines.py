@@ -14,6 +14,7 @@ import os
 import signal
 import sys
 
+from regimes.errors import RegimesError, UsageError
 from regimes.experiment.sweep import Job, run_job
 from regimes.extras import MissingExtraError, require
 from regimes.records import Status
@@ -22,7 +23,7 @@ from regimes.registry import Registry
 __all__ = ["LocalEngine", "RayEngine", "EngineError", "make_engine", "cpu_cores", "ENGINES"]
 
 
-class EngineError(RuntimeError):
+class EngineError(RegimesError, RuntimeError):
     """The engine cannot run here (Ray missing); the message says what to install."""
 
 
@@ -60,7 +61,7 @@ class LocalEngine:
         if workers is None:
             workers = gpus if gpus else max(1, cores // (threads or 1))
         if workers < 1:
-            raise ValueError(f"--workers must be >= 1, got {workers}")
+            raise UsageError(f"--workers must be >= 1, got {workers}")
         self.workers = workers
         self.threads = threads or max(1, cores // workers)
         # "cuda" with several devices: worker i trains on cuda:(i mod devices).

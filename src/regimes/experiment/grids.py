@@ -23,6 +23,7 @@ import re
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from regimes.errors import MissingInputError
 from regimes.experiment.config import ConfigError, RunConfig, UnknownConfigNameError, check_path_name, read_toml
 from regimes.registry import Registry
 from regimes.study import GRID_FAMILIES, grid_family
@@ -120,7 +121,7 @@ def resolve_grid(spec: str | None, config: RunConfig) -> Grid:
         return study_grid(spec)
     if spec.endswith(".toml") or Path(spec).is_file():
         if not Path(spec).is_file():
-            raise FileNotFoundError(f"grid file {spec} does not exist")
+            raise MissingInputError(f"grid file {spec} does not exist")
         return load_grid(spec)
     return study_grid(spec)  # not a family either: the registry's message lists the families
 

@@ -21,6 +21,7 @@ import traceback
 from dataclasses import dataclass
 from pathlib import Path
 
+from regimes.errors import RunExistsError
 from regimes.experiment.config import RunConfig
 from regimes.experiment.grids import Grid
 from regimes.experiment.setup import check_names
@@ -218,7 +219,7 @@ def _check_runs_match(jobs: list[Job], force: bool) -> None:
         if force or not run.has_config():
             continue
         if (why := run.config_difference(job.config.to_dict())) is not None:
-            raise FileExistsError(
+            raise RunExistsError(
                 f"{job.out} holds a run of another config ({why}); "
                 "choose another --out, or --force to start the sweep again"
             )

@@ -26,6 +26,7 @@ import torch
 from torch import nn
 from torch.overrides import TorchFunctionMode, resolve_name
 
+from regimes.errors import UsageError
 from regimes.sites import ACTIVATIONS, SiteCall, capture, site_name, unwrap_model
 
 RELU_FUNCTIONS = ACTIVATIONS["relu"].functions
@@ -33,7 +34,7 @@ RELU_FUNCTIONS = ACTIVATIONS["relu"].functions
 __all__ = ["NotPiecewiseLinearError"]
 
 
-class NotPiecewiseLinearError(ValueError):
+class NotPiecewiseLinearError(UsageError):
     """A part of the model is not piecewise linear (or has kinks other than ReLUs and max-pools)."""
 
 
@@ -245,7 +246,7 @@ def prepare(model: nn.Module, x: torch.Tensor) -> tuple[nn.Module, torch.Tensor]
     if not isinstance(x, torch.Tensor):
         raise TypeError(f"x must be a batch tensor [B, ...], got {type(x).__name__}")
     if x.dim() < 1 or x.shape[0] == 0:
-        raise ValueError(f"x must be a non-empty batch [B, ...], got shape {tuple(x.shape)}")
+        raise UsageError(f"x must be a non-empty batch [B, ...], got shape {tuple(x.shape)}")
     if not x.is_floating_point():
         raise TypeError(
             f"x must be floating point (the functions differentiate the network in its input), got {x.dtype}. "
@@ -255,7 +256,7 @@ def prepare(model: nn.Module, x: torch.Tensor) -> tuple[nn.Module, torch.Tensor]
     bad = (~torch.isfinite(x.detach().reshape(x.shape[0], -1))).any(dim=1).nonzero().flatten().tolist()
     if bad:
         shown = ", ".join(map(str, bad[:5])) + (f" and {len(bad) - 5} more" if len(bad) > 5 else "")
-        raise ValueError(f"x holds NaN or infinite values in sample {shown} of {x.shape[0]}: such an input has no "
+        raise UsageError(f"x holds NaN or infinite values in sample {shown} of {x.shape[0]}: such an input has no "
                          "linear region, affine map or stability radius; drop it or fix it")  # fmt: skip
     module = unwrap_model(model)
     device, dtype = model_device_dtype(module, x)
@@ -660,7 +661,7 @@ def trace(module: nn.Module, x: torch.Tensor, builder=None) -> Trace:
             "wrap the model to return the output you want to study."
         )
     if output.dim() == 0 or output.shape[0] != x.shape[0]:
-        raise ValueError(f"the model's output must have the batch first: input {tuple(x.shape)}, output {tuple(output.shape)}")
+        raise UsageError(f"the model's output must have the batch first: input {tuple(x.shape)}, output {tuple(output.shape)}")
     _name_records(tracer.sites, lambda r: r.call.base, lambda r: r.call.index)
     _name_records(tracer.pools, lambda r: r.base, lambda r: r.index)
     return Trace(output.detach(), tracer.sites, tracer.pools, tracer.dependent_numel, tracer.steps)

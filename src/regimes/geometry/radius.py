@@ -11,6 +11,7 @@ from torch import nn
 from torch.func import functional_call, grad, vmap
 from torch.overrides import TorchFunctionMode
 
+from regimes.errors import UsageError
 from regimes.geometry._trace import (
     MOVES_WITHOUT_REPEATS,
     RELU_FUNCTIONS,
@@ -547,7 +548,7 @@ def parameter_radius(
     The model runs in eval mode; its train/eval state and parameters are left as they were.
     """
     if directions < 0:
-        raise ValueError(f"directions must be >= 0, got {directions}")
+        raise UsageError(f"directions must be >= 0, got {directions}")
     module, x = prepare(model, x)
     batch = x.shape[0]
     tr = trace(module, x, builder=_Program(batch))

@@ -8,6 +8,7 @@ import torch
 from torch import nn
 from torch.func import jvp, vmap
 
+from regimes.errors import UsageError
 from regimes.geometry._trace import Recorder, Trace, evaluating, per_sample_norm, prepare, trace
 
 __all__ = ["RegionBoundary", "local_affine_map", "region_boundary", "region_distance"]
@@ -41,7 +42,7 @@ def _chunk(x: torch.Tensor, tr: Trace, chunk_size: int | None) -> int:
     n_in = x[0].numel()
     if chunk_size is not None:
         if chunk_size < 1:
-            raise ValueError(f"chunk_size must be >= 1, got {chunk_size}")
+            raise UsageError(f"chunk_size must be >= 1, got {chunk_size}")
         return min(n_in, chunk_size)
     per_direction = x.shape[0] * max(1, tr.dependent_numel) * x.element_size() * 4
     return max(1, min(n_in, _CHUNK_BYTES // per_direction))

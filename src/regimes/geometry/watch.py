@@ -14,6 +14,7 @@ from __future__ import annotations
 import numpy as np
 import torch
 
+from regimes.errors import UsageError
 from regimes.geometry.radius import parameter_radius
 from regimes.geometry.region import region_boundary
 from regimes.quantities import Quantity, Step
@@ -40,7 +41,7 @@ class AnchorWatch(Quantity):
         size = tracker.probe_size
         for site in tracker.layout.sites:
             if not site.shape or site.shape[0] != size:
-                raise ValueError(
+                raise UsageError(
                     f"site {site.name!r} has output shape {site.shape}: per-sample flips need the probe's "
                     f"{size} samples along the first dimension (batch first)"
                 )
@@ -88,7 +89,7 @@ def probe_inputs(tracker) -> torch.Tensor:
     models whose forward takes keyword inputs, the Transformers, are not piecewise linear)."""
     args, kwargs = tracker.probe.args, tracker.probe.kwargs
     if kwargs or len(args) != 1 or not isinstance(args[0], torch.Tensor):
-        raise ValueError(
+        raise UsageError(
             "geometry needs a model whose forward takes one input tensor (a piecewise-linear MLP or CNN); "
             "this probe has keyword inputs or several: pass a feed-forward block and its input to regimes.geometry"
         )

@@ -20,6 +20,8 @@ from pathlib import Path
 
 import numpy as np
 
+from regimes.errors import DamagedInputError, RegimesError, UsageError
+
 if sys.version_info >= (3, 11):
     import tomllib
 else:  # pragma: no cover
@@ -31,7 +33,7 @@ __all__ = [
 ]  # fmt: skip
 
 
-class RunDirectoryError(Exception):
+class RunDirectoryError(RegimesError):
     """A run directory that cannot be used as asked (another process writes it, it cannot be
     written here, a file in it is damaged); the message says why and what to do."""
 
@@ -138,11 +140,11 @@ def read_json(path: Path):
         try:
             return json.load(f)
         except json.JSONDecodeError as e:
-            raise ValueError(f"{path} is not valid JSON: {e}") from None
+            raise DamagedInputError(f"{path} is not valid JSON: {e}") from None
         except RecursionError:
-            raise ValueError(f"{path} is nested too deeply to be a record of regimes") from None
+            raise DamagedInputError(f"{path} is nested too deeply to be a record of regimes") from None
         except UnicodeDecodeError as e:
-            raise ValueError(f"{path} is not UTF-8 text: {e.reason}") from None
+            raise DamagedInputError(f"{path} is not UTF-8 text: {e.reason}") from None
 
 
 def toml_ready(value):
@@ -153,7 +155,7 @@ def toml_ready(value):
         return {str(k): toml_ready(v) for k, v in value.items() if v is not None}
     if isinstance(value, (list, tuple)):
         if any(v is None for v in value):
-            raise ValueError(f"TOML cannot store None inside a list: {value!r}")
+            raise UsageError(f"TOML cannot store None inside a list: {value!r}")
         return [toml_ready(v) for v in value]
     if isinstance(value, np.ndarray):
         return toml_ready(value.tolist())
@@ -176,7 +178,7 @@ def read_toml(path: Path) -> dict:
         try:
             return tomllib.load(f)
         except RecursionError:
-            raise ValueError(f"{path} is nested too deeply to be a record of regimes") from None
+            raise DamagedInputError(f"{path} is nested too deeply to be a record of regimes") from None
 
 
 def toml_round_trip(value: Mapping) -> dict:

@@ -41,6 +41,7 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.parquet as pq
 
+from regimes.errors import DamagedInputError, NoRunError, RunExistsError
 from regimes.records.files import (
     RunDirectoryError,
     atomic_write,
@@ -69,7 +70,7 @@ class RunLockedError(RunDirectoryError):
     """Another process is writing the run: one writer per run directory."""
 
 
-class DamagedRecordError(RunDirectoryError, ValueError):
+class DamagedRecordError(RunDirectoryError, DamagedInputError):
     """A file of the run cannot be read (cut short or overwritten outside regimes)."""
 
 
@@ -209,7 +210,7 @@ class RunDirectory:
             if force or not self.has_records():
                 self._clear()
             elif (why := self.config_difference(config)) is not None:
-                raise FileExistsError(
+                raise RunExistsError(
                     f"{self.path} already holds a different run ({why}); "
                     "use --force to replace it or --resume to continue it, or choose another --out"
                 )
@@ -219,7 +220,7 @@ class RunDirectory:
     def check_resumable(self) -> None:
         """Raise FileNotFoundError, saying how to start it, unless a run to resume is here."""
         if not self.has_config():
-            raise FileNotFoundError(
+            raise NoRunError(
                 f"{self.path} holds no run to resume (no {self.CONFIG}); "
                 f"start it with `regimes run PRESET --out {self.path}`"
             )
@@ -403,7 +404,7 @@ class RunDirectory:
         try:
             return RunSummary.from_dict(data)
         except (TypeError, ValueError) as e:
-            raise ValueError(f"{self.summary_path} holds no run summary: {e}") from None
+            raise DamagedInputError(f"{self.summary_path} holds no run summary: {e}") from None
 
     # -- checkpoint ----------------------------------------------------------------------
 

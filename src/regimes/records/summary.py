@@ -23,6 +23,8 @@ from importlib import metadata
 
 import numpy as np
 
+from regimes.errors import DamagedInputError
+
 __all__ = ["Status", "DONE", "STATUSES", "RunSummary", "software_versions", "STUDY_FIELDS", "study_fields", "validity",
            "LEARNED_MARGIN", "LEARNED_IMPROVEMENT"]
 
@@ -126,7 +128,7 @@ class RunSummary(Mapping):
         try:
             status = Status(self.status)
         except ValueError:
-            raise ValueError(f"status must be one of {', '.join(Status)}, got {self.status!r}") from None
+            raise DamagedInputError(f"status must be one of {', '.join(Status)}, got {self.status!r}") from None
         object.__setattr__(self, "status", status)
         if clash := [k for k in self.extra if k in _KEYS]:
             raise ValueError(f"extra keys {clash} are fields of RunSummary; pass them as fields")
@@ -138,7 +140,7 @@ class RunSummary(Mapping):
         if isinstance(data, RunSummary):
             return data
         if not isinstance(data, Mapping):
-            raise TypeError(f"a run summary is a mapping of keys to values, got {type(data).__name__}")
+            raise DamagedInputError(f"a run summary is a mapping of keys to values, got {type(data).__name__}")
         known = {k: v for k, v in data.items() if k in _KEYS}
         if known.get("status", Status.RUNNING) is None:
             del known["status"]
@@ -201,7 +203,7 @@ def _check_type(key: str, value) -> None:
     }.get(kind, True)
     if not ok:
         shown = repr(value) if len(repr(value)) <= 40 else repr(value)[:37] + "..."
-        raise ValueError(f"{key} must be {'an' if kind == 'int' else 'a'} {kind} or null, got {shown}")
+        raise DamagedInputError(f"{key} must be {'an' if kind == 'int' else 'a'} {kind} or null, got {shown}")
 
 
 # The summary fields that `regimes.analysis.summarize_run` computes: the study's numbers.

@@ -18,6 +18,7 @@ import contextlib
 import json
 from pathlib import Path, PurePosixPath
 
+from regimes.errors import DamagedInputError, MissingInputError, NoRunError, RunExistsError
 from regimes.records.files import (
     atomic_write,
     describe_difference,
@@ -82,7 +83,7 @@ class SweepDirectory:
         (absolute, `..`, more parts) is a ValueError; a link on the way is refused (`refuse_link`)."""
         parts = PurePosixPath(str(name)).parts
         if len(parts) != 2 or parts[0] not in self.TABLES or parts[1] in ("..", ".") or "\\" in str(name):
-            raise ValueError(f"{name!r} names no run of the sweep {self.path} (a run is {self.TRIALS}/<trial> "
+            raise DamagedInputError(f"{name!r} names no run of the sweep {self.path} (a run is {self.TRIALS}/<trial> "
                              f"or {self.SEEDS}/seed<n>)")  # fmt: skip
         refuse_link(self.path / parts[0])
         return RunDirectory(refuse_link(self.path / parts[0] / parts[1]))
@@ -109,12 +110,12 @@ class SweepDirectory:
                 new = json.loads(json.dumps(description))
                 differs = [k for k in ("base", "grid") if old.get(k) != new.get(k)]
                 if differs:
-                    raise FileExistsError(
+                    raise RunExistsError(
                         f"{self.path} holds another sweep (its {' and '.join(differs)} differ: {describe_difference(old, new)}); "
                         "choose another --out, or --force to start again there"
                     )
         elif self.path.is_dir() and any(p.name != self.LOCK for p in self.path.iterdir()) and not force:
-            raise FileExistsError(f"{self.path} exists and holds no sweep; choose another --out")
+            raise RunExistsError(f"{self.path} exists and holds no sweep; choose another --out")
         self.path.mkdir(parents=True, exist_ok=True)
         atomic_write(self.description_path, (json.dumps(description, indent=2) + "\n").encode("utf-8"))
 
@@ -179,7 +180,7 @@ def find_runs(path) -> list[Path]:
     """
     path = Path(path)
     if not path.exists():
-        raise FileNotFoundError(f"{path} does not exist")
+        raise MissingInputError(f"{path} does not exist")
     if is_sweep_directory(path) or is_run_directory(path):
         return [path]
     inside = []
@@ -189,7 +190,7 @@ def find_runs(path) -> list[Path]:
                       if not any(s in p.parents for s in sweeps))  # fmt: skip
         inside = sorted(sweeps + runs)
     if not inside:
-        raise FileNotFoundError(
+        raise NoRunError(
             f"{path} holds no run: no {RunDirectory.SUMMARY} in it or in any folder under it "
             "(a run directory is what `regimes run --out DIR` writes)"
         )
