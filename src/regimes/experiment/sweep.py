@@ -60,7 +60,7 @@ def run_job(job: Job, device: str = "cpu", data_dir=None) -> RunSummary:
     run = RunDirectory(job.out)
     started = time.time()
     try:
-        summary = train_run(job.config, run.path, device=device, data_dir=data_dir, resume=run.has_config())
+        summary = train_run(job.config, run.path, device=device, data_dir=data_dir, resume=run.has_checkpoint())
         run.clear_error()
         return summary
     except KeyboardInterrupt:
