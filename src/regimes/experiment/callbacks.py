@@ -8,11 +8,17 @@ The loop's own work is done by callbacks too: `EarlyStopping`, `Checkpoint` (wha
 continues from) and `ProgressBar`; the run's records, detector and freeze are the run
 object's (`regimes.Run`), which the loop calls at every epoch's end.
 
-    >>> from regimes.experiment import Callback
+    >>> import tempfile
+    >>> from regimes.experiment import Callback, get_preset, train_run
     >>> class PrintScore(Callback):
     ...     def on_epoch_end(self, run, row, **kwargs):
-    ...         print(run.epoch, round(row["val_score"], 2))
-    >>> # train_run(config, "runs/x", callbacks=[PrintScore()])
+    ...         print("epoch", run.epoch, "steps", run.tracker.iteration)
+    >>> config = get_preset("mlp-breast-cancer").replace(max_epochs=2)
+    >>> summary = train_run(config, tempfile.mkdtemp() + "/run", callbacks=[PrintScore()])
+    epoch 1 steps 15
+    epoch 2 steps 30
+    >>> print(summary["status"], summary["stop_epoch"])
+    finished 2
 
 A callback's `name` (its class's, unless given) keys its state in a checkpoint, so two
 callbacks of one run cannot share a name. What a callback adds to the run's summary it
