@@ -95,6 +95,7 @@ class Witness(L.Callback):
         Path(self.folder, f"rank{trainer.global_rank}.json").write_text(json.dumps(seen))
 
 
+@pytest.mark.slow
 def test_lightning_ddp_one_process_probes_and_writes(tmp_path):
     from lightning.pytorch.loggers import TensorBoardLogger
     from lightning.pytorch.strategies import DDPStrategy
@@ -188,6 +189,7 @@ def _fsdp_worker(rank: int, folder: str, port: int) -> None:
         dist.destroy_process_group()
 
 
+@pytest.mark.slow
 def test_fsdp2_every_process_tracks_and_the_weight_change_sums_the_shards(tmp_path):
     pytest.importorskip("torch.distributed.fsdp")
     if not hasattr(__import__("torch.distributed.fsdp", fromlist=["fully_shard"]), "fully_shard"):
@@ -228,6 +230,7 @@ def torchrun(*args, processes=2):
 NO_BATCHNORM = ["--set", "model_args.batchnorm=false", "--set", "model_args.dropout=0.0"]
 
 
+@pytest.mark.slow
 def test_torchrun_trains_one_run_with_the_global_batch_of_the_single_process_run(tmp_path):
     """Without BatchNorm (whose statistics are per process) and dropout, two processes give the
     single-process curves: each global batch of 32 is split 16 + 16 (the last, of 7: 4 + 3,
@@ -251,6 +254,7 @@ def test_torchrun_trains_one_run_with_the_global_batch_of_the_single_process_run
           f"max da difference {np.max(np.abs(ddp.da - one.da)):.2e}")
 
 
+@pytest.mark.slow
 def test_torchrun_resume_equals_the_uninterrupted_run(tmp_path):
     import pandas as pd
 

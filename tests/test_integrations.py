@@ -417,6 +417,7 @@ def wandb_history(run_file) -> list[dict]:
     return rows
 
 
+@pytest.mark.slow
 def test_trainer_reports_to_wandb_offline(tmp_path, monkeypatch):
     wandb = pytest.importorskip("wandb")
     monkeypatch.setenv("WANDB_MODE", "offline")

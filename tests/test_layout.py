@@ -97,29 +97,44 @@ def test_the_cycle_finder_finds_a_circle_hidden_in_a_function():
         path.unlink()
 
 
-@pytest.mark.slow
+ALONE = """
+import importlib, sys
+path, package, optional, names = sys.argv[1], sys.argv[2], sys.argv[3].split(","), sys.argv[4:]
+if path:
+    sys.path.insert(0, path)
+for name in names:
+    for loaded in [m for m in sys.modules if m == package or m.startswith(package + ".")]:
+        del sys.modules[loaded]
+    try:
+        importlib.import_module(name)
+    except ModuleNotFoundError as error:
+        if (error.name or "").split(".")[0] not in optional:
+            print(name, "|", repr(error))
+    except Exception as error:
+        if type(error).__name__ != "MissingExtraError":
+            print(name, "|", repr(error))
+"""
+
+
+def import_each_alone(names, package: str = "regimes", path: str = "") -> str:
+    """Import each module with no other module of `package` loaded before it (third-party
+    packages stay loaded); what failed, one line each."""
+    optional = ",".join(sorted(set(EXTRAS) | {"wandb"}))
+    done = subprocess.run([sys.executable, "-c", ALONE, path, package, optional, *names], capture_output=True,
+                          text=True, timeout=600)  # fmt: skip
+    assert done.returncode == 0, done.stderr
+    return done.stdout
+
+
 def test_every_module_imports_alone():
-    optional = set(EXTRAS) | {"wandb"}
-    script = (
-        "import importlib, sys\n"
-        "from regimes.extras import MissingExtraError\n"
-        "name = sys.argv[1]\n"
-        "try:\n"
-        "    importlib.import_module(name)\n"
-        "except MissingExtraError:\n"
-        "    print('missing extra')\n"
-        "except ModuleNotFoundError as error:\n"
-        f"    if (error.name or '').split('.')[0] not in {sorted(optional)!r}:\n"
-        "        raise\n"
-        "    print('missing extra')\n"
-    )
-    names = [n for n in module_names() if n != "regimes.__main__"]
-    failed = {}
-    for start in range(0, len(names), 8):  # eight interpreters at a time
-        batch = {n: subprocess.Popen([sys.executable, "-c", script, n], stdout=subprocess.PIPE, stderr=subprocess.PIPE,
-                                     text=True) for n in names[start:start + 8]}  # fmt: skip
-        for name, process in batch.items():
-            _, err = process.communicate(timeout=300)
-            if process.returncode:
-                failed[name] = err.strip().splitlines()[-1]
-    assert failed == {}
+    assert import_each_alone([n for n in module_names() if n != "regimes.__main__"]) == ""
+
+
+def test_the_import_check_catches_a_module_that_needs_another_imported_first(tmp_path):
+    package = tmp_path / "pkg"
+    package.mkdir()
+    (package / "__init__.py").write_text("")
+    (package / "a.py").write_text("import pkg\nVALUE = pkg.b.VALUE\n")  # works only once pkg.b is imported
+    (package / "b.py").write_text("VALUE = 1\n")
+    failed = import_each_alone(["pkg.b", "pkg.a"], "pkg", str(tmp_path))
+    assert failed.startswith("pkg.a | AttributeError")

@@ -51,6 +51,7 @@ def test_tensorboard_gets_every_measurement_and_epoch_while_the_run_trains(tmp_p
                                rtol=1e-6)  # fmt: skip
 
 
+@pytest.mark.slow
 def test_mlflow_and_wandb_runs_hold_the_curves(tmp_path, monkeypatch):
     mlflow = pytest.importorskip("mlflow")
     pytest.importorskip("wandb")

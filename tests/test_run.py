@@ -288,6 +288,7 @@ def test_a_fresh_run_refuses_a_folder_with_records_and_one_writer_at_a_time(tmp_
     regimes.Run(tmp_path / "held").open()  # released
 
 
+@pytest.mark.slow
 def test_the_plain_loop_example_gives_a_report_row(tmp_path):
     import subprocess
     import sys

@@ -137,6 +137,7 @@ def start_gated(tmp_path):
             process.communicate()
 
 
+@pytest.mark.slow
 def test_concurrent_run_and_resume_the_second_is_refused_and_the_first_is_intact(tmp_path, start_gated):
     out = tmp_path / "run"
     first, gate = start_gated("run", "mlp-breast-cancer", "--out", out, "--set", "max_epochs=3", "--quiet")
@@ -157,6 +158,7 @@ def test_concurrent_run_and_resume_the_second_is_refused_and_the_first_is_intact
     np.testing.assert_array_equal(steps["iteration"], np.arange(1, summary["steps"] + 1))
 
 
+@pytest.mark.slow
 def test_kill_9_releases_the_lock_and_the_run_resumes(tmp_path, start_gated):
     out = tmp_path / "run"
     first, _gate = start_gated("run", "mlp-breast-cancer", "--out", out, "--set", "max_epochs=2", "--quiet")
@@ -168,6 +170,7 @@ def test_kill_9_releases_the_lock_and_the_run_resumes(tmp_path, start_gated):
     assert summary["status"] == "finished" and summary["steps"] == 2 * BATCHES
 
 
+@pytest.mark.slow
 def test_sigterm_ends_a_run_like_ctrl_c(tmp_path, start_gated):
     out = tmp_path / "run"
     first, _gate = start_gated("run", "mlp-breast-cancer", "--out", out, "--set", "max_epochs=2", "--quiet")

@@ -321,6 +321,7 @@ def test_another_sweep_in_the_same_folder_is_refused(tmp_path, grid_file):
     assert len(spy.ran) == 2 and pd.read_csv(out / "trials.csv").max_epochs.eq(2).all()
 
 
+@pytest.mark.slow
 def test_killing_the_sweep_loses_only_unfinished_epochs(tmp_path, grid_file):
     """A real `regimes sweep --workers 2`, killed (SIGKILL, whole process group) mid-trial, then rerun."""
     out = tmp_path / "sweep"
@@ -399,6 +400,7 @@ def local_ray():
     ray.shutdown()
 
 
+@pytest.mark.slow
 def test_ray_engine_gives_the_same_sweep_directory(tmp_path, grid_file, local_ray):
     out = tmp_path / "sweep"
     engine = make_engine("ray", threads=1)
