@@ -1,6 +1,6 @@
 """regimes in a loop written with accelerate: an MLP on scikit-learn's digits, curves in TensorBoard.
 
-    pip install 'regimes[study,accelerate,tensorboard]'
+    pip install -e '.[study,accelerate,tensorboard]'   # in the regimes checkout
     python examples/accelerate_digits.py                          # or: accelerate launch examples/accelerate_digits.py
     tensorboard --logdir runs/accelerate-digits/tensorboard       # scalars regimes/delta_w and regimes/delta_a
 

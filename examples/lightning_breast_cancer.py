@@ -1,6 +1,6 @@
 """regimes in a Lightning fit: the study's Breast Cancer MLP, curves in TensorBoard.
 
-    pip install 'regimes[study,lightning,tensorboard]'
+    pip install -e '.[study,lightning,tensorboard]'   # in the regimes checkout
     python examples/lightning_breast_cancer.py
     tensorboard --logdir runs/tensorboard        # scalars regimes/delta_w and regimes/delta_a
 

@@ -1,6 +1,6 @@
 """regimes in a Hugging Face Trainer fit: an MLP on scikit-learn's digits, curves in TensorBoard.
 
-    pip install 'regimes[study,transformers,tensorboard]'
+    pip install -e '.[study,transformers,tensorboard]'   # in the regimes checkout
     python examples/trainer_digits.py
     tensorboard --logdir runs/trainer-digits/runs   # scalars train/regimes/delta_w, train/regimes/delta_a
 

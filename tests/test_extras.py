@@ -41,16 +41,16 @@ def test_require_names_the_extra_in_one_line(monkeypatch):
     block(monkeypatch, "matplotlib")
     with pytest.raises(MissingExtraError) as caught:
         require("matplotlib.pyplot", "the run's figure")
-    message = "the run's figure needs matplotlib, which is not installed: pip install 'regimes[study]'"
+    message = "the run's figure needs matplotlib, which is not installed: pip install -e '.[study]' (in the regimes checkout)"
     assert str(caught.value) == message
     assert isinstance(caught.value, ImportError)
 
 
 def test_require_names_the_pip_package_not_the_module(monkeypatch):
     block(monkeypatch, "sklearn", "PIL")
-    with pytest.raises(MissingExtraError, match=r"^holding out needs scikit-learn, .*'regimes\[study\]'$"):
+    with pytest.raises(MissingExtraError, match=r"^holding out needs scikit-learn, .*'\.\[study\]' \(in the regimes checkout\)$"):
         require("sklearn.model_selection", "holding out")
-    with pytest.raises(MissingExtraError, match=r"^decoding needs pillow, .*'regimes\[hub\]'$"):
+    with pytest.raises(MissingExtraError, match=r"^decoding needs pillow, .*'\.\[hub\]' \(in the regimes checkout\)$"):
         require("PIL.Image", "decoding")
 
 
@@ -61,7 +61,7 @@ def test_a_package_that_is_installed_but_does_not_import_names_the_extra_too(mon
         require("matplotlib.pyplot", "the figure")
     message = str(caught.value)
     assert message.startswith("the figure needs matplotlib, which does not import (")
-    assert message.endswith("): pip install 'regimes[study]'") and "\n" not in message
+    assert message.endswith("): pip install -e '.[study]' (in the regimes checkout)") and "\n" not in message
 
 
 def test_require_returns_the_module():
@@ -94,7 +94,7 @@ def test_every_extra_in_the_table_installs_its_package():
         assert extra in optional, f"{module}: pyproject.toml has no extra {extra!r}"
         requirements = [re.split(r"[<>=!~;\s]", r, maxsplit=1)[0].lower() for r in optional[extra]]
         assert package.lower() in requirements, f"{module}: the extra {extra!r} does not install {package}"
-        assert install_command(module) == f"pip install 'regimes[{extra}]'"
+        assert install_command(module) == f"pip install -e '.[{extra}]' (in the regimes checkout)"
 
 
 # ---- the gate where optional packages are used --------------------------------------------------
@@ -105,13 +105,13 @@ def test_a_data_loader_names_the_extra(monkeypatch):
     with pytest.raises(MissingExtraError) as caught:
         load_dataset("breast-cancer")
     assert str(caught.value) == (
-        "the breast-cancer data set needs scikit-learn, which is not installed: pip install 'regimes[study]'"
+        "the breast-cancer data set needs scikit-learn, which is not installed: pip install -e '.[study]' (in the regimes checkout)"
     )
 
 
 def test_generating_mnist1d_names_the_extra(monkeypatch, tmp_path):
     block(monkeypatch, "mnist1d")
-    with pytest.raises(MissingExtraError, match=r"^the mnist1d data set needs mnist1d, .*'regimes\[study\]'$"):
+    with pytest.raises(MissingExtraError, match=r"^the mnist1d data set needs mnist1d, .*'\.\[study\]' \(in the regimes checkout\)$"):
         load_dataset("mnist1d", data_dir=tmp_path)  # no cached copy there: it must be generated
 
 
@@ -121,13 +121,13 @@ def test_a_hugging_face_model_names_the_extra(monkeypatch):
         create_model("vit", num_classes=2)
     assert str(caught.value) == (
         "building a Hugging Face model needs transformers, which is not installed: "
-        "pip install 'regimes[transformers]'"
+        "pip install -e '.[transformers]' (in the regimes checkout)"
     )
 
 
 def test_writing_a_config_names_the_extra(monkeypatch):
     block(monkeypatch, "tomli_w")
-    with pytest.raises(MissingExtraError, match=r"writing a config as TOML needs tomli-w, .*'regimes\[study\]'$"):
+    with pytest.raises(MissingExtraError, match=r"writing a config as TOML needs tomli-w, .*'\.\[study\]' \(in the regimes checkout\)$"):
         dump_toml(get_preset("mlp-breast-cancer"))
 
 
@@ -135,7 +135,7 @@ def test_the_ray_engine_names_the_extra_as_an_engine_error(monkeypatch):
     block(monkeypatch, "ray")
     with pytest.raises(EngineError) as caught:
         make_engine("ray")
-    assert str(caught.value) == "the ray engine needs ray[tune], which is not installed: pip install 'regimes[ray]'"
+    assert str(caught.value) == "the ray engine needs ray[tune], which is not installed: pip install -e '.[ray]' (in the regimes checkout)"
     assert isinstance(caught.value.__cause__, MissingExtraError)
 
 

@@ -10,8 +10,6 @@ import subprocess
 import sys
 from pathlib import Path
 
-import pytest
-
 from regimes.extras import EXTRAS
 
 PACKAGE = Path(importlib.util.find_spec("regimes").origin).parent

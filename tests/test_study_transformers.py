@@ -390,7 +390,7 @@ def test_missing_data_says_where_it_looked_and_how_to_get_it(name, published, tm
     message = str(caught.value)
     assert f"Data set {name!r} was not found" in message
     assert str(tmp_path / name) in message and published in message
-    assert "needs datasets, which is not installed: pip install 'regimes[hub]'" in message
+    assert "needs datasets, which is not installed: pip install -e '.[hub]' (in the regimes checkout)" in message
     assert "To get it: download" in message
 
 

@@ -384,7 +384,7 @@ def test_cli_sweep_errors(tmp_path, grid_file, capsys, monkeypatch):
     assert main(["sweep", "mlp-breast-cancer", "--grid", "huge"]) == 2
     monkeypatch.setitem(sys.modules, "ray", None)  # as if Ray were not installed
     assert main(["sweep", "mlp-breast-cancer", *common, "--set", "max_epochs=1", "--engine", "ray"]) == 2
-    assert "pip install 'regimes[ray]'" in capsys.readouterr().err
+    assert "pip install -e '.[ray]' (in the regimes checkout)" in capsys.readouterr().err
 
 
 # -- the Ray engine -----------------------------------------------------------------------------

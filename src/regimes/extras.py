@@ -5,7 +5,7 @@ code that needs it asks here, so a missing package is always one line that
 names the extra to install:
 
     >>> plt = require("matplotlib.pyplot", "the run's figure")  # doctest: +SKIP
-    MissingExtraError: the run's figure needs matplotlib, which is not installed: pip install 'regimes[study]'
+    MissingExtraError: the run's figure needs matplotlib, which is not installed: pip install -e '.[study]' (in the regimes checkout)
 
 ``available(module)`` answers without importing (for "skip this if absent").
 """
@@ -26,7 +26,7 @@ __all__ = ["EXTRAS", "Extra", "MissingExtraError", "available", "install_command
 
 class Extra(NamedTuple):
     package: str  # what pip calls it (scikit-learn for sklearn)
-    extra: str  # the regimes extra that installs it: pip install 'regimes[<extra>]'
+    extra: str  # the regimes extra that installs it: pip install -e '.[<extra>]' in the checkout
 
 
 # Top-level module -> the package and the extra (pyproject.toml's optional-dependencies).
@@ -56,8 +56,8 @@ class MissingExtraError(RegimesError, ImportError):
 
 
 def install_command(module: str) -> str:
-    """``pip install 'regimes[<extra>]'`` for an optional module (dotted names: by their top level)."""
-    return f"pip install 'regimes[{_extra(module).extra}]'"
+    """``pip install -e '.[<extra>]'`` (the package installs from its checkout) for an optional module (dotted names: by their top level)."""
+    return f"pip install -e '.[{_extra(module).extra}]' (in the regimes checkout)"
 
 
 def available(module: str) -> bool:
@@ -70,7 +70,7 @@ def available(module: str) -> bool:
 
 def require(module: str, purpose: str) -> ModuleType:
     """Import and return ``module`` (``"matplotlib.pyplot"``), or raise `MissingExtraError`:
-    ``<purpose> needs <package>, which is not installed: pip install 'regimes[<extra>]'``."""
+    ``<purpose> needs <package>, which is not installed: pip install -e '.[<extra>]' ...``."""
     package = _extra(module).package
     if not available(module):
         raise MissingExtraError(f"{purpose} needs {package}, which is not installed: {install_command(module)}")
