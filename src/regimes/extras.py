@@ -56,7 +56,8 @@ class MissingExtraError(RegimesError, ImportError):
 
 
 def install_command(module: str) -> str:
-    """``pip install -e '.[<extra>]'`` (the package installs from its checkout) for an optional module (dotted names: by their top level)."""
+    """``pip install -e '.[<extra>]'`` for an optional module (dotted names: by their top level);
+    the package installs from its checkout."""
     return f"pip install -e '.[{_extra(module).extra}]' (in the regimes checkout)"
 
 
