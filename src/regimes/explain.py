@@ -210,7 +210,9 @@ def _learned(summary: dict, epochs: list[dict]) -> dict:
         out["learned"] = best[0] <= 0.9 * out["first"] if out["learned"] is None else out["learned"]
         out["basis"] = "best val_score at least 10% below the first epoch's"
     else:
-        out["basis"] = "no majority-class accuracy recorded: compared with the first epoch only"
+        change = best[0] - out["first"] if out["first"] is not None else None
+        out["basis"] = (f"no majority-class accuracy recorded; the best is {_f(change, '+.4f')} on the first "
+                        "epoch's, which alone does not say it learned")  # fmt: skip
     return out
 
 
@@ -259,11 +261,15 @@ def render(numbers: dict) -> str:
         lines.append(f"  units in always-on neurons {_f(n['always_on_units'][0], '.3f')} -> "
                      f"{_f(n['always_on_units'][1], '.3f')}  (always_on_units)")  # fmt: skip
         lines.append(f"  units on                   {_f(n['on'][0], '.3f')} -> {_f(n['on'][1], '.3f')}  (on, mean over sites)")
-        calm = n["calm_from_frozen"]
-        share = ("none of it" if _finite(calm) and calm <= 0 else f"{_pct(calm)} of it")
-        lines.append(f"  da_units fell by {_pct(n['fall'])}; counting only live neurons' units "
-                     f"(da_units / (1 - dead_units - always_on_units)) by {_pct(n['fall_live'])}: "
-                     f"{share} is neurons that can no longer flip")  # fmt: skip
+        calm, fall = n["calm_from_frozen"], n["fall"]
+        if not _finite(fall) or fall <= 0:
+            lines.append(f"  da_units did not fall: {_f(n['da_units'][0], '.4f')} -> {_f(n['da_units'][1], '.4f')} "
+                         "(da_units, means over the first and the last epoch)")  # fmt: skip
+        else:
+            share = "none of it" if not _finite(calm) or calm <= 0 else f"{_pct(calm)} of it"
+            lines.append(f"  da_units fell by {_pct(fall)}; counting only live neurons' units "
+                         f"(da_units / (1 - dead_units - always_on_units)) by {_pct(n['fall_live'])}: "
+                         f"{share} is neurons that can no longer flip")  # fmt: skip
     pl = numbers["plateau"]
     lines.append("")
     if pl["on_plateau"]:
