@@ -105,6 +105,6 @@ def _per_neuron(site_bits: torch.Tensor, axis: int) -> torch.Tensor:
 
 
 def _unpack(packed: torch.Tensor, n: int) -> torch.Tensor:
-    if packed.device.type == "cpu":  # NumPy's unpackbits: one call, no per-op overhead
+    if bits._numpy_ok(packed):  # on the CPU, NumPy's unpackbits: one call, no per-op overhead
         return torch.from_numpy(np.unpackbits(packed.numpy(), count=n, bitorder="little").view(np.bool_))
     return bits.unpack(packed, n)
