@@ -81,3 +81,43 @@ def test_the_neuron_axis():
     assert neuron_axis((8, 5, 24), tokens=False, channels_first=True) == 1
     assert neuron_axis((5, 8, 24), tokens=True, channels_first=True) == 2
     assert neuron_axis((40, 24), tokens=True, channels_first=False) == 1
+
+
+class FlatTokens(torch.nn.Module):
+    """OPT's layout: the FFN sees the tokens flattened to [B*T, H]; padding marked by the mask."""
+
+    def __init__(self):
+        super().__init__()
+        self.embed, self.up, self.act = torch.nn.Embedding(30, 8), torch.nn.Linear(8, 12), torch.nn.ReLU()
+        self.seen = []
+
+    def forward(self, input_ids, attention_mask):
+        h = self.embed(input_ids)  # [B, T, C]
+        z = self.up(h.reshape(-1, h.shape[-1]))  # [B*T, H]
+        self.seen.append(z.detach().clone())
+        return self.act(z).sum()
+
+
+def test_flattened_tokens_count_valid_tokens_only():
+    torch.manual_seed(0)
+    model = FlatTokens()
+    mask = torch.tensor([[1, 1, 1, 1], [1, 1, 0, 0], [1, 0, 0, 0]])
+    probe = {"input_ids": torch.randint(0, 30, (3, 4)), "attention_mask": mask}
+    tracker = regimes.Tracker(model, probe, quantities=[NeuronStats()])
+    opt = torch.optim.SGD(model.parameters(), lr=1.0)
+    for _ in range(3):
+        opt.zero_grad()
+        model(torch.randint(0, 30, (3, 4)), torch.ones(3, 4)).backward()
+        opt.step()
+        tracker.step()
+    model.seen.clear()
+    model.eval()
+    with torch.no_grad():
+        model(**probe)
+    z_on = model.seen[-1] > 0  # [12, 12]: the last measurement's pattern
+    valid = mask.reshape(-1).bool()
+    kept = z_on[valid]  # only the 7 real tokens
+    records = tracker.records()
+    assert records["on:act"][-1] == pytest.approx(kept.float().mean().item())
+    assert records["dead:act"][-1] == pytest.approx((~kept.any(0)).float().mean().item())
+    assert records["always_on:act"][-1] == pytest.approx(kept.all(0).float().mean().item())
