@@ -4,6 +4,7 @@ Two trackers, without and with `NeuronStats`, follow copies of one model trained
 same batches; their steps run interleaved, round after round, and the ratio of their
 median step times is printed (absolute times on a shared machine are noise; ratios
 measured side by side are not). A tracked step includes its share of the read-back.
+Then `NeuronStats.measure` alone beside one probe forward, in microseconds.
 
     python benchmarks/neurons.py                 # CPU
     python benchmarks/neurons.py --device cuda   # when a GPU is there
@@ -67,6 +68,29 @@ def bench(name: str, device: torch.device, batch: int, probe_size: int, rounds: 
             "ratio": medians["tracker + neurons"] / medians["tracker"]}  # fmt: skip
 
 
+def measure_alone(name: str, device: torch.device, probe_size: int, calls: int = 300) -> tuple[float, float]:
+    """Microseconds of one `NeuronStats.measure` and of one probe forward (`probe.pattern`)."""
+    from regimes.quantities import Step
+
+    make, shape = MODELS[name]
+    tracker = regimes.Tracker(make().to(device), torch.randn(probe_size, *shape, device=device),
+                              quantities=[NeuronStats()])  # fmt: skip
+    stats = tracker.quantities[-1]
+    step = Step(1, tracker.last_pattern, tracker.last_pattern, tracker.weights, tracker.layout)
+    out = []
+    for work in (lambda: stats.measure(step), tracker.probe.pattern):
+        for _ in range(10):
+            work()
+        synchronize(device)
+        start = time.perf_counter()
+        for _ in range(calls):
+            work()
+        synchronize(device)
+        out.append((time.perf_counter() - start) / calls * 1e6)
+    tracker.close()
+    return out[0], out[1]
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--device", default="cpu")
@@ -80,6 +104,10 @@ def main() -> None:
     for name in MODELS:
         row = bench(name, device, args.batch, args.probe, args.rounds)
         print(f"{row['model']:<22}{row['tracker']:>12.3f}{row['tracker + neurons']:>14.3f}{row['ratio']:>8.3f}")
+    print(f"\n{'model':<22}{'measure us':>12}{'probe us':>14}")
+    for name in MODELS:
+        measure, probe = measure_alone(name, device, args.probe)
+        print(f"{name:<22}{measure:>12.0f}{probe:>14.0f}")
 
 
 if __name__ == "__main__":

@@ -22,6 +22,8 @@ when the model holds a `Conv1d` ([B, C, L]), else the last ([B, T, H]).
 
 from __future__ import annotations
 
+import math
+
 import numpy as np
 import torch
 from torch import nn
@@ -99,9 +101,12 @@ class NeuronStats(Quantity):
 
 
 def _per_neuron(site_bits: torch.Tensor, axis: int) -> torch.Tensor:
-    """Units on per neuron: the sum over every axis but `axis` ([neurons] int64)."""
-    moved = site_bits.movedim(axis, -1) if axis != site_bits.dim() - 1 else site_bits
-    return moved.reshape(-1, moved.shape[-1]).sum(0)
+    """Units on per neuron: the count over every axis but `axis` ([neurons] int64)."""
+    shape = site_bits.shape
+    grouped = site_bits.reshape(math.prod(shape[:axis]), shape[axis], -1)  # [outer, neurons, inner], a view
+    if bits._numpy_ok(site_bits):  # NumPy counts bools many times faster than torch on the CPU
+        return torch.from_numpy(np.count_nonzero(grouped.numpy(), axis=(0, 2)).astype(np.int64))
+    return grouped.to(torch.int32).sum((0, 2))  # int64; summing bools directly is far slower
 
 
 def _unpack(packed: torch.Tensor, n: int) -> torch.Tensor:
