@@ -105,3 +105,24 @@ def test_a_run_records_da_units_and_the_summary_carries_the_readings(tmp_path):
     expected = analysis.summarize(steps["dw"], steps["da_units"], 8 // 1)
     assert summary["rho_global_units"] == pytest.approx(expected["rho"], rel=1e-12)
     assert summary["rho_layerwise"] == summary["rho"]
+
+
+def test_a_run_resumed_by_a_newer_version_reads_with_the_older_epochs_unmeasured(tmp_path):
+    """Chunks written before da_units beside chunks with it: the old steps read as NaN."""
+    pq = pytest.importorskip("pyarrow.parquet")
+
+    from regimes.cli import main
+    from regimes.explain import explain
+    from regimes.records import RunDirectory
+
+    out = tmp_path / "run"
+    assert main(["run", "mlp-breast-cancer", "--set", "max_epochs=2", "--out", str(out), "--quiet"]) == 0
+    first = sorted((out / "steps").glob("*.parquet"))[0]
+    old = pq.read_table(first)
+    pq.write_table(old.select([c for c in old.column_names if c != "da_units"]), first)
+    steps = RunDirectory(out).read_steps()
+    epoch_one = steps["epoch"] == 1
+    assert np.isnan(steps["da_units"][epoch_one]).all() and np.isfinite(steps["da_units"][~epoch_one]).all()
+    numbers = explain(out)
+    assert math.isfinite(numbers["readings"]["layerwise/sites"]["rho"])
+    assert numbers["neurons"]["first_epoch"] == 2  # the first epoch with da_units

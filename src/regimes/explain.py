@@ -149,6 +149,11 @@ def _tensors(directory, per_epoch: int, tau: float) -> list[dict]:
 def _neurons(steps: dict, sites: list[str]) -> dict | None:
     if "dead_units" not in steps or "da_units" not in steps:
         return None
+    # Measurements with the columns (a run resumed by a newer version lacks them before).
+    measured = np.isfinite(steps["da_units"]) & np.isfinite(steps["dead_units"])
+    if not measured.any():
+        return None
+    steps = {k: v[measured] for k, v in steps.items()}
     epoch = steps["epoch"]
     first, last = epoch == epoch.min(), epoch == epoch.max()
     frozen = steps["dead_units"] + steps["always_on_units"]
