@@ -94,7 +94,7 @@ def test_the_command_prints_and_draws(run_dir, tmp_path, capsys):
     pytest.importorskip("matplotlib")
     assert main(["explain", str(run_dir), "--figure", str(tmp_path / "explain.png")]) == 0
     printed = capsys.readouterr().out
-    assert "The four readings" in printed and "sites settle" in printed
+    assert "The four readings" in printed and "Which sites carry the pattern curve" in printed
     assert (tmp_path / "explain.png").stat().st_size > 0
     assert main(["explain", str(tmp_path / "nothing")]) == 2
     assert "not a run directory" in capsys.readouterr().err

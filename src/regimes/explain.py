@@ -86,13 +86,18 @@ def explain(run_dir, tau: float = 0.1) -> dict:
 
 
 def site_order(t_taus: list[float]) -> str:
-    """How the sites settle, in forward order: "bottom-up" (each t_tau >= the one before),
-    "top-down" (each <=), "together" (all equal) or "mixed".
+    """How the sites settle, in forward order: "never" (no site's curve stays below tau:
+    every t_tau is 1), "bottom-up" (each t_tau >= the one before), "top-down" (each <=),
+    "together" (all equal) or "mixed".
 
     >>> site_order([0.2, 0.5, 0.9]), site_order([0.9, 0.5]), site_order([0.3, 0.3]), site_order([0.1, 0.9, 0.5])
     ('bottom-up', 'top-down', 'together', 'mixed')
+    >>> site_order([1.0, 1.0])
+    'never'
     """
     t = np.asarray(t_taus, dtype=np.float64)
+    if t.size and np.all(t >= 1):
+        return "never"
     if t.size < 2 or np.all(t == t[0]):
         return "together"
     steps = np.diff(t)
@@ -243,7 +248,7 @@ def render(numbers: dict) -> str:
         lines.append(f"  they disagree by a factor {numbers['disagreement']:.2f} (largest rho / smallest)")
     lines.append("")
     lines.append(f"Which sites carry the pattern curve (share of the area under da = mean of da:<site>; "
-                 f"sites settle {numbers['order']}):")  # fmt: skip
+                 f"{_order_words(numbers['order'])}):")  # fmt: skip
     for s in numbers["sites"]:
         neurons = ""
         if s["dead"] is not None:
@@ -315,7 +320,7 @@ def plot_explain(run_dir, numbers: dict | None = None, axes=None):
     twin = axes[0].twinx()
     twin.plot(x, [s["t_tau"] for s in sites], "ko-", label="t_tau")
     twin.set_ylim(0, 1.05)
-    twin.set_ylabel(f"t_tau (sites settle {numbers['order']})")
+    twin.set_ylabel(f"t_tau ({_order_words(numbers['order'])})")
     keys = list(numbers["readings"])
     axes[1].bar(range(len(keys)), [numbers["readings"][k]["rho"] for k in keys], color="tab:blue")
     axes[1].axhline(1, color="grey", lw=0.8)
@@ -358,6 +363,10 @@ def _last_epoch_mean(steps: dict, column) -> float | None:
     if column is None:
         return None
     return float(np.mean(column[steps["epoch"] == steps["epoch"].max()]))
+
+
+def _order_words(order: str) -> str:
+    return "no site settles below tau" if order == "never" else f"sites settle {order}"
 
 
 def _finite(value) -> bool:
