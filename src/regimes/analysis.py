@@ -21,6 +21,7 @@ import numpy as np
 
 __all__ = [
     "summarize_run",
+    "four_readings",
     "sma",
     "robust_minmax",
     "auc",
@@ -214,14 +215,21 @@ def summarize(delta_w, delta_a, batches_per_epoch: int, tau: float = 0.1) -> dic
 
 
 WEIGHT_CHANGES = ("layerwise", "global")
+PATTERN_CHANGES = ("sites", "units")  # da (mean over sites, eq. 3), da_units (pooled over units)
+READING_CURVES = {"global": "dw", "layerwise": "dw_layerwise", "sites": "da", "units": "da_units"}
 
 
 def summarize_run(curves: dict, batches_per_epoch: int, weight_change: str = "layerwise", tau: float = 0.1) -> dict:
-    """A run's headline numbers under both readings of the weight change (docs/method.md).
+    """A run's headline numbers under the four readings (docs/method.md, SPEC "The four readings").
 
-    `curves` holds `dw` (eq. 2), `dw_layerwise` (the mean of per-tensor means) and `da`.
-    Returns `summarize`'s keys for the `weight_change` reading (the headline), plus
-    `rho_global` and `rho_layerwise`; empty curves give {}.
+    `curves` holds `dw` (eq. 2), `dw_layerwise` (the mean of per-tensor means), `da` (the
+    mean over sites, eq. 3) and optionally `da_units` (pooled over units). Returns
+    `summarize`'s keys for the `weight_change` reading with `da` (the headline), plus
+    `rho_global` and `rho_layerwise`, and the readings with `da_units`: `rho_units` (the
+    headline's weight change), `rho_global_units`, `rho_layerwise_units`, each weight
+    change's `auc_w_<w>` and `stabilization_w_<w>`, and `auc_p_units`, `stabilization_p_units`.
+    Without a `da_units` curve as long as `da` (a run recorded before it), the pooled
+    readings are None. Empty curves give {}.
     """
     if weight_change not in WEIGHT_CHANGES:
         raise ValueError(f"weight_change must be one of {', '.join(WEIGHT_CHANGES)}, got {weight_change!r}")
@@ -231,5 +239,30 @@ def summarize_run(curves: dict, batches_per_epoch: int, weight_change: str = "la
         "global": summarize(curves["dw"], curves["da"], batches_per_epoch, tau),
         "layerwise": summarize(curves["dw_layerwise"], curves["da"], batches_per_epoch, tau),
     }
-    return {**readings[weight_change], "rho_global": readings["global"]["rho"],
-            "rho_layerwise": readings["layerwise"]["rho"]}  # fmt: skip
+    out = {**readings[weight_change], "rho_global": readings["global"]["rho"],
+           "rho_layerwise": readings["layerwise"]["rho"]}  # fmt: skip
+    for w in WEIGHT_CHANGES:
+        out[f"auc_w_{w}"] = readings[w]["auc_w"]
+        out[f"stabilization_w_{w}"] = readings[w]["stabilization_w"]
+    units = curves.get("da_units")
+    pooled = units is not None and len(units) == len(curves["da"])
+    for w in WEIGHT_CHANGES:
+        reading = summarize(curves[READING_CURVES[w]], units, batches_per_epoch, tau) if pooled else {}
+        out[f"rho_{w}_units"] = reading.get("rho")
+        if w == weight_change:
+            out["rho_units"] = reading.get("rho")
+            out["auc_p_units"] = reading.get("auc_p")
+            out["stabilization_p_units"] = reading.get("stabilization_p")
+    return out
+
+
+def four_readings(curves: dict, batches_per_epoch: int, tau: float = 0.1) -> dict:
+    """rho, AUCs and t_tau under each of the four readings, keyed `(weight change, pattern change)`
+    (`("layerwise", "sites")` is the study's headline); a reading whose curve is missing is left out."""
+    out = {}
+    for w in WEIGHT_CHANGES:
+        for p in PATTERN_CHANGES:
+            dw, da = curves.get(READING_CURVES[w]), curves.get(READING_CURVES[p])
+            if dw is not None and da is not None and len(dw) == len(da) and len(da):
+                out[(w, p)] = summarize(dw, da, batches_per_epoch, tau)
+    return out

@@ -8,6 +8,7 @@
     regimes report runs/ --figure grid.png        the study's table over any number of runs
     regimes sweep mlp-breast-cancer --seeds 5     the study's grid, the best config, 5 seeds
     regimes geometry runs/mlp-breast-cancer-seed0 the theory's instruments on a saved run's probe
+    regimes explain runs/mlp-breast-cancer-seed0  what explains its rho: sites, readings, neurons
 
 Errors print one line; REGIMES_DEBUG=1 shows the traceback.
 """
@@ -437,6 +438,21 @@ def _print_sweep(selected: dict, out: Path) -> None:
         print(f"time      {phases} (wall-clock, start-up included; trials already done are not rerun)")
 
 
+def cmd_explain(args) -> int:
+    """What explains a run's rho, in words (regimes.explain), and optionally its figure."""
+    from regimes.explain import explain, plot_explain, render
+
+    numbers = explain(args.run, tau=args.tau)
+    print(render(numbers))
+    if args.figure:
+        from regimes.plots import _save
+
+        fig, _ = plot_explain(args.run, numbers)
+        _save(fig, args.figure)
+        print(f"figure: {args.figure}", file=sys.stderr)
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="regimes", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     commands = parser.add_subparsers(dest="command", required=True)
@@ -481,6 +497,12 @@ def build_parser() -> argparse.ArgumentParser:
     geometry.add_argument("--data-dir", help="where the data sets are (default: $REGIMES_DATA, then ~/.cache/regimes)")
     geometry.add_argument("--threads", type=int, metavar="N", help="torch threads")
     geometry.set_defaults(func=cmd_geometry)
+
+    explain = commands.add_parser("explain", help="what explains a run's rho: sites, readings, neurons, plateau")
+    explain.add_argument("run", help="a run directory (`regimes run` writes one)")
+    explain.add_argument("--figure", help="also draw the figure to this file (.png, .svg, .pdf)")
+    explain.add_argument("--tau", type=float, default=0.1, help="the threshold of t_tau (default 0.1)")
+    explain.set_defaults(func=cmd_explain)
 
     sweep = commands.add_parser("sweep", help="the study's sweep: a grid, the best config, several seeds")
     sweep.add_argument("preset", help="a preset name (`regimes presets`) or a TOML config file: the base config")

@@ -203,17 +203,18 @@ class UpdateNorm(Quantity):
 
 class PatternChange(Quantity):
     """da (SPEC eq. 3): the fraction of the probe's units that flipped since the last
-    measurement, per site (da:<site>) and averaged over sites (da)."""
+    measurement, per site (da:<site>), averaged over sites (da) and pooled over units
+    (da_units: every flip over every unit, each unit counted once)."""
 
     def columns(self) -> list[str]:
-        return ["da", *(f"da:{name}" for name in self.tracker.sites)]
+        return ["da", "da_units", *(f"da:{name}" for name in self.tracker.sites)]
 
     def measure(self, step: Step) -> list[torch.Tensor]:
         # Cumulative counts up to each site's end; per-site differences at read-back.
         return [step.layout.cumulative_flips(step.previous_pattern, step.pattern)]
 
     def read(self, queued, n):
-        return _flipped_fractions("da", queued, self.tracker)
+        return _flipped_fractions("da", queued, self.tracker, pooled=True)
 
 
 class FlipsSinceStart(Quantity):
@@ -240,11 +241,14 @@ class FlipsSinceStart(Quantity):
         self.start_pattern = state["start_pattern"].to(self.tracker.device)
 
 
-def _flipped_fractions(prefix: str, queued: list[torch.Tensor], tracker) -> dict[str, np.ndarray]:
-    """`prefix` (mean over sites) and `prefix:<site>` columns from queued cumulative flip counts."""
+def _flipped_fractions(prefix: str, queued: list[torch.Tensor], tracker, pooled: bool = False) -> dict[str, np.ndarray]:
+    """`prefix` (mean over sites) and `prefix:<site>` columns from queued cumulative flip counts;
+    `pooled`: `prefix_units` too, all flips over all units (from the counts, not the fractions)."""
     layout = tracker.layout
     cumulative = torch.stack(queued).cpu().double().numpy()  # [N, L]
     per_site = layout.flips_per_site(cumulative) / layout.units
     out = {prefix: per_site.mean(1)}
+    if pooled:
+        out[f"{prefix}_units"] = cumulative[:, -1] / layout.units.sum()
     out.update({f"{prefix}:{name}": per_site[:, j] for j, name in enumerate(tracker.sites)})
     return out

@@ -50,7 +50,15 @@ from regimes.analysis import summarize_run
 from regimes.detect import RegimeChangeDetector, RegimeEvent
 from regimes.errors import RunExistsError, UsageError
 from regimes.extras import available
-from regimes.records import RunDirectory, RunSummary, Status, software_versions, study_fields, validity
+from regimes.records import (
+    DamagedRecordError,
+    RunDirectory,
+    RunSummary,
+    Status,
+    software_versions,
+    study_fields,
+    validity,
+)
 from regimes.records.run import writer_lock
 from regimes.runs import best_validation
 from regimes.sites import unwrap_model
@@ -58,7 +66,7 @@ from regimes.tracker import Tracker
 
 __all__ = ["Run", "CURVES", "check_freeze", "warn_late_freeze", "measurements_per_epoch"]
 
-CURVES = ("dw", "dw_layerwise", "da")  # what the summary is computed from
+CURVES = ("dw", "dw_layerwise", "da", "da_units")  # what the summary is computed from
 
 
 def check_freeze(freeze, detect: bool = True):
@@ -216,7 +224,10 @@ class Run:
         if resumed:
             directory.check_records()
             directory.truncate_steps(self.written)
-            on_disk = directory.read_steps(columns=["iteration", *CURVES])
+            try:
+                on_disk = directory.read_steps(columns=["iteration", *CURVES])
+            except DamagedRecordError:  # recorded before da_units: its pooled readings stay None
+                on_disk = directory.read_steps(columns=["iteration", *CURVES[:3]])
             self._curves = {name: [on_disk.get(name, np.zeros(0))] for name in CURVES}
             if not directory.has_config():
                 directory.create(self.config)

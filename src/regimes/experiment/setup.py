@@ -22,6 +22,7 @@ from regimes.experiment.state import RunState
 from regimes.experiment.tasks import get_task
 from regimes.freeze import ValuePattern
 from regimes.geometry.watch import AnchorWatch
+from regimes.neurons import NeuronStats
 from regimes.quantities import UpdateNorm
 from regimes.zoo import create_model, model_sites
 from regimes.zoo.registry import ModelArgumentError, check_arguments, missing_arguments
@@ -109,9 +110,11 @@ def setup_run(config: RunConfig, device: torch.device, data_dir=None, parallel: 
 
 
 def _quantities(config: RunConfig) -> list:
-    """What the tracker measures beyond dw and da: the value network's pattern under a freeze,
-    the step sizes and the distance from the epoch's start for the geometry."""
-    quantities = [ValuePattern()] if config.freeze != "off" else []
+    """What the tracker measures beyond dw and da: the neurons behind the pattern (on, dead,
+    always on), the value network's pattern under a freeze, the step sizes and the distance
+    from the epoch's start for the geometry."""
+    quantities = [NeuronStats()]
+    quantities += [ValuePattern()] if config.freeze != "off" else []
     if config.geometry:
         quantities += [UpdateNorm(), AnchorWatch()]
     return quantities

@@ -352,7 +352,8 @@ class RunDirectory:
                 "da": np.zeros(0, np.float64),
             }
             return {k: v for k, v in empty.items() if columns is None or k in columns}
-        table = pa.concat_tables(_read(pq.read_table, p, columns=columns) for p in chunks)
+        # promote: a run resumed by a newer version has chunks with more columns (da_units, ...): null before
+        table = pa.concat_tables((_read(pq.read_table, p, columns=columns) for p in chunks), promote_options="default")
         out = {name: table.column(name).to_numpy() for name in table.column_names}
         if "iteration" in out and np.any(np.diff(out["iteration"]) < 0):
             order = np.argsort(out["iteration"], kind="stable")

@@ -122,6 +122,18 @@ class RunSummary(Mapping):
     frozen: bool | None = None  # the regime was frozen (freeze_iteration is set)
     threads: int | None = None  # torch's thread count during the run
     error: str | None = None  # what ended a failed run
+    # SPEC "The four readings": weight change global (dw) | layerwise (dw_layerwise) x pattern
+    # change mean over sites (da, the fields above) | pooled over units (da_units). None for a
+    # run recorded before da_units.
+    rho_units: float | None = None  # the headline's weight change with da_units
+    rho_global_units: float | None = None  # AUC(dw) / AUC(da_units)
+    rho_layerwise_units: float | None = None  # AUC(dw_layerwise) / AUC(da_units)
+    auc_w_global: float | None = None  # AUC(dw), whichever weight change is the headline
+    auc_w_layerwise: float | None = None  # AUC(dw_layerwise)
+    auc_p_units: float | None = None  # AUC(da_units)
+    stabilization_w_global: float | None = None  # t_tau of dw
+    stabilization_w_layerwise: float | None = None  # t_tau of dw_layerwise
+    stabilization_p_units: float | None = None  # t_tau of da_units
     extra: dict = field(default_factory=dict)
 
     def __post_init__(self):
@@ -207,7 +219,9 @@ def _check_type(key: str, value) -> None:
 
 
 # The summary fields that `regimes.analysis.summarize_run` computes: the study's numbers.
-STUDY_FIELDS = ("auc_w", "auc_p", "rho", "stabilization_w", "stabilization_p", "window", "rho_global", "rho_layerwise")
+STUDY_FIELDS = ("auc_w", "auc_p", "rho", "stabilization_w", "stabilization_p", "window", "rho_global", "rho_layerwise",
+                "rho_units", "rho_global_units", "rho_layerwise_units", "auc_w_global", "auc_w_layerwise", "auc_p_units",
+                "stabilization_w_global", "stabilization_w_layerwise", "stabilization_p_units")  # fmt: skip
 
 
 def study_fields(numbers: Mapping) -> dict:
