@@ -82,6 +82,9 @@ def _print_result(summary: dict, out: Path) -> None:
         ("stop epoch", stopped),
         ("AUC_W / AUC_P", f"{_fmt(summary['auc_w'], '.3f')} / {_fmt(summary['auc_p'], '.3f')}"),
         ("rho", rho),
+        ("rho, units pooled", f"{_fmt(summary.get('rho_units'), '.2f')} (weight change: global "
+                              f"{_fmt(summary.get('rho_global_units'), '.2f')}, layerwise "
+                              f"{_fmt(summary.get('rho_layerwise_units'), '.2f')}; `regimes explain` says why)"),
         ("settled (w / a)", f"{_settled(summary['stabilization_w'])} / {_settled(summary['stabilization_p'])}"),
     ]
     geometry = RunDirectory(out).read_geometry()
