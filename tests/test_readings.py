@@ -126,3 +126,18 @@ def test_a_run_resumed_by_a_newer_version_reads_with_the_older_epochs_unmeasured
     numbers = explain(out)
     assert math.isfinite(numbers["readings"]["layerwise/sites"]["rho"])
     assert numbers["neurons"]["first_epoch"] == 2  # the first epoch with da_units
+
+
+def test_the_report_and_a_sweeps_seed_statistics_carry_the_pooled_readings(tmp_path, monkeypatch):
+    from regimes.experiment import get_preset, train_run
+    from regimes.report import format_table, study_table
+    from regimes.runs import load_runs, seed_statistics
+
+    monkeypatch.setenv("REGIMES_DATA", str(tmp_path / "data"))
+    summaries = [dict(train_run(get_preset("mlp-breast-cancer").replace(max_epochs=2, seed=s), tmp_path / f"s{s}"))
+                 for s in (0, 1)]  # fmt: skip
+    statistics = seed_statistics(summaries)
+    for key in ("rho_units", "rho_global_units", "rho_layerwise_units"):
+        assert statistics[key] == pytest.approx(np.mean([s[key] for s in summaries]), rel=1e-12)
+    table = format_table(study_table(load_runs([tmp_path / "s0"])))
+    assert "rho layerwise units" in table and f"{summaries[0]['rho_layerwise_units']:.2f}" in table

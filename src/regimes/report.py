@@ -48,6 +48,7 @@ __all__ = [
     "dataset_label",
     "COLUMNS",
     "GEOMETRY_COLUMNS",
+    "UNITS_COLUMNS",
     "FORMATS",
 ]
 
@@ -70,6 +71,12 @@ COLUMNS = (
     # The two readings of the weight change (SPEC section 1); rho is the config's (layerwise by default).
     ("rho_global", "rho global", "$\\rho_{\\mathrm{global}}$"),
     ("rho_layerwise", "rho layerwise", "$\\rho_{\\mathrm{layer}}$"),
+)
+# Added when the runs recorded the pattern change pooled over units (da_units): rho under the
+# other two of the four readings (SPEC section 1; `regimes explain` says how far they disagree).
+UNITS_COLUMNS = (
+    ("rho_global_units", "rho global units", "$\\rho_{\\mathrm{global,units}}$"),
+    ("rho_layerwise_units", "rho layerwise units", "$\\rho_{\\mathrm{layer,units}}$"),
 )
 # Added after rho when a row comes from a sweep with several seeds (rho is then their mean).
 SEED_COLUMNS = {
@@ -135,6 +142,8 @@ def study_table(runs) -> list[dict]:
                                    for m in run["members"]]  # fmt: skip
         if "no_flip_observed" in run:
             rows[-1].update({key: as_float(run.get(key)) for key, _, _ in GEOMETRY_COLUMNS})
+        if run.get("rho_units") is not None:
+            rows[-1].update({key: as_float(run.get(key)) for key, _, _ in UNITS_COLUMNS})
     return rows
 
 
@@ -156,6 +165,7 @@ def format_table(rows, fmt: str = "markdown") -> str:
     if any(row.get("flags") for row in rows):  # after status: how far the run can be read
         at = [key for key, _, _ in columns].index("status") + 1
         columns = columns[:at] + (FLAGS_COLUMN,) + columns[at:]
+    columns += UNITS_COLUMNS if any("rho_layerwise_units" in row for row in rows) else ()
     columns += SEED_COLUMNS[fmt] if any(row.get("seeds") for row in rows) else ()
     columns += GEOMETRY_COLUMNS if any("no_flip_observed" in row for row in rows) else ()
     if _ambiguous(rows):  # rows that the other columns do not tell apart: name their directories
@@ -225,7 +235,7 @@ def _cell(value, key: str, fmt: str) -> str:
         return _score(value)
     if key in ("auc_w", "auc_p"):
         return f"{value:.3f}"
-    if key in ("rho", "rho_low", "rho_high", "rho_global", "rho_layerwise"):
+    if key in ("rho", "rho_low", "rho_high", "rho_global", "rho_layerwise", "rho_global_units", "rho_layerwise_units"):
         return f"{value:.2f}"
     if key == "seeds":
         return str(int(value))
