@@ -648,3 +648,45 @@ def test_mistakes_are_refused_with_what_differs():
 
     with pytest.raises(ValueError, match=r"head.weight: \(3, 16\) saved, \(5, 16\) here"):
         regimes.Tracker(Wider(), torch.randn(4, 12)).load_state_dict(saved)
+
+
+class Skipping(nn.Module):
+    """The second ReLU runs only while `self.second` is set (control flow that changes)."""
+
+    def __init__(self):
+        super().__init__()
+        self.fc1, self.fc2 = nn.Linear(6, 8), nn.Linear(8, 8)
+        self.act1, self.act2 = nn.ReLU(), nn.ReLU()
+        self.second = True
+
+    def forward(self, x):
+        h = self.act1(self.fc1(x))
+        return self.act2(self.fc2(h)) if self.second else h
+
+
+def test_a_site_not_reached_reads_all_off_although_the_buffer_is_reused(bit_backend):
+    torch.manual_seed(0)
+    model = Skipping()
+    with torch.no_grad():
+        model.fc2.bias.fill_(10.0)  # act2 all on while it runs
+    tracker = regimes.Tracker(model, torch.randn(4, 6))
+    assert tracker.pattern("act2").all()
+    model.second = False
+    with pytest.warns(UserWarning, match=r"did not reach the sites \['act2'\]"):
+        tracker.step()
+    assert not tracker.pattern("act2").any()
+    assert tracker.delta_a_layers[-1].tolist() == [0.0, 1.0]
+    model.second = True
+    tracker.step()
+    assert tracker.pattern("act2").all()
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64, torch.float16, torch.bfloat16])
+def test_on_rule_is_the_same_in_numpy_and_torch(dtype, bit_backend):
+    from regimes.sites import ACTIVATIONS
+
+    z = torch.tensor([-1.0, -0.0, 0.0, 1e-30, float("nan"), float("inf"), -float("inf"), 2.0]).to(dtype)
+    z = torch.cat([z, torch.randn(1000).to(dtype)]).view(3, -1)[:, ::2]  # strided, as a view can be
+    out = torch.ones(z.shape, dtype=torch.bool)
+    ACTIVATIONS["relu"].is_on(z, out)
+    assert torch.equal(out, z > 0)
