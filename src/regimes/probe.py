@@ -11,6 +11,7 @@ flag restored afterwards and hooks only inside the call.
 from __future__ import annotations
 
 import contextlib
+import hashlib
 import warnings
 from collections import Counter
 from collections.abc import Mapping
@@ -68,6 +69,7 @@ class Probe:
         self.layout, self._by_call, self.site_modules = self._discover(sites)
         self._buffer: torch.Tensor | None = None
         self._site_targets: dict | None = None
+        self._fingerprint: dict | None = None
         if unused := sorted(set(self._masks) - self._masks_used):
             warnings.warn(
                 f"the probe's {' and '.join(unused)} padding mask fits none of the tracked sites "
@@ -138,6 +140,23 @@ class Probe:
             self._site_targets = {key: (site, self.layout.site_bits(self._buffer, site))
                                   for key, site in self._by_call.items()}  # fmt: skip
         return self._site_targets
+
+    def fingerprint(self) -> dict:
+        """What identifies this probe in a saved tracker state: its size, each input's
+        name, shape and dtype, and a SHA-256 of the inputs' bytes (computed once, on the host)."""
+        if self._fingerprint is None:
+            digest, inputs = hashlib.sha256(), []
+            named = [(str(k), v) for k, v in enumerate(self.args)] + sorted(self.kwargs.items())
+            for name, value in named:
+                if not isinstance(value, torch.Tensor):
+                    inputs.append([name, repr(value)])
+                    digest.update(repr(value).encode())
+                    continue
+                inputs.append([name, list(value.shape), str(value.dtype).removeprefix("torch.")])
+                flat = value.detach().reshape(-1).contiguous().cpu()
+                digest.update(flat.view(torch.uint8).numpy().tobytes() if flat.numel() else b"")
+            self._fingerprint = {"size": self.size, "inputs": inputs, "digest": digest.hexdigest()}
+        return self._fingerprint
 
     # ------------------------------------------------------------------ sites
 
