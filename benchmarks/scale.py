@@ -45,25 +45,26 @@ from overhead import add_check_arguments, check, cpu_name  # noqa: E402
 class Case:
     """A model at its training shape: a step of plain training, a probe of 0.2 x batch."""
 
-    def __init__(self, name: str, batch: int | None, tokens: int, probe_scale: int = 1, seed: int = 0):
+    def __init__(self, name: str, batch: int | None, tokens: int, probe_scale: int = 1, seed: int = 0,
+                 device: str = "cpu", autocast: torch.dtype | None = None, image_size: int = 32, classes: int = 100):
         torch.manual_seed(seed)
-        self.name = name
+        self.name, self.device, self.autocast = name, torch.device(device), autocast
         if name == "resnet34":
             self.batch = batch or 128  # preset resnet34-cifar100
-            self.model = create_model("resnet34", num_classes=100)
+            self.model = create_model("resnet34", num_classes=classes).to(self.device)
             self.optimizer = torch.optim.Adam(self.model.parameters(), lr=1e-2, weight_decay=1e-4)
-            self.x = torch.randn(self.batch, 3, 32, 32)
-            self.y = torch.randint(0, 100, (self.batch,))
+            self.x = torch.randn(self.batch, 3, image_size, image_size, device=self.device)
+            self.y = torch.randint(0, classes, (self.batch,), device=self.device)
             self.sites = None
             self.loss = lambda: F.cross_entropy(self.model(self.x), self.y)
             size = probe_size(self.batch) * probe_scale
-            self.probe = torch.randn(size, 3, 32, 32)
+            self.probe = torch.randn(size, 3, image_size, image_size, device=self.device)
         elif name == "gpt2-small":
             self.batch = batch or 8  # preset gpt2-wikitext
             vocab = 16384
-            self.model = create_model("gpt2", vocab_size=vocab, max_length=tokens)
+            self.model = create_model("gpt2", vocab_size=vocab, max_length=tokens).to(self.device)
             self.optimizer = torch.optim.AdamW(self.model.parameters(), lr=3e-4, weight_decay=1e-2)
-            self.x = torch.randint(0, vocab, (self.batch, tokens))
+            self.x = torch.randint(0, vocab, (self.batch, tokens), device=self.device)
             self.sites = model_sites("gpt2")
 
             def loss():
@@ -72,21 +73,34 @@ class Case:
 
             self.loss = loss
             size = probe_size(self.batch) * probe_scale
-            self.probe = {"input_ids": torch.randint(0, vocab, (size, tokens)),
-                          "attention_mask": torch.ones(size, tokens, dtype=torch.long)}  # fmt: skip
+            self.probe = {"input_ids": torch.randint(0, vocab, (size, tokens), device=self.device),
+                          "attention_mask": torch.ones(size, tokens, dtype=torch.long, device=self.device)}  # fmt: skip
         else:
             raise KeyError(name)
 
+    def precision(self):
+        return torch.autocast(self.device.type, dtype=self.autocast, enabled=self.autocast is not None)
+
+    def tracker(self, **options) -> regimes.Tracker:
+        return regimes.Tracker(self.model, self.probe, sites=self.sites, autocast=self.autocast, **options)
+
     def train_step(self) -> None:
         self.optimizer.zero_grad(set_to_none=True)
-        self.loss().backward()
+        with self.precision():
+            loss = self.loss()
+        loss.backward()
         self.optimizer.step()
 
     def forward_probe(self) -> None:
-        if isinstance(self.probe, dict):
-            self.model(**self.probe)
-        else:
-            self.model(self.probe)
+        with self.precision():
+            if isinstance(self.probe, dict):
+                self.model(**self.probe)
+            else:
+                self.model(self.probe)
+
+    def synchronize(self) -> None:
+        if self.device.type == "cuda":
+            torch.cuda.synchronize()
 
 
 def probe_size(batch: int) -> int:
@@ -158,10 +172,12 @@ def rotate(case: Case, variants: dict, rounds: int, block: int = 1) -> dict[str,
         after()
     for _ in range(rounds):
         for variant, after in variants.items():
+            case.synchronize()
             start = time.perf_counter()
             for _ in range(block):
                 case.train_step()
                 after()
+            case.synchronize()
             times[variant].append((time.perf_counter() - start) / block)
     return {v: statistics.median(t) for v, t in times.items()}
 
@@ -173,7 +189,8 @@ def site_modules(tracker: regimes.Tracker) -> list[torch.nn.Module]:
 
 
 def main_rotation(case: Case, args) -> float:
-    tracker = regimes.Tracker(case.model, case.probe, sites=case.sites)
+    """Prints the four variants' ratios and the pattern memory; returns tracker/floor."""
+    tracker = case.tracker()
     floor = Floor(case)
     naive = Naive(case, site_modules(tracker))
     median = rotate(case, {"plain": lambda: None, "floor": floor.step, "tracker": tracker.step, "naive": naive.step},
@@ -195,7 +212,7 @@ def probe_sweep(args, name: str) -> None:
     cases = {k: Case(name, args.batch, args.tokens, probe_scale=k) for k in args.probe_scales}
     ratios = {}
     for k, case in cases.items():  # each scale on its own model (same seed), in turn
-        tracker = regimes.Tracker(case.model, case.probe, sites=case.sites)
+        tracker = case.tracker()
         median = rotate(case, {"floor": Floor(case).step, "tracker": tracker.step}, args.sweep_steps)
         ratios[k] = (tracker.probe_size, median["tracker"] / median["floor"], median["floor"])
         tracker.close()
@@ -206,7 +223,7 @@ def every_sweep(args, name: str) -> None:
     out = []
     for every in args.every:
         case = Case(name, args.batch, args.tokens)
-        tracker = regimes.Tracker(case.model, case.probe, sites=case.sites, every=every)
+        tracker = case.tracker(every=every)
         median = rotate(case, {"floor": Floor(case, every).step, "tracker": tracker.step}, args.sweep_steps, block=every)
         out.append(f"every {every}: tracker/floor {median['tracker'] / median['floor']:.3f}")
         tracker.close()
