@@ -786,3 +786,10 @@ def test_state_saved_with_another_model_is_refused_saying_what_differs():
     wrong = dict(saved, site_shapes=[[4, 32], [4, 17]])
     with pytest.raises(regimes.tracker.TrackerStateMismatchError, match=r"site 'act2' has output shape \[4, 17\] saved"):
         regimes.Tracker(MLP(), probe).load_state_dict(wrong)
+
+
+def test_two_quantities_of_one_name_are_refused():
+    first, second = Counter("a"), Counter("b")
+    first.name = second.name = "counter"
+    with pytest.raises(regimes.tracker.QuantityCollisionError, match="named 'counter'"):
+        regimes.Tracker(MLP(), torch.randn(4, 12), quantities=[first, second])

@@ -157,8 +157,14 @@ class Quantity:
 
     @property
     def name(self) -> str:
+        if (given := self.__dict__.get("_name")) is not None:
+            return given
         columns = self.columns()
         return columns[0] if columns else type(self).__name__
+
+    @name.setter
+    def name(self, value: str) -> None:  # a subclass may name itself (self.name = ... in __init__)
+        self._name = value
 
     def columns(self) -> list[str]:
         raise NotImplementedError
