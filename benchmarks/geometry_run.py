@@ -14,7 +14,7 @@ At one larger size, `--resnet` times the geometry of a ResNet-shaped CNN (ResNet
 CIFAR: 3 stages of 3 basic blocks, 16-32-64 channels, BatchNorm, residual additions,
 32x32x3 inputs) over a probe of 0.2 x batch, against an epoch of training it at CIFAR-10's
 size (50,000 images: 391 steps of 128), the epoch's time taken as the median measured
-step time x steps per epoch:
+step time x steps per epoch (the callback computes the geometry once per epoch):
 
     python benchmarks/geometry_run.py --threads 1 --resnet
 """
@@ -121,13 +121,14 @@ def main() -> None:
     parser.add_argument("--resnet", action="store_true", help="the ResNet-20 against an epoch instead of the presets")
     parser.add_argument("--batch", type=int, default=128, help="--resnet: training batch (probe 0.2 x batch)")
     parser.add_argument("--steps", type=int, default=10, help="--resnet: timed training steps")
-    parser.add_argument("--epoch-steps", type=int, default=391, help="--resnet: steps per epoch (CIFAR-10 at 128)")
+    parser.add_argument("--epoch-steps", type=int, default=None,
+                        help="--resnet: steps per epoch (default: CIFAR-10's 50,000 images at --batch)")
     args = parser.parse_args()
     if args.threads:
         torch.set_num_threads(args.threads)
     if args.resnet:
         print(f"torch {torch.__version__}, {torch.get_num_threads()} threads, {cpu_name()}")
-        resnet_geometry(args.batch, args.steps, args.epoch_steps)
+        resnet_geometry(args.batch, args.steps, args.epoch_steps or -(-50_000 // args.batch))
         return
     print(f"torch {torch.__version__}, {torch.get_num_threads()} threads, {args.epochs} epochs, {args.repeats} pairs")
     print(f"{'preset':<22} {'probe':>5} {'s/epoch off':>11} {'s/epoch on':>10} {'on / off':>8} {'geometry / epoch':>16}")
