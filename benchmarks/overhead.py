@@ -6,14 +6,18 @@ The three variants run interleaved, round after round, on the same model and dat
 and the ratios of their median step times are printed (absolute times on a shared
 machine are noise; ratios measured side by side are not).
 
-    python benchmarks/overhead.py                 # CPU
+    python benchmarks/overhead.py --threads 1     # CPU
     python benchmarks/overhead.py --device cuda   # when a GPU is there
+
+Exits 1 when tracker/floor is above `--limit` (1.05) on any model; `--no-check` skips that.
 """
 
 from __future__ import annotations
 
 import argparse
+import platform
 import statistics
+import sys
 import time
 
 import torch
@@ -51,7 +55,8 @@ class FloorProbe:
         torch._foreach_copy_(self.previous, [p.detach() for p in self.params])
 
 
-def bench(name: str, device: torch.device, batch: int, probe_size: int, steps: int, rounds: int) -> None:
+def bench(name: str, device: torch.device, batch: int, probe_size: int, steps: int, rounds: int) -> float:
+    """Prints one model's line; returns its tracker/floor."""
     torch.manual_seed(0)
     model = MODELS[name]().to(device)
     opt = torch.optim.SGD(model.parameters(), lr=1e-2, momentum=0.9)
@@ -91,6 +96,31 @@ def bench(name: str, device: torch.device, batch: int, probe_size: int, steps: i
         f"tracker/floor {median['tracker'] / median['floor']:.3f} | "
         f"{stored_bits / units / 8:.4f} bytes per stored unit ({len(tracker.sites)} sites, {units} units)"
     )
+    tracker.close()
+    return median["tracker"] / median["floor"]
+
+
+def cpu_name() -> str:
+    """The CPU's model name (Linux), else what the platform module says."""
+    try:
+        with open("/proc/cpuinfo") as f:
+            return next(line.split(":", 1)[1].strip() for line in f if line.startswith("model name"))
+    except (OSError, StopIteration):
+        return platform.processor() or platform.machine()
+
+
+def add_check_arguments(parser: argparse.ArgumentParser, limit: float = 1.05) -> None:
+    parser.add_argument("--limit", type=float, default=limit, help="tracker/floor above this fails the run (exit 1)")
+    parser.add_argument("--no-check", dest="check", action="store_false", help="never fail on tracker/floor")
+
+
+def check(ratios: dict[str, float], args: argparse.Namespace) -> None:
+    """Exit 1 (after printing which) when a tracker/floor ratio is above the limit."""
+    over = {name: r for name, r in ratios.items() if r > args.limit}
+    if over and args.check:
+        listed = ", ".join(f"{name} {r:.3f}" for name, r in over.items())
+        print(f"FAIL: tracker/floor above {args.limit}: {listed} (--no-check to only report)", file=sys.stderr)
+        sys.exit(1)
 
 
 def main() -> None:
@@ -101,11 +131,15 @@ def main() -> None:
     parser.add_argument("--steps", type=int, default=20, help="steps per round and variant")
     parser.add_argument("--rounds", type=int, default=20)
     parser.add_argument("--models", nargs="*", default=list(MODELS))
+    parser.add_argument("--threads", type=int, default=None, help="torch threads (default: torch's own choice)")
+    add_check_arguments(parser)
     args = parser.parse_args()
+    if args.threads:
+        torch.set_num_threads(args.threads)
     device = torch.device(args.device)
-    print(f"torch {torch.__version__}, {torch.get_num_threads()} threads, batch {args.batch}, probe {args.probe}")
-    for name in args.models:
-        bench(name, device, args.batch, args.probe, args.steps, args.rounds)
+    print(f"torch {torch.__version__}, {torch.get_num_threads()} threads, {cpu_name()}, batch {args.batch}, probe {args.probe}")
+    ratios = {name: bench(name, device, args.batch, args.probe, args.steps, args.rounds) for name in args.models}
+    check(ratios, args)
 
 
 if __name__ == "__main__":

@@ -648,3 +648,148 @@ def test_mistakes_are_refused_with_what_differs():
 
     with pytest.raises(ValueError, match=r"head.weight: \(3, 16\) saved, \(5, 16\) here"):
         regimes.Tracker(Wider(), torch.randn(4, 12)).load_state_dict(saved)
+
+
+class Skipping(nn.Module):
+    """The second ReLU runs only while `self.second` is set (control flow that changes)."""
+
+    def __init__(self):
+        super().__init__()
+        self.fc1, self.fc2 = nn.Linear(6, 8), nn.Linear(8, 8)
+        self.act1, self.act2 = nn.ReLU(), nn.ReLU()
+        self.second = True
+
+    def forward(self, x):
+        h = self.act1(self.fc1(x))
+        return self.act2(self.fc2(h)) if self.second else h
+
+
+def test_a_site_not_reached_reads_all_off_although_the_buffer_is_reused(bit_backend):
+    torch.manual_seed(0)
+    model = Skipping()
+    with torch.no_grad():
+        model.fc2.bias.fill_(10.0)  # act2 all on while it runs
+    tracker = regimes.Tracker(model, torch.randn(4, 6))
+    assert tracker.pattern("act2").all()
+    model.second = False
+    with pytest.warns(UserWarning, match=r"did not reach the sites \['act2'\]"):
+        tracker.step()
+    assert not tracker.pattern("act2").any()
+    assert tracker.delta_a_layers[-1].tolist() == [0.0, 1.0]
+    model.second = True
+    tracker.step()
+    assert tracker.pattern("act2").all()
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64, torch.float16, torch.bfloat16])
+def test_on_rule_is_the_same_in_numpy_and_torch(dtype, bit_backend):
+    from regimes.sites import ACTIVATIONS
+
+    z = torch.tensor([-1.0, -0.0, 0.0, 1e-30, float("nan"), float("inf"), -float("inf"), 2.0]).to(dtype)
+    z = torch.cat([z, torch.randn(1000).to(dtype)]).view(3, -1)[:, ::2]  # strided, as a view can be
+    out = torch.ones(z.shape, dtype=torch.bool)
+    ACTIVATIONS["relu"].is_on(z, out)
+    assert torch.equal(out, z > 0)
+
+
+# ---------------------------------------------------------------------- names and saved state (issues 17, 18)
+
+
+def test_a_quantity_whose_columns_collide_is_refused_naming_it():
+    from regimes.quantities import FlipsSinceStart, WeightChange
+
+    with pytest.raises(regimes.tracker.QuantityCollisionError, match=r"quantity 3 \(FlipsSinceStart\).*'da0'.*quantity 2"):
+        regimes.Tracker(MLP(), torch.randn(4, 12), quantities=[FlipsSinceStart(), FlipsSinceStart()])
+    with pytest.raises(ValueError, match=r"quantity 2 \(WeightChange\).*'dw'.*quantity 0 \(WeightChange, built in\)"):
+        regimes.Tracker(MLP(), torch.randn(4, 12), quantities=[WeightChange()])
+
+
+class Counter(regimes.quantities.Quantity):
+    """A quantity with state, whose column is a constructor argument (two of one class can coexist)."""
+
+    def __init__(self, column):
+        self.column, self.count = column, 0
+
+    def columns(self):
+        return [self.column]
+
+    def measure(self, step):
+        self.count += 1
+        return [torch.tensor(float(self.count))]
+
+    def read(self, queued, n):
+        return {self.column: torch.stack(queued).double().numpy()}
+
+    def state_dict(self):
+        return {"count": self.count}
+
+    def load_state_dict(self, state):
+        self.count = state.get("count", 0)
+
+
+def test_quantity_state_is_kept_by_name_not_class():
+    model, probe = MLP(), torch.randn(4, 12)
+    tracker = regimes.Tracker(model, probe, quantities=[Counter("a"), Counter("b")])
+    tracker.quantities[2].count, tracker.quantities[3].count = 5, 9
+    saved = tracker.state_dict()
+    resumed = regimes.Tracker(model, probe, quantities=[Counter("a"), Counter("b")])
+    resumed.load_state_dict(saved)
+    assert [q.count for q in resumed.quantities[2:]] == [5, 9]
+    assert resumed.quantity_names == ["dw", "da", "a", "b"]
+
+
+def test_a_state_keyed_by_class_name_still_loads():
+    from regimes.quantities import FlipsSinceStart
+
+    model, probe, data, loss_fn = make_case("mlp")
+    opt = torch.optim.SGD(model.parameters(), lr=0.5)
+    tracker = regimes.Tracker(model, probe, quantities=[FlipsSinceStart()])
+    start = tracker.last_pattern.clone()
+    train(model, data, loss_fn, opt, 3, tracker)
+    saved = tracker.state_dict()
+    older = {k: v for k, v in saved.items() if k not in ("quantity_states", "probe", "site_shapes")}
+    older["quantities"] = {type(q).__name__: q.state_dict() for q in tracker.quantities}
+    resumed = regimes.Tracker(model, probe, quantities=[FlipsSinceStart()])
+    resumed.load_state_dict(older)
+    assert torch.equal(resumed.quantities[2].start_pattern, start)
+    assert resumed.iteration == 3
+
+
+def test_state_saved_with_another_probe_is_refused_saying_what_differs():
+    model = MLP()
+    probe = torch.randn(4, 12)
+    saved = regimes.Tracker(model, probe).state_dict()
+    other = regimes.Tracker(model, torch.randn(4, 12))  # same size and shape, other samples
+    with pytest.raises(regimes.tracker.TrackerStateMismatchError, match="another probe.*other values"):
+        other.load_state_dict(saved)
+    assert other.iteration == 0  # nothing of the refused state was loaded
+    fewer = regimes.Tracker(model, probe[:3])  # the same pattern bytes (word rounding), one sample less
+    assert fewer.layout.stored_bytes == regimes.Tracker(model, probe).layout.stored_bytes
+    with pytest.raises(ValueError, match="another probe.*4 samples saved, 3 here"):
+        fewer.load_state_dict(saved)
+    reordered = regimes.Tracker(model, probe.flip(0))
+    with pytest.raises(ValueError, match="another probe"):
+        reordered.load_state_dict(saved)
+    as_dict = regimes.Tracker(TokenModel(), {"input_ids": torch.zeros(2, 5, dtype=torch.long),
+                                             "attention_mask": torch.ones(2, 5, dtype=torch.long)})
+    state = as_dict.state_dict()
+    shorter = regimes.Tracker(as_dict.module, {"input_ids": torch.zeros(2, 5, dtype=torch.long),
+                                               "attention_mask": torch.tensor([[1] * 5, [1, 1, 1, 0, 0]])})
+    with pytest.raises(ValueError, match="another probe.*other values"):
+        shorter.load_state_dict(state)
+    regimes.Tracker(model, probe).load_state_dict(saved)  # the same probe loads
+
+
+def test_state_saved_with_another_model_is_refused_saying_what_differs():
+    probe = torch.randn(4, 12)
+    saved = regimes.Tracker(MLP(), probe).state_dict()
+    wrong = dict(saved, site_shapes=[[4, 32], [4, 17]])
+    with pytest.raises(regimes.tracker.TrackerStateMismatchError, match=r"site 'act2' has output shape \[4, 17\] saved"):
+        regimes.Tracker(MLP(), probe).load_state_dict(wrong)
+
+
+def test_two_quantities_of_one_name_are_refused():
+    first, second = Counter("a"), Counter("b")
+    first.name = second.name = "counter"
+    with pytest.raises(regimes.tracker.QuantityCollisionError, match="named 'counter'"):
+        regimes.Tracker(MLP(), torch.randn(4, 12), quantities=[first, second])

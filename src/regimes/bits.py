@@ -28,10 +28,15 @@ def _popcount_table(device: torch.device) -> torch.Tensor:
     return torch.tensor([bin(i).count("1") for i in range(256)], dtype=torch.uint8, device=device)
 
 
-def _numpy_ok(*tensors: torch.Tensor) -> bool:
+def numpy_ok(*tensors: torch.Tensor) -> bool:
     # On the CPU, NumPy works on the same memory with a fraction of torch's per-call
     # overhead, which is most of the cost at probe sizes. np.bitwise_count: NumPy >= 2.
-    return _HAS_BITWISE_COUNT and all(t.device.type == "cpu" for t in tensors)
+    if not _HAS_BITWISE_COUNT:
+        return False
+    for t in tensors:  # a loop, not all(genexpr): this runs several times per probe
+        if not t.is_cpu:
+            return False
+    return True
 
 
 _HAS_BITWISE_COUNT = hasattr(np, "bitwise_count")
@@ -40,7 +45,7 @@ _HAS_BITWISE_COUNT = hasattr(np, "bitwise_count")
 def pack(bits: torch.Tensor) -> torch.Tensor:
     """Pack a bool tensor (any shape, read in row-major order) into `ceil(numel / 8)` bytes."""
     flat = bits.reshape(-1)
-    if _numpy_ok(flat):
+    if numpy_ok(flat):
         return torch.from_numpy(np.packbits(flat.numpy(), bitorder="little"))
     return _pack_torch(flat)
 
@@ -75,12 +80,16 @@ def cumulative_flips(previous: torch.Tensor, current: torch.Tensor, segment_ends
     increasing. The per-segment counts are the differences of consecutive values (the
     caller takes them on the host, which saves kernels on every step).
     """
-    if _numpy_ok(previous, current, segment_ends):
-        flipped = np.bitwise_count(np.bitwise_xor(previous.numpy(), current.numpy()))
+    if numpy_ok(previous, current, segment_ends):
         ends = segment_ends.numpy()
-        starts = np.concatenate(([0], ends[:-1] + 1))
-        return torch.from_numpy(np.cumsum(np.add.reduceat(flipped, starts, dtype=np.int64)))
+        return _cumulative_flips_numpy(previous.numpy(), current.numpy(), np.concatenate(([0], ends[:-1] + 1)))
     return _cumulative_flips_torch(previous, current, segment_ends)
+
+
+def _cumulative_flips_numpy(previous: np.ndarray, current: np.ndarray, segment_starts: np.ndarray) -> torch.Tensor:
+    flipped = np.bitwise_xor(previous, current)
+    np.bitwise_count(flipped, out=flipped)  # popcount in place: a byte holds at most 8
+    return torch.from_numpy(np.add.reduceat(flipped, segment_starts, dtype=np.int64).cumsum())
 
 
 def _cumulative_flips_torch(previous, current, segment_ends) -> torch.Tensor:
@@ -131,6 +140,7 @@ class PatternLayout:
         self.bits = -(-offset // 64) * 64
         self.units = np.array([s.units for s in placed], dtype=np.float64)  # per site, for da
         self._segment_ends = torch.tensor([s.stop for s in placed], device=device) // 8 - 1  # last byte of each site
+        self._segment_starts = np.array([s.start // 8 for s in placed], dtype=np.intp)  # first byte, for NumPy
         self._has_gaps = sum(s.numel for s in placed) != self.bits
         self._by_name = {s.name: s for s in placed}
 
@@ -155,7 +165,9 @@ class PatternLayout:
 
     def cumulative_flips(self, previous: torch.Tensor, current: torch.Tensor) -> torch.Tensor:
         """Flipped bits between two packed patterns, counted up to each site's end: [L] int64."""
-        return cumulative_flips(previous, current, self._segment_ends)
+        if numpy_ok(previous, current):
+            return _cumulative_flips_numpy(previous.numpy(), current.numpy(), self._segment_starts)
+        return _cumulative_flips_torch(previous, current, self._segment_ends)
 
     @staticmethod
     def flips_per_site(cumulative: np.ndarray) -> np.ndarray:

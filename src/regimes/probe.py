@@ -11,6 +11,7 @@ flag restored afterwards and hooks only inside the call.
 from __future__ import annotations
 
 import contextlib
+import hashlib
 import warnings
 from collections import Counter
 from collections.abc import Mapping
@@ -66,6 +67,9 @@ class Probe:
         self._warned_missing = False
         self._masks_used: set[str] = set()
         self.layout, self._by_call, self.site_modules = self._discover(sites)
+        self._buffer: torch.Tensor | None = None
+        self._site_targets: dict | None = None
+        self._fingerprint: dict | None = None
         if unused := sorted(set(self._masks) - self._masks_used):
             warnings.warn(
                 f"the probe's {' and '.join(unused)} padding mask fits none of the tracked sites "
@@ -96,31 +100,63 @@ class Probe:
     def pattern(self, iteration: int = 0) -> torch.Tensor:
         """Run the probe and pack every tracked site's on/off pattern into one flat buffer."""
         # Each site writes its on/off bits straight into its slice of one bool buffer
-        # (one kernel per site); the whole buffer is then packed at once.
-        on = self.layout.new_buffer(self.device)
+        # (one kernel per site), kept from call to call; the whole buffer is then packed
+        # at once into a new tensor, so nothing returned shares the buffer.
+        targets = self._targets()
         filled = []
-        is_on, by_call, site_bits = self.activation.is_on, self._by_call, self.layout.site_bits
+        is_on = self.activation.is_on
 
         def on_site(call, output):
-            site = by_call.get((call.base, call.index))
-            if site is None or not isinstance(output, torch.Tensor):
+            target = targets.get((call.base, call.index))
+            if target is None or not isinstance(output, torch.Tensor):
                 return
-            site_on = is_on(output, site_bits(on, site))
+            site, out = target
+            site_on = is_on(output, out)
             if site.valid is not None:
                 site_on &= site.valid
             filled.append(site.name)
 
         with capture(self.activation, self.module_names, on_site, self.site_modules):
             self.run()
-        if len(filled) != len(self.layout.sites) and not self._warned_missing:
-            self._warned_missing = True
-            missing = sorted({s.name for s in self.layout.sites} - set(filled))
-            warnings.warn(
-                f"the probe's forward at iteration {iteration} did not reach the sites {missing}: their "
-                "pattern counts as all off. The model's control flow changed since the tracker was built.",
-                stacklevel=4,
-            )
-        return bits.pack(on)
+        if len(filled) != len(self.layout.sites):
+            missing = [(site, out) for site, out in targets.values() if site.name not in filled]
+            for _, out in missing:
+                out.zero_()  # the buffer is reused: a site not reached this time reads as all off
+            if not self._warned_missing:
+                self._warned_missing = True
+                warnings.warn(
+                    f"the probe's forward at iteration {iteration} did not reach the sites "
+                    f"{sorted(site.name for site, _ in missing)}: their pattern counts as all off. The model's "
+                    "control flow changed since the tracker was built.",
+                    stacklevel=4,
+                )
+        return bits.pack(self._buffer)
+
+    def _targets(self) -> dict[tuple[str, int], tuple[SiteLayout, torch.Tensor]]:
+        """Per site call: its layout and its slice of the reused bool buffer (made on first use)."""
+        if self._site_targets is None:
+            self._buffer = self.layout.new_buffer(self.device)
+            self._buffer.zero_()  # gaps between sites must read as off; they are never written
+            self._site_targets = {key: (site, self.layout.site_bits(self._buffer, site))
+                                  for key, site in self._by_call.items()}  # fmt: skip
+        return self._site_targets
+
+    def fingerprint(self) -> dict:
+        """What identifies this probe in a saved tracker state: its size, each input's
+        name, shape and dtype, and a SHA-256 of the inputs' bytes (computed once, on the host)."""
+        if self._fingerprint is None:
+            digest, inputs = hashlib.sha256(), []
+            named = [(str(k), v) for k, v in enumerate(self.args)] + sorted(self.kwargs.items())
+            for name, value in named:
+                if not isinstance(value, torch.Tensor):
+                    inputs.append([name, repr(value)])
+                    digest.update(repr(value).encode())
+                    continue
+                inputs.append([name, list(value.shape), str(value.dtype).removeprefix("torch.")])
+                flat = value.detach().reshape(-1).contiguous().cpu()
+                digest.update(flat.view(torch.uint8).numpy().tobytes() if flat.numel() else b"")
+            self._fingerprint = {"size": self.size, "inputs": inputs, "digest": digest.hexdigest()}
+        return self._fingerprint
 
     # ------------------------------------------------------------------ sites
 

@@ -51,6 +51,11 @@ class WeightSnapshot:
         return {"parameter_names": list(self.names), "previous_weights": [w.cpu() for w in self.previous]}
 
     def load_state_dict(self, state: dict, device: torch.device) -> None:
+        self.check_state(state)
+        self.previous = [w.to(device, torch.float32) for w in state["previous_weights"]]
+
+    def check_state(self, state: dict) -> None:
+        """Raise ValueError, saying what differs, when `state` is for other parameters."""
         saved = [tuple(w.shape) for w in state["previous_weights"]]
         mine = [tuple(w.shape) for w in self.previous]
         if state["parameter_names"] != self.names or saved != mine:
@@ -61,7 +66,6 @@ class WeightSnapshot:
                 f"the saved tracker state is for other parameters than this model's ({differ}): build the "
                 f"tracker on the same model as the run that saved it{sharded}"
             )
-        self.previous = [w.to(device, torch.float32) for w in state["previous_weights"]]
 
 
 def _local(p: torch.Tensor) -> torch.Tensor:
@@ -141,10 +145,26 @@ class Step:
 
 
 class Quantity:
-    """Base class: a named measurement. `bind(tracker)` is called once, at construction."""
+    """Base class: a named measurement. `bind(tracker)` is called once, at construction.
+
+    Its `name` keys its state in the tracker's `state_dict()`: by default its first
+    column, which no other quantity of the tracker may write (the tracker refuses a
+    quantity whose columns collide with another's), so names are unique.
+    """
 
     def bind(self, tracker) -> None:
         self.tracker = tracker
+
+    @property
+    def name(self) -> str:
+        if (given := self.__dict__.get("_name")) is not None:
+            return given
+        columns = self.columns()
+        return columns[0] if columns else type(self).__name__
+
+    @name.setter
+    def name(self, value: str) -> None:  # a subclass may name itself (self.name = ... in __init__)
+        self._name = value
 
     def columns(self) -> list[str]:
         raise NotImplementedError

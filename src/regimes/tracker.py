@@ -24,7 +24,15 @@ from regimes.probe import NoActivationSitesError, Probe, ProbeError
 from regimes.quantities import PatternChange, Quantity, Step, WeightChange, WeightSnapshot
 from regimes.sites import ACTIVATIONS, SiteFilter, unwrap_model
 
-__all__ = ["Tracker", "ProbeError", "NoActivationSitesError"]
+__all__ = ["Tracker", "ProbeError", "NoActivationSitesError", "QuantityCollisionError", "TrackerStateMismatchError"]
+
+
+class QuantityCollisionError(ValueError):
+    """Two quantities of one tracker write the same column (or share a name)."""
+
+
+class TrackerStateMismatchError(ValueError):
+    """A saved tracker state belongs to another probe or another model."""
 
 
 class Tracker:
@@ -86,9 +94,11 @@ class Tracker:
         self.iteration = 0
         self.last_pattern = self.probe.pattern(self.iteration)  # iteration 0
         self.quantities: list[Quantity] = [WeightChange(), PatternChange(), *quantities]
+        self._measure_order = [1, 0, *range(2, len(self.quantities))]
         for quantity in self.quantities:
             quantity.bind(self)
-        self.history = History([c for q in self.quantities for c in q.columns()])
+        self.history = History(_unique_columns(self.quantities))
+        self.quantity_names = _unique_names(self.quantities)
         self._queued: list[list[torch.Tensor]] = [[] for _ in self.quantities]
         self._queued_iterations: list[int] = []
         self._closed = False
@@ -133,8 +143,13 @@ class Tracker:
             return
         pattern = self.probe.pattern(self.iteration + 1)  # the part that can fail
         step = Step(self.iteration + 1, self.last_pattern, pattern, self.weights, self.layout)
+        measured: list = [None] * len(self.quantities)
         try:
-            measured = [quantity.measure(step) for quantity in self.quantities]
+            # The pattern change first: its flip count then runs right after the probe packed
+            # the pattern, while both are in cache (after the weight diff's pass over every
+            # parameter they are not; on the MLP that was a third of the tracker's extra cost).
+            for k in self._measure_order:
+                measured[k] = self.quantities[k].measure(step)
         except BaseException:
             step.rollback()
             raise
@@ -225,37 +240,70 @@ class Tracker:
 
     def state_dict(self) -> dict:
         """What is needed to go on measuring after a restart: the last weights and pattern
-        and each quantity's own state. Not the records (they are the caller's to keep:
-        the runner's are on disk), so a checkpoint does not grow with the run."""
+        and each quantity's own state (by the quantity's name), with what identifies the
+        probe and the sites, so that a state is never loaded into a tracker on another
+        probe. Not the records (they are the caller's to keep: the runner's are on disk),
+        so a checkpoint does not grow with the run."""
         self._read_back()
         return {
             "iteration": self.iteration,
             "sites": list(self.sites),
+            "site_shapes": [list(s.shape) for s in self.layout.sites],
+            "probe": self.probe.fingerprint(),
             **self.weights.state_dict(),
             "previous_pattern": self.last_pattern.cpu(),
-            "quantities": {type(q).__name__: q.state_dict() for q in self.quantities},
+            "quantity_states": {name: q.state_dict() for name, q in zip(self.quantity_names, self.quantities)},
         }
 
     def load_state_dict(self, state: dict) -> None:
         """Continue from `state_dict()` of a tracker on the same model, probe and sites.
-        Records go on from the saved iteration; those before it are not restored."""
+        Records go on from the saved iteration; those before it are not restored.
+
+        Raises `TrackerStateMismatchError` (a ValueError) saying what differs when the state
+        was saved with another probe (size, shapes or content) or another model (parameter
+        names or shapes, sites or their shapes). States saved before quantities had names
+        (keyed by class name) load too."""
         if state["sites"] != self.sites:
-            raise ValueError(
+            raise TrackerStateMismatchError(
                 f"the saved tracker state is for other sites ({state['sites']}) than this tracker's ({self.sites}): "
                 "build the tracker on the same model, probe and site filter as the run that saved it"
             )
         saved_bytes = state["previous_pattern"].numel()
         if saved_bytes != self.layout.stored_bytes:
-            raise ValueError(
+            raise TrackerStateMismatchError(
                 f"the saved tracker state holds a pattern of {saved_bytes} bytes and this tracker's takes "
                 f"{self.layout.stored_bytes} (probe of {self.probe_size} samples, sites "
                 f"{[s.shape for s in self.layout.sites]}): build the tracker with the same probe and model widths"
             )
+        try:
+            self.weights.check_state(state)
+        except ValueError as error:
+            raise TrackerStateMismatchError(str(error)) from None
+        saved_probe = state.get("probe")  # absent in states saved before probes were fingerprinted
+        if saved_probe is not None and (differs := _probe_difference(saved_probe, self.probe.fingerprint())):
+            raise TrackerStateMismatchError(
+                f"the saved tracker state was measured with another probe ({differs}): its pattern is not "
+                "this probe's, and the next da would count the difference as flips. Build the tracker with "
+                "the probe of the run that saved it (the same samples, in the same order)"
+            )
+        mine = [list(s.shape) for s in self.layout.sites]
+        if "site_shapes" in state and [list(s) for s in state["site_shapes"]] != mine:
+            site, a, b = next((n, list(a), b) for n, a, b in zip(self.sites, state["site_shapes"], mine) if list(a) != b)
+            raise TrackerStateMismatchError(
+                f"the saved tracker state is for another model: site {site!r} has output shape {a} saved and "
+                f"{b} here: build the tracker on the same model as the run that saved it"
+            )
         self.weights.load_state_dict(state, self.device)
         self.iteration = int(state["iteration"])
         self.last_pattern = state["previous_pattern"].to(self.device)
-        for quantity in self.quantities:
-            quantity.load_state_dict(state.get("quantities", {}).get(type(quantity).__name__, {}))
+        if "quantity_states" in state:
+            saved = state["quantity_states"]
+            for name, quantity in zip(self.quantity_names, self.quantities):
+                quantity.load_state_dict(saved.get(name, {}))
+        else:  # older states: keyed by class name (one quantity per class then)
+            saved = state.get("quantities", {})
+            for quantity in self.quantities:
+                quantity.load_state_dict(saved.get(type(quantity).__name__, {}))
         self._queued = [[] for _ in self.quantities]
         self._queued_iterations = []
         self.history = History(self.history.columns)
@@ -279,3 +327,47 @@ class Tracker:
             f"Tracker({type(self.module).__name__}, probe of {self.probe_size}, {len(self.sites)} sites, "
             f"{int(self.weights.sizes.sum())} parameters, iteration {self.iteration})"
         )
+
+
+def _unique_columns(quantities: list[Quantity]) -> list[str]:
+    """Every quantity's columns, in order; a column that two quantities write is refused."""
+    owner: dict[str, tuple[int, Quantity]] = {}
+    for k, quantity in enumerate(quantities):
+        for column in quantity.columns():
+            if column in owner:
+                j, first = owner[column]
+                raise QuantityCollisionError(
+                    f"quantity {k} ({type(quantity).__name__}) writes the column {column!r}, which quantity {j} "
+                    f"({type(first).__name__}{', built in' if j < 2 else ''}) writes already: records are kept by "
+                    "name, so each column has one writer. Drop the duplicate quantity (the weight change and the "
+                    "pattern change are always measured) or give it other column names"
+                )
+            owner[column] = (k, quantity)
+    return list(owner)
+
+
+def _unique_names(quantities: list[Quantity]) -> list[str]:
+    """Each quantity's name (the key of its state); two quantities of one name are refused."""
+    names: dict[str, int] = {}
+    for k, quantity in enumerate(quantities):
+        name = quantity.name
+        if name in names:
+            raise QuantityCollisionError(
+                f"quantity {k} ({type(quantity).__name__}) is named {name!r}, as quantity {names[name]} "
+                f"({type(quantities[names[name]]).__name__}) is: the tracker keeps each quantity's state by name"
+            )
+        names[name] = k
+    return list(names)
+
+
+def _probe_difference(saved: dict, mine: dict) -> str | None:
+    """What differs between two probe fingerprints, in words; None when they agree."""
+    if saved.get("size") != mine["size"]:
+        return f"{saved.get('size')} samples saved, {mine['size']} here"
+    if saved.get("inputs") != mine["inputs"]:
+        pairs = zip(saved.get("inputs", []), mine["inputs"])
+        a, b = next(((a, b) for a, b in pairs if a != b), (saved.get("inputs"), mine["inputs"]))
+        return f"inputs {a} saved, {b} here"
+    if saved.get("digest") != mine["digest"]:
+        return "the same shapes, other values: another subset or another order of samples"
+    return None
