@@ -104,12 +104,12 @@ def _per_neuron(site_bits: torch.Tensor, axis: int) -> torch.Tensor:
     """Units on per neuron: the count over every axis but `axis` ([neurons] int64)."""
     shape = site_bits.shape
     grouped = site_bits.reshape(math.prod(shape[:axis]), shape[axis], -1)  # [outer, neurons, inner], a view
-    if bits._numpy_ok(site_bits):  # NumPy counts bools many times faster than torch on the CPU
+    if bits.numpy_ok(site_bits):  # NumPy counts bools many times faster than torch on the CPU
         return torch.from_numpy(np.count_nonzero(grouped.numpy(), axis=(0, 2)).astype(np.int64))
     return grouped.to(torch.int32).sum((0, 2))  # int64; summing bools directly is far slower
 
 
 def _unpack(packed: torch.Tensor, n: int) -> torch.Tensor:
-    if bits._numpy_ok(packed):  # on the CPU, NumPy's unpackbits: one call, no per-op overhead
+    if bits.numpy_ok(packed):  # on the CPU, NumPy's unpackbits: one call, no per-op overhead
         return torch.from_numpy(np.unpackbits(packed.numpy(), count=n, bitorder="little").view(np.bool_))
     return bits.unpack(packed, n)

@@ -278,9 +278,9 @@ def seed_statistics(runs, confidence: float = 0.95, resamples: int = 10_000) -> 
     bootstrap interval (`bootstrap_interval`) and semi-deviations (SPEC section 2).
 
     `runs` are summaries or rows (mappings with status, rho, best_score, ...). Keys: seeds,
-    best_score, stop_epoch (rounded mean), auc_w, auc_p, rho, rho_global, rho_layerwise and,
-    where the runs recorded them, rho_units, rho_global_units, rho_layerwise_units (the means,
-    so that every rho of a sweep's row is over the same seeds), rho_low, rho_high,
+    best_score, stop_epoch (rounded mean), auc_w, auc_p, rho and, where the runs have them,
+    rho_global, rho_layerwise, rho_units, rho_global_units, rho_layerwise_units (the means, so
+    that every rho of a sweep's row is over the same seeds), rho_low, rho_high,
     rho_upper, rho_lower, rhos (each run's, in order).
     """
     finished = [r for r in runs if r.get("status") == Status.FINISHED]
@@ -294,8 +294,8 @@ def seed_statistics(runs, confidence: float = 0.95, resamples: int = 10_000) -> 
     # Every rho column of a row is the same aggregate: the mean over these seeds.
     low, high = bootstrap_interval(rhos, confidence, resamples)
     stop = mean("stop_epoch")
-    pooled = {key: mean(key) for key in ("rho_units", "rho_global_units", "rho_layerwise_units")
-              if any(r.get(key) is not None for r in finished)}  # runs that recorded da_units
+    readings = ("rho_global", "rho_layerwise", "rho_units", "rho_global_units", "rho_layerwise_units")
+    pooled = {key: mean(key) for key in readings if any(r.get(key) is not None for r in finished)}
     return {
         **pooled,
         "seeds": len(finished),
@@ -304,8 +304,6 @@ def seed_statistics(runs, confidence: float = 0.95, resamples: int = 10_000) -> 
         "auc_w": mean("auc_w"),
         "auc_p": mean("auc_p"),
         "rho": m,
-        "rho_global": mean("rho_global"),
-        "rho_layerwise": mean("rho_layerwise"),
         "rho_low": low,
         "rho_high": high,
         "rho_upper": upper,
