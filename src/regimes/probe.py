@@ -21,16 +21,17 @@ from torch import nn
 
 from regimes import bits
 from regimes.bits import PatternLayout, SiteLayout
+from regimes.errors import RegimesError, UsageError
 from regimes.sites import ACTIVATIONS, Activation, SiteFilter, capture, select_sites, site_name
 
 __all__ = ["Probe", "ProbeError", "NoActivationSitesError"]
 
 
-class ProbeError(RuntimeError):
+class ProbeError(RegimesError, RuntimeError):
     """The model could not run the probe."""
 
 
-class NoActivationSitesError(ValueError):
+class NoActivationSitesError(UsageError):
     """The model has no activation the tracker can watch."""
 
 
@@ -268,12 +269,12 @@ def _batch_size(args: tuple, kwargs: dict) -> int:
     if tensor is None:
         raise TypeError("the probe holds no tensor with a batch dimension: pass the probe inputs as tensors")
     if tensor.dim() == 1 and not kwargs:
-        raise ValueError(
+        raise UsageError(
             f"the probe is a 1-D tensor of {tensor.shape[0]} values: the tracker needs a batch of samples with "
             "the batch first; for a single sample pass probe.unsqueeze(0)"
         )
     if tensor.shape[0] == 0:
-        raise ValueError(
+        raise UsageError(
             "the probe has a batch dimension of 0: it needs at least one sample (the study uses "
             "round(0.2 * batch size) samples of the validation split)"
         )

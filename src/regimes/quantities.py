@@ -18,6 +18,8 @@ from __future__ import annotations
 import numpy as np
 import torch
 
+from regimes.errors import UsageError
+
 __all__ = [
     "Quantity", "Step", "WeightChange", "PatternChange", "UpdateNorm", "FlipsSinceStart", "WeightSnapshot", "ShardedSums",
 ]  # fmt: skip
@@ -62,7 +64,7 @@ class WeightSnapshot:
             differ = next((f"{n}: {a} saved, {b} here" for n, a, b in zip(self.names, saved, mine) if a != b),
                           f"{len(saved)} parameter tensors saved, {len(mine)} here")  # fmt: skip
             sharded = " (under sharding, each process loads the state its own process saved)" if self.sharding else ""
-            raise ValueError(
+            raise UsageError(
                 f"the saved tracker state is for other parameters than this model's ({differ}): build the "
                 f"tracker on the same model as the run that saved it{sharded}"
             )

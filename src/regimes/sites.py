@@ -26,6 +26,7 @@ from torch import nn
 from torch.overrides import TorchFunctionMode
 
 from regimes import bits
+from regimes.errors import UsageError
 from regimes.registry import Registry
 
 __all__ = ["Activation", "ACTIVATIONS", "unwrap_model", "select_sites", "capture", "SiteCall"]
@@ -100,7 +101,7 @@ def select_sites(names: list[str], which: SiteFilter) -> list[str]:
         chosen = [n for n in names if any(n == p or fnmatch.fnmatchcase(n, p) for p in patterns)]
         described = f"{patterns!r}"
     if not chosen:
-        raise ValueError(
+        raise UsageError(
             f"the site filter {described} matches none of the model's {len(names)} activation sites: "
             f"{names}. Pass names or glob patterns from that list (e.g. sites='*.relu*'), or sites=None for all."
         )

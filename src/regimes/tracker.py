@@ -19,6 +19,7 @@ import numpy as np
 import torch
 from torch import nn
 
+from regimes.errors import UsageError
 from regimes.history import History
 from regimes.probe import NoActivationSitesError, Probe, ProbeError
 from regimes.quantities import PatternChange, Quantity, Step, WeightChange, WeightSnapshot
@@ -27,11 +28,11 @@ from regimes.sites import ACTIVATIONS, SiteFilter, unwrap_model
 __all__ = ["Tracker", "ProbeError", "NoActivationSitesError", "QuantityCollisionError", "TrackerStateMismatchError"]
 
 
-class QuantityCollisionError(ValueError):
+class QuantityCollisionError(UsageError):
     """Two quantities of one tracker write the same column (or share a name)."""
 
 
-class TrackerStateMismatchError(ValueError):
+class TrackerStateMismatchError(UsageError):
     """A saved tracker state belongs to another probe or another model."""
 
 
@@ -79,7 +80,7 @@ class Tracker:
             raise TypeError(f"model must be a torch.nn.Module, got {type(model).__name__}")
         for name, value in (("every", every), ("sync_every", sync_every)):
             if isinstance(value, bool) or not isinstance(value, int) or value < 1:
-                raise ValueError(f"{name} must be a whole number >= 1, got {value!r}")
+                raise UsageError(f"{name} must be a whole number >= 1, got {value!r}")
         rule = ACTIVATIONS.get(activation)  # an unknown name: one message with the known ones
         self.model = model
         self.module = unwrap_model(model)
@@ -87,7 +88,7 @@ class Tracker:
         self.sync_every = sync_every
         named = [(n, p) for n, p in self.module.named_parameters() if p.requires_grad]
         if not named:
-            raise ValueError("the model has no trainable parameter (requires_grad=True): there is no weight change to measure")
+            raise UsageError("the model has no trainable parameter (requires_grad=True): there is no weight change to measure")
         self.probe = Probe(self.module, probe, rule, sites=sites,
                            attention_mask=attention_mask, autocast=autocast)  # fmt: skip
         self.weights = WeightSnapshot(named)
