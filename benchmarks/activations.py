@@ -111,9 +111,15 @@ def figure(found: dict, path: Path) -> None:
                 values = np.array([r[reading] for r in runs], dtype=float)
                 x = i + (j - 0.5) * 0.3
                 low, high = bootstrap_interval(values)
-                ax.errorbar([x], [values.mean()], yerr=[[values.mean() - low], [high - values.mean()]],
-                            fmt=marker, color=colors[activation], capsize=3,
-                            mfc="white" if j else colors[activation])  # fmt: skip
+                ax.errorbar(
+                    [x],
+                    [values.mean()],
+                    yerr=[[values.mean() - low], [high - values.mean()]],
+                    fmt=marker,
+                    color=colors[activation],
+                    capsize=3,
+                    mfc="white" if j else colors[activation],
+                )
                 ax.scatter(np.full(len(values), x + 0.08), values, s=6, color=colors[activation], alpha=0.5)
         ax.axhline(1.0, color="grey", lw=0.8, ls=":")
         ax.set_xticks(range(len(ACTIVATIONS)), ACTIVATIONS)
@@ -129,8 +135,9 @@ def main() -> None:
     parser.add_argument("--presets", nargs="*", default=PRESETS)
     parser.add_argument("--activations", nargs="*", default=ACTIVATIONS)
     parser.add_argument("--seeds", type=int, default=5)
-    parser.add_argument("--max-epochs", action="append", default=[], metavar="PRESET=N",
-                        help="cap a preset's epochs (repeatable)")  # fmt: skip
+    parser.add_argument(
+        "--max-epochs", action="append", default=[], metavar="PRESET=N", help="cap a preset's epochs (repeatable)"
+    )
     parser.add_argument("--threads", type=int, default=1, help="torch threads per run")
     parser.add_argument("--jobs", type=int, default=1, help="runs at a time")
     parser.add_argument("--out", type=Path, default=Path("bench/activations"))
@@ -140,8 +147,12 @@ def main() -> None:
     caps = {k: int(v) for k, v in (item.split("=") for item in args.max_epochs)}
     if not args.table_only:
         os.environ.setdefault("OMP_NUM_THREADS", str(args.threads))
-        jobs = [(p, a, s, caps.get(p), args.threads, str(args.out / p / a / f"seed{s}"))
-                for p in args.presets for s in range(args.seeds) for a in args.activations]  # fmt: skip
+        jobs = [
+            (p, a, s, caps.get(p), args.threads, str(args.out / p / a / f"seed{s}"))
+            for p in args.presets
+            for s in range(args.seeds)
+            for a in args.activations
+        ]
         with ProcessPoolExecutor(args.jobs) as pool:
             for done in pool.map(run_one, *zip(*jobs)):
                 print("done", done, flush=True)

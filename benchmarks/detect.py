@@ -161,10 +161,17 @@ def median_p90(values, absolute=False):
 def synthetic(args, rule):
     rng = np.random.default_rng(args.seed)
     columns = [
-        "family", "offline settles", "online settled at end", "end = offline", "ever claimed", "claim withdrawn",
-        "error vs offline: median, p90 of abs", "delay vs offline: median, p90",
-        "error vs known: median, p90 of abs", "delay vs known: median, p90",
-    ]  # fmt: skip
+        "family",
+        "offline settles",
+        "online settled at end",
+        "end = offline",
+        "ever claimed",
+        "claim withdrawn",
+        "error vs offline: median, p90 of abs",
+        "delay vs offline: median, p90",
+        "error vs known: median, p90 of abs",
+        "delay vs known: median, p90",
+    ]
     print(f"{args.curves} curves per family, {EPOCHS} epochs each; errors and delays in epochs\n")
     print("| " + " | ".join(columns) + " |")
     print("|" + "---|" * len(columns))
@@ -186,14 +193,22 @@ def synthetic(args, rule):
             if first is not None and known is not None:
                 error_known.append((first - known) / bpe)
                 delay_known.append((at - known) / bpe)
+
         def share(count):
             return f"{100 * count / args.curves:.1f}%"
 
         cells = [
-            name, share(n_offline), share(n_end), share(agree), share(claimed), share(withdrawn),
-            median_p90(error_offline, absolute=True), median_p90(delay_offline),
-            median_p90(error_known, absolute=True), median_p90(delay_known),
-        ]  # fmt: skip
+            name,
+            share(n_offline),
+            share(n_end),
+            share(agree),
+            share(claimed),
+            share(withdrawn),
+            median_p90(error_offline, absolute=True),
+            median_p90(delay_offline),
+            median_p90(error_known, absolute=True),
+            median_p90(delay_known),
+        ]
         print("| " + " | ".join(cells) + " |")
 
 
@@ -201,9 +216,17 @@ def runs(args, rule):
     import pandas as pd  # the run directory's reader; the detector itself needs no pandas
 
     columns = [
-        "run", "steps", "batches/epoch", "curve", "offline t_tau", "offline step", "online at end",
-        "first claim (made at)", "withdrawn", "end = offline",
-    ]  # fmt: skip
+        "run",
+        "steps",
+        "batches/epoch",
+        "curve",
+        "offline t_tau",
+        "offline step",
+        "online at end",
+        "first claim (made at)",
+        "withdrawn",
+        "end = offline",
+    ]
     print("| " + " | ".join(columns) + " |")
     print("|" + "---|" * len(columns))
     for run in args.runs:
@@ -220,9 +243,17 @@ def runs(args, rule):
             t_tau = 1.0 if offline is None else (offline - k) / (x.size - k + 1)
             first, at, final, withdrawals = follow(x, bpe, rule)
             cells = [
-                run.name, x.size, bpe, curve, f"{t_tau:.3f}", offline or "-", final or "-",
-                "-" if first is None else f"{first} ({at})", withdrawals, "yes" if final == offline else "no",
-            ]  # fmt: skip
+                run.name,
+                x.size,
+                bpe,
+                curve,
+                f"{t_tau:.3f}",
+                offline or "-",
+                final or "-",
+                "-" if first is None else f"{first} ({at})",
+                withdrawals,
+                "yes" if final == offline else "no",
+            ]
             print("| " + " | ".join(map(str, cells)) + " |")
 
 
@@ -237,8 +268,12 @@ def main():
     synthetic_mode.add_argument("--seed", type=int, default=0)
     runs_mode = modes.add_parser("runs")
     runs_mode.add_argument("runs", nargs="+", help="finished run directories")
-    runs_mode.add_argument("--weights", choices=["layerwise", "global"], default="layerwise",
-                           help="which weight change (the runner's default: layerwise)")
+    runs_mode.add_argument(
+        "--weights",
+        choices=["layerwise", "global"],
+        default="layerwise",
+        help="which weight change (the runner's default: layerwise)",
+    )
     args = parser.parse_args()
     rule = {"tau": args.tau}
     for option in ("confirm_epochs", "confirm_fraction", "max_quiet_before", "max_level", "max_drift"):

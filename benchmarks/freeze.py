@@ -33,7 +33,14 @@ from pathlib import Path
 
 import numpy as np
 
-OFFLINE = ["mlp-breast-cancer", "mlp-digits", "lenet5-digits", "mlp-mnist1d", "mlp-fashion-mnist", "lenet5-fashion-mnist"]
+OFFLINE = [
+    "mlp-breast-cancer",
+    "mlp-digits",
+    "lenet5-digits",
+    "mlp-mnist1d",
+    "mlp-fashion-mnist",
+    "lenet5-fashion-mnist",
+]
 
 
 def _freeze_value(text: str):
@@ -145,8 +152,11 @@ def table(out: Path, presets, seeds: int, modes) -> str:
     ]
     for preset in presets:
         for mode in modes:
-            runs = [read_run(out / preset / str(mode) / f"seed{s}") for s in range(seeds)
-                    if (out / preset / str(mode) / f"seed{s}" / "summary.json").is_file()]  # fmt: skip
+            runs = [
+                read_run(out / preset / str(mode) / f"seed{s}")
+                for s in range(seeds)
+                if (out / preset / str(mode) / f"seed{s}" / "summary.json").is_file()
+            ]
             if not runs:
                 continue
             col = lambda k, runs=runs: [r[k] for r in runs]  # noqa: E731
@@ -186,9 +196,14 @@ def drift_table(out: Path, presets, seeds: int, modes) -> str:
                 steps, off = RunDirectory(frozen).read_steps(), RunDirectory(unfrozen).read_steps()
                 per_epoch, at = summary["batches_per_epoch"], summary["freeze_iteration"]
                 drift = steps["drift_value"][steps["iteration"] > at]
-                rows.append((drift[:per_epoch].mean(), drift[-per_epoch:].mean(),
-                             steps["da_value"][steps["iteration"] > at].mean(),
-                             off["da"][off["iteration"] > at].mean()))  # fmt: skip
+                rows.append(
+                    (
+                        drift[:per_epoch].mean(),
+                        drift[-per_epoch:].mean(),
+                        steps["da_value"][steps["iteration"] > at].mean(),
+                        off["da"][off["iteration"] > at].mean(),
+                    )
+                )
             if rows:
                 means = np.mean(rows, axis=0)
                 lines.append(f"| {preset} | {mode} | " + " | ".join(f"{m:.4f}" for m in means) + " |")
@@ -199,19 +214,30 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--presets", nargs="*", default=OFFLINE)
     parser.add_argument("--seeds", type=int, default=3)
-    parser.add_argument("--freeze", type=_freeze_value, nargs="+", default=["auto"],
-                        help='the frozen modes beside "off": "auto" and/or epoch numbers')  # fmt: skip
-    parser.add_argument("--max-epochs", action="append", default=[], metavar="PRESET=N",
-                        help="cap a preset's epochs (repeatable)")  # fmt: skip
+    parser.add_argument(
+        "--freeze",
+        type=_freeze_value,
+        nargs="+",
+        default=["auto"],
+        help='the frozen modes beside "off": "auto" and/or epoch numbers',
+    )
+    parser.add_argument(
+        "--max-epochs", action="append", default=[], metavar="PRESET=N", help="cap a preset's epochs (repeatable)"
+    )
     parser.add_argument("--threads", type=int, default=1, help="torch threads per run")
     parser.add_argument("--jobs", type=int, default=1, help="runs at a time")
     parser.add_argument("--out", type=Path, default=Path("bench/freeze"))
     parser.add_argument("--table-only", action="store_true")
-    parser.add_argument("--step-times", action="store_true",
-                        help="only time training steps unfrozen and frozen, alternating in one process")  # fmt: skip
+    parser.add_argument(
+        "--step-times",
+        action="store_true",
+        help="only time training steps unfrozen and frozen, alternating in one process",
+    )
     args = parser.parse_args()
     if args.step_times:
-        print("| preset | ms/step unfrozen | ms/step frozen | frozen / unfrozen | ms of it: the frozen copy's forward |")
+        print(
+            "| preset | ms/step unfrozen | ms/step frozen | frozen / unfrozen | ms of it: the frozen copy's forward |"
+        )
         print("|---|---|---|---|---|")
         for preset in args.presets:
             off, on, gate = step_times(preset, threads=args.threads)
@@ -221,8 +247,12 @@ def main() -> None:
     modes = ["off", *args.freeze]
     if not args.table_only:
         os.environ.setdefault("OMP_NUM_THREADS", str(args.threads))
-        jobs = [(p, s, m, caps.get(p), args.threads, str(args.out / p / str(m) / f"seed{s}"))
-                for p in args.presets for s in range(args.seeds) for m in modes]  # fmt: skip
+        jobs = [
+            (p, s, m, caps.get(p), args.threads, str(args.out / p / str(m) / f"seed{s}"))
+            for p in args.presets
+            for s in range(args.seeds)
+            for m in modes
+        ]
         # The slowest first, so the pool does not end on one long run.
         jobs.sort(key=lambda job: ("fashion" not in job[0], job[0]))
         with ProcessPoolExecutor(args.jobs) as pool:

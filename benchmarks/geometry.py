@@ -29,8 +29,16 @@ from regimes.geometry import local_affine_map, parameter_radius, region_distance
 from regimes.zoo import create_model
 
 MODELS = {
-    "mlp": ("MLP 784-256-128-10", lambda: create_model("mlp", input_size=784, num_classes=10, hidden=(256, 128), dropout=0.2), (784,)),
-    "lenet5": ("LeNet5 (MNIST)", lambda: create_model("lenet5", in_channels=1, num_classes=10, input_size=28), (1, 28, 28)),
+    "mlp": (
+        "MLP 784-256-128-10",
+        lambda: create_model("mlp", input_size=784, num_classes=10, hidden=(256, 128), dropout=0.2),
+        (784,),
+    ),
+    "lenet5": (
+        "LeNet5 (MNIST)",
+        lambda: create_model("lenet5", in_channels=1, num_classes=10, input_size=28),
+        (1, 28, 28),
+    ),
     "alexnet": ("AlexNet (CIFAR-100)", lambda: create_model("alexnet", in_channels=3, num_classes=100), (3, 32, 32)),
 }
 # Batch per model and device: enough samples to amortise, few enough for a shared CPU.
@@ -66,6 +74,7 @@ def bench(key: str, device: torch.device, batch: int, repeats: int) -> None:
         "region_distance": lambda: region_distance(model, x),
         "parameter_radius": lambda: parameter_radius(model, x),
     }
+
     def forward_time() -> float:  # the forward is short: average it over at least 0.2 s of calls
         total, calls = 0.0, 0
         while total < 0.2:

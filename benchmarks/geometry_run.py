@@ -107,9 +107,11 @@ def resnet_geometry(batch: int, steps: int, epoch_steps: int) -> None:
     step = statistics.median(times)
     epoch = step * epoch_steps
     parameters = sum(p.numel() for p in model.parameters())
-    print(f"ResNet-20 ({parameters:,} parameters), batch {batch}, probe {len(probe)}: step {step:.3f} s, "
-          f"epoch of {epoch_steps} steps ~ {epoch:.0f} s; geometry {geometry[0]:.1f} s "
-          f"= {geometry[0] / epoch:.3f} of an epoch (once per epoch)")  # fmt: skip
+    print(
+        f"ResNet-20 ({parameters:,} parameters), batch {batch}, probe {len(probe)}: step {step:.3f} s, "
+        f"epoch of {epoch_steps} steps ~ {epoch:.0f} s; geometry {geometry[0]:.1f} s "
+        f"= {geometry[0] / epoch:.3f} of an epoch (once per epoch)"
+    )
 
 
 def main() -> None:
@@ -121,8 +123,12 @@ def main() -> None:
     parser.add_argument("--resnet", action="store_true", help="the ResNet-20 against an epoch instead of the presets")
     parser.add_argument("--batch", type=int, default=128, help="--resnet: training batch (probe 0.2 x batch)")
     parser.add_argument("--steps", type=int, default=10, help="--resnet: timed training steps")
-    parser.add_argument("--epoch-steps", type=int, default=None,
-                        help="--resnet: steps per epoch (default: CIFAR-10's 50,000 images at --batch)")
+    parser.add_argument(
+        "--epoch-steps",
+        type=int,
+        default=None,
+        help="--resnet: steps per epoch (default: CIFAR-10's 50,000 images at --batch)",
+    )
     args = parser.parse_args()
     if args.threads:
         torch.set_num_threads(args.threads)
@@ -131,7 +137,9 @@ def main() -> None:
         resnet_geometry(args.batch, args.steps, args.epoch_steps or -(-50_000 // args.batch))
         return
     print(f"torch {torch.__version__}, {torch.get_num_threads()} threads, {args.epochs} epochs, {args.repeats} pairs")
-    print(f"{'preset':<22} {'probe':>5} {'s/epoch off':>11} {'s/epoch on':>10} {'on / off':>8} {'geometry / epoch':>16}")
+    print(
+        f"{'preset':<22} {'probe':>5} {'s/epoch off':>11} {'s/epoch on':>10} {'on / off':>8} {'geometry / epoch':>16}"
+    )
     with tempfile.TemporaryDirectory() as folder:
         for preset in args.presets:
             off, on, ratios, shares = [], [], [], []
@@ -143,8 +151,10 @@ def main() -> None:
                 ratios.append(measured / plain)
                 shares.append(geometry / plain)
             probe = get_preset(preset).probe_size
-            print(f"{preset:<22} {probe:>5} {statistics.median(off):>11.3f} {statistics.median(on):>10.3f} "
-                  f"{statistics.median(ratios):>8.2f} {statistics.median(shares):>16.2f}")  # fmt: skip
+            print(
+                f"{preset:<22} {probe:>5} {statistics.median(off):>11.3f} {statistics.median(on):>10.3f} "
+                f"{statistics.median(ratios):>8.2f} {statistics.median(shares):>16.2f}"
+            )
 
 
 if __name__ == "__main__":

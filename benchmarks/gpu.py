@@ -66,7 +66,9 @@ def sync_check(case: Case) -> bool:
     if tracker_sync is None:
         print("  sync debug mode 'error': tracker.step() made no host-device synchronisation")
     elif model_sync is not None:
-        print(f"  sync debug mode 'error': the model's own forward synchronises, so tracker.step() does too:\n{model_sync}")
+        print(
+            f"  sync debug mode 'error': the model's own forward synchronises, so tracker.step() does too:\n{model_sync}"
+        )
     else:
         print(f"  FAIL: tracker.step() synchronises where the model's forward does not:\n{tracker_sync}")
     tracker.close()
@@ -74,7 +76,9 @@ def sync_check(case: Case) -> bool:
 
 
 def long_run(args) -> None:
-    case = Case("resnet34", args.batch or 128, 0, device=args.device, autocast=args.autocast, image_size=64, classes=200)
+    case = Case(
+        "resnet34", args.batch or 128, 0, device=args.device, autocast=args.autocast, image_size=64, classes=200
+    )
     tracker = case.tracker()
     cuda = case.device.type == "cuda"
     if cuda:
@@ -91,10 +95,12 @@ def long_run(args) -> None:
         (tracked if k % 2 else plain).append((time.perf_counter() - start) / block)
     records = tracker.records()
     memory = f"{torch.cuda.max_memory_allocated() / 2**30:.2f} GiB" if cuda else "(not on a GPU)"
-    print(f"  {args.train_steps} steps (ResNet34, 64x64, 200 classes, batch {case.batch}, probe {tracker.probe_size}): "
-          f"plain {statistics.median(plain) * 1e3:.1f} ms/step, tracked/plain "
-          f"{statistics.median(tracked) / statistics.median(plain):.3f}; last dw {records['dw'][-1]:.3g}, "
-          f"da {records['da'][-1]:.3g}; peak GPU memory {memory}")  # fmt: skip
+    print(
+        f"  {args.train_steps} steps (ResNet34, 64x64, 200 classes, batch {case.batch}, probe {tracker.probe_size}): "
+        f"plain {statistics.median(plain) * 1e3:.1f} ms/step, tracked/plain "
+        f"{statistics.median(tracked) / statistics.median(plain):.3f}; last dw {records['dw'][-1]:.3g}, "
+        f"da {records['da'][-1]:.3g}; peak GPU memory {memory}"
+    )
     tracker.close()
 
 
@@ -110,8 +116,10 @@ def main() -> None:
         args.device, args.autocast, args.batch, tokens = "cpu", None, 4, 16
         args.steps, args.train_steps, args.check = 1, 20, False
     elif not torch.cuda.is_available():
-        print("benchmarks/gpu.py: no CUDA device here (torch.cuda.is_available() is False); nothing to measure. "
-              "Run it on a machine with a GPU; benchmarks/scale.py measures the same shapes on the CPU.")  # fmt: skip
+        print(
+            "benchmarks/gpu.py: no CUDA device here (torch.cuda.is_available() is False); nothing to measure. "
+            "Run it on a machine with a GPU; benchmarks/scale.py measures the same shapes on the CPU."
+        )
         return
     start = time.perf_counter()
     device = torch.cuda.get_device_name() if args.device == "cuda" else "CPU smoke run"

@@ -22,8 +22,15 @@ import regimes
 def train(mode: str, epochs: int, folder: str) -> float:
     torch.manual_seed(0)
     x, y = torch.randn(455, 30), torch.randint(0, 2, (455,))
-    model = nn.Sequential(nn.Linear(30, 64), nn.BatchNorm1d(64), nn.ReLU(), nn.Linear(64, 32), nn.BatchNorm1d(32),
-                          nn.ReLU(), nn.Linear(32, 2))  # fmt: skip
+    model = nn.Sequential(
+        nn.Linear(30, 64),
+        nn.BatchNorm1d(64),
+        nn.ReLU(),
+        nn.Linear(64, 32),
+        nn.BatchNorm1d(32),
+        nn.ReLU(),
+        nn.Linear(32, 2),
+    )
     optimizer = torch.optim.SGD(model.parameters(), lr=1e-2)
     started = time.perf_counter()
     run = regimes.Run(folder) if mode == "run" else None
@@ -58,8 +65,10 @@ def main() -> None:
             with tempfile.TemporaryDirectory() as folder:
                 times[mode].append(train(mode, args.epochs, f"{folder}/run"))
     median = {mode: statistics.median(t) for mode, t in times.items()}
-    print(f"torch {torch.__version__}, {args.threads} thread(s), {platform.processor() or platform.machine()}, "
-          f"{args.rounds} rounds in rotation, {args.epochs} epochs of 15 steps (Breast Cancer-sized MLP)")  # fmt: skip
+    print(
+        f"torch {torch.__version__}, {args.threads} thread(s), {platform.processor() or platform.machine()}, "
+        f"{args.rounds} rounds in rotation, {args.epochs} epochs of 15 steps (Breast Cancer-sized MLP)"
+    )
     print(f"tracker / plain   {median['tracker'] / median['plain']:.3f}")
     print(f"run / plain       {median['run'] / median['plain']:.3f}")
     print(f"run / tracker     {median['run'] / median['tracker']:.3f}   (the run directory, figure included)")

@@ -25,10 +25,12 @@ from regimes.neurons import NeuronStats
 from regimes.zoo import create_model
 
 MODELS = {
-    "mlp 784-256-128-10": (lambda: create_model("mlp", input_size=784, num_classes=10, hidden=(256, 128), dropout=0.2),
-                           (784,)),
+    "mlp 784-256-128-10": (
+        lambda: create_model("mlp", input_size=784, num_classes=10, hidden=(256, 128), dropout=0.2),
+        (784,),
+    ),
     "lenet5": (lambda: create_model("lenet5", in_channels=1, num_classes=10, input_size=28), (1, 28, 28)),
-}  # fmt: skip
+}
 
 
 def synchronize(device: torch.device) -> None:
@@ -43,9 +45,12 @@ def bench(name: str, device: torch.device, batch: int, probe_size: int, rounds: 
     models = {"tracker": base, "tracker + neurons": copy.deepcopy(base)}
     optimizers = {k: torch.optim.SGD(m.parameters(), lr=0.01) for k, m in models.items()}
     probe = torch.randn(probe_size, *shape, device=device)
-    trackers = {"tracker": regimes.Tracker(models["tracker"], probe, sync_every=50),
-                "tracker + neurons": regimes.Tracker(models["tracker + neurons"], probe, sync_every=50,
-                                                     quantities=[NeuronStats()])}  # fmt: skip
+    trackers = {
+        "tracker": regimes.Tracker(models["tracker"], probe, sync_every=50),
+        "tracker + neurons": regimes.Tracker(
+            models["tracker + neurons"], probe, sync_every=50, quantities=[NeuronStats()]
+        ),
+    }
     x = torch.randn(batch, *shape, device=device)
     y = torch.randint(0, 10, (batch,), device=device)
     times = {k: [] for k in models}
@@ -64,8 +69,11 @@ def bench(name: str, device: torch.device, batch: int, probe_size: int, rounds: 
         tracker.records()
         tracker.close()
     medians = {k: statistics.median(v) for k, v in times.items()}
-    return {"model": name, **{k: m * 1e3 for k, m in medians.items()},
-            "ratio": medians["tracker + neurons"] / medians["tracker"]}  # fmt: skip
+    return {
+        "model": name,
+        **{k: m * 1e3 for k, m in medians.items()},
+        "ratio": medians["tracker + neurons"] / medians["tracker"],
+    }
 
 
 def measure_alone(name: str, device: torch.device, probe_size: int, calls: int = 300) -> tuple[float, float]:
@@ -73,8 +81,9 @@ def measure_alone(name: str, device: torch.device, probe_size: int, calls: int =
     from regimes.quantities import Step
 
     make, shape = MODELS[name]
-    tracker = regimes.Tracker(make().to(device), torch.randn(probe_size, *shape, device=device),
-                              quantities=[NeuronStats()])  # fmt: skip
+    tracker = regimes.Tracker(
+        make().to(device), torch.randn(probe_size, *shape, device=device), quantities=[NeuronStats()]
+    )
     stats = tracker.quantities[-1]
     step = Step(1, tracker.last_pattern, tracker.last_pattern, tracker.weights, tracker.layout)
     out = []

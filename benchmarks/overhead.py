@@ -137,7 +137,9 @@ def main() -> None:
     if args.threads:
         torch.set_num_threads(args.threads)
     device = torch.device(args.device)
-    print(f"torch {torch.__version__}, {torch.get_num_threads()} threads, {cpu_name()}, batch {args.batch}, probe {args.probe}")
+    print(
+        f"torch {torch.__version__}, {torch.get_num_threads()} threads, {cpu_name()}, batch {args.batch}, probe {args.probe}"
+    )
     ratios = {name: bench(name, device, args.batch, args.probe, args.steps, args.rounds) for name in args.models}
     check(ratios, args)
 

@@ -45,8 +45,18 @@ from overhead import add_check_arguments, check, cpu_name  # noqa: E402
 class Case:
     """A model at its training shape: a step of plain training, a probe of 0.2 x batch."""
 
-    def __init__(self, name: str, batch: int | None, tokens: int, probe_scale: int = 1, seed: int = 0,
-                 device: str = "cpu", autocast: torch.dtype | None = None, image_size: int = 32, classes: int = 100):
+    def __init__(
+        self,
+        name: str,
+        batch: int | None,
+        tokens: int,
+        probe_scale: int = 1,
+        seed: int = 0,
+        device: str = "cpu",
+        autocast: torch.dtype | None = None,
+        image_size: int = 32,
+        classes: int = 100,
+    ):
         torch.manual_seed(seed)
         self.name, self.device, self.autocast = name, torch.device(device), autocast
         if name == "resnet34":
@@ -73,8 +83,10 @@ class Case:
 
             self.loss = loss
             size = probe_size(self.batch) * probe_scale
-            self.probe = {"input_ids": torch.randint(0, vocab, (size, tokens), device=self.device),
-                          "attention_mask": torch.ones(size, tokens, dtype=torch.long, device=self.device)}  # fmt: skip
+            self.probe = {
+                "input_ids": torch.randint(0, vocab, (size, tokens), device=self.device),
+                "attention_mask": torch.ones(size, tokens, dtype=torch.long, device=self.device),
+            }
         else:
             raise KeyError(name)
 
@@ -140,8 +152,9 @@ class Naive:
 
     def masks(self) -> list[np.ndarray]:
         masks = []
-        handles = [m.register_forward_hook(lambda m, a, out: masks.append((out > 0).cpu().numpy()))
-                   for m in self.site_modules]  # fmt: skip
+        handles = [
+            m.register_forward_hook(lambda m, a, out: masks.append((out > 0).cpu().numpy())) for m in self.site_modules
+        ]
         self.case.model.eval()
         try:
             with torch.no_grad():
@@ -193,17 +206,24 @@ def main_rotation(case: Case, args) -> float:
     tracker = case.tracker()
     floor = Floor(case)
     naive = Naive(case, site_modules(tracker))
-    median = rotate(case, {"plain": lambda: None, "floor": floor.step, "tracker": tracker.step, "naive": naive.step},
-                    args.steps)  # fmt: skip
+    median = rotate(
+        case, {"plain": lambda: None, "floor": floor.step, "tracker": tracker.step, "naive": naive.step}, args.steps
+    )
     layout = tracker.layout
     units = int(layout.units.sum())
-    print(f"  step: plain {median['plain']:.3f} s (probe {tracker.probe_size}, {len(tracker.sites)} sites, "
-          f"{units:,} units, {int(tracker.weights.sizes.sum()):,} parameters)")  # fmt: skip
-    print(f"  floor/plain {median['floor'] / median['plain']:.3f} | tracker/plain {median['tracker'] / median['plain']:.3f} "
-          f"| tracker/floor {median['tracker'] / median['floor']:.3f} | naive/plain {median['naive'] / median['plain']:.3f} "
-          f"| naive/tracker {median['naive'] / median['tracker']:.3f}")  # fmt: skip
-    print(f"  stored pattern: {layout.stored_bytes / 2**20:.3f} MiB packed (one kept by the tracker) | "
-          f"{units / 2**20:.3f} MiB as bool masks | {4 * units / 2**20:.3f} MiB as float32 activations")
+    print(
+        f"  step: plain {median['plain']:.3f} s (probe {tracker.probe_size}, {len(tracker.sites)} sites, "
+        f"{units:,} units, {int(tracker.weights.sizes.sum()):,} parameters)"
+    )
+    print(
+        f"  floor/plain {median['floor'] / median['plain']:.3f} | tracker/plain {median['tracker'] / median['plain']:.3f} "
+        f"| tracker/floor {median['tracker'] / median['floor']:.3f} | naive/plain {median['naive'] / median['plain']:.3f} "
+        f"| naive/tracker {median['naive'] / median['tracker']:.3f}"
+    )
+    print(
+        f"  stored pattern: {layout.stored_bytes / 2**20:.3f} MiB packed (one kept by the tracker) | "
+        f"{units / 2**20:.3f} MiB as bool masks | {4 * units / 2**20:.3f} MiB as float32 activations"
+    )
     tracker.close()
     return median["tracker"] / median["floor"]
 
@@ -224,7 +244,9 @@ def every_sweep(args, name: str) -> None:
     for every in args.every:
         case = Case(name, args.batch, args.tokens)
         tracker = case.tracker(every=every)
-        median = rotate(case, {"floor": Floor(case, every).step, "tracker": tracker.step}, args.sweep_steps, block=every)
+        median = rotate(
+            case, {"floor": Floor(case, every).step, "tracker": tracker.step}, args.sweep_steps, block=every
+        )
         out.append(f"every {every}: tracker/floor {median['tracker'] / median['floor']:.3f}")
         tracker.close()
     print("  " + " | ".join(out))
@@ -245,8 +267,10 @@ def main() -> None:
     args = parser.parse_args()
     if args.threads:
         torch.set_num_threads(args.threads)
-    print(f"torch {torch.__version__}, {torch.get_num_threads()} threads, {cpu_name()}; "
-          f"batch {args.batch or 'as the preset'}, {args.steps} steps per variant")  # fmt: skip
+    print(
+        f"torch {torch.__version__}, {torch.get_num_threads()} threads, {cpu_name()}; "
+        f"batch {args.batch or 'as the preset'}, {args.steps} steps per variant"
+    )
     ratios = {}
     for name in args.models:
         case = Case(name, args.batch, args.tokens)

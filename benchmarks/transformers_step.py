@@ -32,9 +32,16 @@ TINY = {
     "gpt2-wikitext": dict(TEXT, max_length=64),
     "vitb16-cifar100": dict(VISION, patch_size=4, hidden_size=64, num_layers=2, num_heads=4, intermediate_size=256),
     "swin-food101": dict(VISION, patch_size=2, embed_dim=32, depths=[2, 2], num_heads=[2, 4], window_size=4),
-    "pvt-tinyimagenet": dict(VISION, depths=[2, 2], hidden_sizes=[32, 64], num_heads=[1, 2], mlp_ratios=[4, 4],
-                             sequence_reduction_ratios=[2, 1], patch_sizes=[4, 2]),
-}  # fmt: skip
+    "pvt-tinyimagenet": dict(
+        VISION,
+        depths=[2, 2],
+        hidden_sizes=[32, 64],
+        num_heads=[1, 2],
+        mlp_ratios=[4, 4],
+        sequence_reduction_ratios=[2, 1],
+        patch_sizes=[4, 2],
+    ),
+}
 SEQ, TARGET = 64, 16  # source and target lengths of the text inputs
 
 
@@ -42,7 +49,9 @@ def random_split(task_name: str, config, n: int) -> tuple[torch.Tensor, ...]:
     """Random tensors in the layout the preset's task reads (regimes.data.Splits)."""
     g = torch.Generator().manual_seed(0)
     if task_name == "classification":
-        return torch.randn(n, 3, 32, 32, generator=g), torch.randint(config.model_args["num_classes"], (n,), generator=g)
+        return torch.randn(n, 3, 32, 32, generator=g), torch.randint(
+            config.model_args["num_classes"], (n,), generator=g
+        )
     vocab = config.model_args["vocab_size"]
     ids = torch.randint(3, vocab, (n, SEQ), generator=g)
     mask = torch.ones(n, SEQ, dtype=torch.long)
@@ -97,8 +106,10 @@ def main() -> None:
     parser.add_argument("--threads", type=int, default=2)
     args = parser.parse_args()
     torch.set_num_threads(args.threads)
-    print(f"CPU, {args.threads} threads, fp32, batch {args.batch}, probe {round(0.2 * args.batch)}, "
-          f"text length {SEQ} (target {TARGET}), images 32x32; median of {args.steps} interleaved steps")  # fmt: skip
+    print(
+        f"CPU, {args.threads} threads, fp32, batch {args.batch}, probe {round(0.2 * args.batch)}, "
+        f"text length {SEQ} (target {TARGET}), images 32x32; median of {args.steps} interleaved steps"
+    )
     print("| preset | sites | plain s/step | tracked s/step | tracked / plain |")
     print("|---|---:|---:|---:|---:|")
     for preset in TINY:

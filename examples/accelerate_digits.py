@@ -29,8 +29,9 @@ if __name__ == "__main__":
     train = TensorDataset(torch.tensor(x_train, dtype=torch.float32), torch.tensor(y_train))
     val = TensorDataset(torch.tensor(x_val, dtype=torch.float32), torch.tensor(y_val))
 
-    accelerator = Accelerator(gradient_accumulation_steps=2, log_with="tensorboard",
-                              project_dir="runs/accelerate-digits")  # fmt: skip
+    accelerator = Accelerator(
+        gradient_accumulation_steps=2, log_with="tensorboard", project_dir="runs/accelerate-digits"
+    )
     accelerator.init_trackers("tensorboard")
     model = nn.Sequential(nn.Linear(64, 128), nn.ReLU(), nn.Linear(128, 64), nn.ReLU(), nn.Linear(64, 10))
     optimizer = torch.optim.SGD(model.parameters(), lr=0.05)
@@ -39,8 +40,9 @@ if __name__ == "__main__":
 
     # The probe: 13 validation samples (0.2 x the 64 samples of one optimizer step), seed 0.
     # force=True: running the example again replaces its run directory.
-    tracking = RegimesTracking(accelerator, model, val, batch_size=64, probe_seed=0, log_every=5, force=True,
-                               score="val_score")  # fmt: skip
+    tracking = RegimesTracking(
+        accelerator, model, val, batch_size=64, probe_seed=0, log_every=5, force=True, score="val_score"
+    )
     accelerator.register_for_checkpointing(tracking)
 
     for epoch in range(1, 11):
@@ -62,5 +64,7 @@ if __name__ == "__main__":
     accelerator.end_training()
     if accelerator.is_main_process:
         print(f"sites {tracking.tracker.sites}; {tracking.tracker.iteration} optimizer steps")
-        print(f"rho {summary.rho:.2f} (layerwise {summary.rho_layerwise:.2f}); best val_score {summary.best_score:.4f}; "
-              "run directory runs/accelerate-digits/regimes")
+        print(
+            f"rho {summary.rho:.2f} (layerwise {summary.rho_layerwise:.2f}); best val_score {summary.best_score:.4f}; "
+            "run directory runs/accelerate-digits/regimes"
+        )

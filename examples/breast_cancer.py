@@ -23,8 +23,14 @@ x_train, x_val = (torch.tensor(scaler.transform(a), dtype=torch.float32) for a i
 y_train, y_val = torch.tensor(y_train), torch.tensor(y_val)
 
 model = nn.Sequential(
-    nn.Linear(30, 64), nn.BatchNorm1d(64), nn.ReLU(), nn.Dropout(0.2),
-    nn.Linear(64, 32), nn.BatchNorm1d(32), nn.ReLU(), nn.Dropout(0.2),
+    nn.Linear(30, 64),
+    nn.BatchNorm1d(64),
+    nn.ReLU(),
+    nn.Dropout(0.2),
+    nn.Linear(64, 32),
+    nn.BatchNorm1d(32),
+    nn.ReLU(),
+    nn.Dropout(0.2),
     nn.Linear(32, 2),
 )
 optimizer = torch.optim.SGD(model.parameters(), lr=1e-2, weight_decay=1e-4)
@@ -44,7 +50,9 @@ with regimes.Tracker(model, probe) as tracker:
         model.eval()
         with torch.no_grad():
             accuracy = (model(x_val).argmax(1) == y_val).float().mean().item()
-        print(f"epoch {epoch + 1:2d}  val accuracy {accuracy:.4f}  dw {tracker.delta_w[-1]:.2e}  da {tracker.delta_a[-1]:.4f}")
+        print(
+            f"epoch {epoch + 1:2d}  val accuracy {accuracy:.4f}  dw {tracker.delta_w[-1]:.2e}  da {tracker.delta_a[-1]:.4f}"
+        )
 
 batches_per_epoch = -(-len(x_train) // batch_size)
 summary = regimes.summarize(tracker.delta_w, tracker.delta_a, batches_per_epoch)

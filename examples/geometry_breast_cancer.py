@@ -36,5 +36,7 @@ print(f"features that move the margin most near the probe (mean |K_1 - K_0|): {t
 boundary = geometry.region_boundary(model, x)
 certified, empirical = geometry.parameter_radius(model, x)
 for i in range(len(x)):
-    print(f"sample {i}: region distance {boundary.distance[i]:.4f} (nearest: {boundary.site[i]} unit "
-          f"{int(boundary.unit[i])}), parameter radius certified {certified[i]:.2e} <= empirical {empirical[i]:.2e}")
+    print(
+        f"sample {i}: region distance {boundary.distance[i]:.4f} (nearest: {boundary.site[i]} unit "
+        f"{int(boundary.unit[i])}), parameter radius certified {certified[i]:.2e} <= empirical {empirical[i]:.2e}"
+    )

@@ -28,10 +28,16 @@ class BreastCancerMLP(L.LightningModule):
         super().__init__()
         self.save_hyperparameters()
         self.net = nn.Sequential(
-            nn.Linear(30, 64), nn.BatchNorm1d(64), nn.ReLU(), nn.Dropout(0.2),
-            nn.Linear(64, 32), nn.BatchNorm1d(32), nn.ReLU(), nn.Dropout(0.2),
+            nn.Linear(30, 64),
+            nn.BatchNorm1d(64),
+            nn.ReLU(),
+            nn.Dropout(0.2),
+            nn.Linear(64, 32),
+            nn.BatchNorm1d(32),
+            nn.ReLU(),
+            nn.Dropout(0.2),
             nn.Linear(32, 2),
-        )  # fmt: skip
+        )
 
     def forward(self, x):
         return self.net(x)
@@ -65,12 +71,25 @@ def loaders(batch_size: int = 32):
 if __name__ == "__main__":
     L.seed_everything(0)
     # force=True: running the example again replaces its run directory
-    regimes = RegimesCallback("val", out="runs/lightning-breast-cancer", force=True, score="val_acc",
-                              config={"lr": 1e-2, "weight_decay": 1e-4, "batch_size": 32, "seed": 0})  # fmt: skip
-    trainer = L.Trainer(max_epochs=18, callbacks=[regimes], logger=TensorBoardLogger("runs/tensorboard", name="lightning"),
-                        log_every_n_steps=5, enable_checkpointing=False, enable_progress_bar=False)  # fmt: skip
+    regimes = RegimesCallback(
+        "val",
+        out="runs/lightning-breast-cancer",
+        force=True,
+        score="val_acc",
+        config={"lr": 1e-2, "weight_decay": 1e-4, "batch_size": 32, "seed": 0},
+    )
+    trainer = L.Trainer(
+        max_epochs=18,
+        callbacks=[regimes],
+        logger=TensorBoardLogger("runs/tensorboard", name="lightning"),
+        log_every_n_steps=5,
+        enable_checkpointing=False,
+        enable_progress_bar=False,
+    )
     trainer.fit(BreastCancerMLP(), *loaders())
     summary = regimes.summary
     print(f"sites {regimes.tracker.sites}; {regimes.tracker.iteration} steps")
-    print(f"rho {summary.rho:.2f} (layerwise {summary.rho_layerwise:.2f}); best val_acc {summary.best_score:.4f}; "
-          "run directory runs/lightning-breast-cancer")
+    print(
+        f"rho {summary.rho:.2f} (layerwise {summary.rho_layerwise:.2f}); best val_acc {summary.best_score:.4f}; "
+        "run directory runs/lightning-breast-cancer"
+    )

@@ -51,17 +51,34 @@ if __name__ == "__main__":
     x, y = load_digits(return_X_y=True)
     x_train, x_val, y_train, y_val = train_test_split(x, y, test_size=0.2, stratify=y, random_state=0)
     args = TrainingArguments(
-        output_dir="runs/trainer-digits", num_train_epochs=10, per_device_train_batch_size=32,
-        gradient_accumulation_steps=2, learning_rate=0.05, optim="sgd", lr_scheduler_type="constant",
-        eval_strategy="epoch", logging_steps=5, save_strategy="no", report_to=["tensorboard"],
-        use_cpu=True, disable_tqdm=True, seed=0,
-    )  # fmt: skip
-    trainer = Trainer(model=MLP(), args=args, train_dataset=Digits(x_train, y_train),
-                      eval_dataset=Digits(x_val, y_val), compute_metrics=accuracy)  # fmt: skip
+        output_dir="runs/trainer-digits",
+        num_train_epochs=10,
+        per_device_train_batch_size=32,
+        gradient_accumulation_steps=2,
+        learning_rate=0.05,
+        optim="sgd",
+        lr_scheduler_type="constant",
+        eval_strategy="epoch",
+        logging_steps=5,
+        save_strategy="no",
+        report_to=["tensorboard"],
+        use_cpu=True,
+        disable_tqdm=True,
+        seed=0,
+    )
+    trainer = Trainer(
+        model=MLP(),
+        args=args,
+        train_dataset=Digits(x_train, y_train),
+        eval_dataset=Digits(x_val, y_val),
+        compute_metrics=accuracy,
+    )
     # force=True: running the example again replaces its run directory
     regimes = RegimesCallback("eval", score="eval_accuracy", force=True).attach(trainer)
     trainer.train()
     summary = regimes.summary
     print(f"sites {regimes.tracker.sites}; {regimes.tracker.iteration} optimizer updates")
-    print(f"rho {summary.rho:.2f} (layerwise {summary.rho_layerwise:.2f}); best eval_accuracy {summary.best_score:.4f}; "
-          "run directory runs/trainer-digits/regimes")
+    print(
+        f"rho {summary.rho:.2f} (layerwise {summary.rho_layerwise:.2f}); best eval_accuracy {summary.best_score:.4f}; "
+        "run directory runs/trainer-digits/regimes"
+    )

@@ -80,8 +80,11 @@ def _site_inputs(model: nn.Module, sites: list[str], inputs) -> dict[str, torch.
     """Each site module's input, recorded by a forward pre-hook (module sites, in eval mode)."""
     modules, recorded, handles = dict(model.named_modules()), {}, []
     for site in sites:
-        handles.append(modules[site].register_forward_pre_hook(
-            lambda m, args, site=site: recorded.__setitem__(site, args[0].detach().clone())))  # fmt: skip
+        handles.append(
+            modules[site].register_forward_pre_hook(
+                lambda m, args, site=site: recorded.__setitem__(site, args[0].detach().clone())
+            )
+        )
     was = model.training
     model.eval()
     try:

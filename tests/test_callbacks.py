@@ -85,8 +85,13 @@ def test_calls_come_in_order_and_a_callback_state_resumes(tmp_path, monkeypatch)
     whole = Recording()
     summary = train_run(config, tmp_path / "whole", callbacks=[whole])
     per_epoch = summary["batches_per_epoch"]
-    assert whole.calls_ == [("begin", 0), ("epoch", 1, per_epoch), ("epoch", 2, 2 * per_epoch),
-                            ("epoch", 3, 3 * per_epoch), ("end", "finished")]  # fmt: skip
+    assert whole.calls_ == [
+        ("begin", 0),
+        ("epoch", 1, per_epoch),
+        ("epoch", 2, 2 * per_epoch),
+        ("epoch", 3, 3 * per_epoch),
+        ("end", "finished"),
+    ]
 
     cut = Recording(stop_at=2)
     with pytest.raises(KeyboardInterrupt):
@@ -120,7 +125,11 @@ def test_the_headline_rho_is_the_configured_weight_change(tmp_path, monkeypatch,
 
     assert summary["rho_global"] == summarize(steps["dw"], steps["da"], per_epoch)["rho"]
     assert summary["rho_layerwise"] == summarize(steps["dw_layerwise"], steps["da"], per_epoch)["rho"]
-    assert summary["rho"] == summary[f"rho_{reading}"] != summary["rho_global" if reading == "layerwise" else "rho_layerwise"]
+    assert (
+        summary["rho"]
+        == summary[f"rho_{reading}"]
+        != summary["rho_global" if reading == "layerwise" else "rho_layerwise"]
+    )
 
 
 def test_online_detection_in_the_runner_equals_the_detector_fed_the_written_curves(tmp_path, monkeypatch):

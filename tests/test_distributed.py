@@ -27,8 +27,19 @@ from torch import nn
 
 from regimes.records import RunDirectory, Status
 
-COLLECTIVES = ("all_reduce", "broadcast", "barrier", "all_gather", "all_gather_object", "broadcast_object_list",
-               "gather", "scatter", "reduce", "reduce_scatter_tensor", "all_gather_into_tensor")  # fmt: skip
+COLLECTIVES = (
+    "all_reduce",
+    "broadcast",
+    "barrier",
+    "all_gather",
+    "all_gather_object",
+    "broadcast_object_list",
+    "gather",
+    "scatter",
+    "reduce",
+    "reduce_scatter_tensor",
+    "all_gather_into_tensor",
+)
 
 
 def free_port() -> int:
@@ -86,9 +97,11 @@ class Witness(L.Callback):
         self.collectives.stop()
         tracker = self.regimes.tracker
         seen = {
-            "tracker": tracker is not None, "gate": self.gate,
-            "collectives": self.collectives.counts, "global_step": trainer.global_step,
-        }  # fmt: skip
+            "tracker": tracker is not None,
+            "gate": self.gate,
+            "collectives": self.collectives.counts,
+            "global_step": trainer.global_step,
+        }
         if tracker is not None:
             differences = assert_same_curves(tracker, self.reference.reference)
             seen.update(iteration=tracker.iteration, differences=differences)
@@ -104,10 +117,19 @@ def test_lightning_ddp_one_process_probes_and_writes(tmp_path):
     callback = pl_integration.RegimesCallback(probe, out=tmp_path / "run", log_every_n_steps=1)
     reference = LightningReference(probe)
     strategy = DDPStrategy(start_method="spawn", process_group_backend="gloo", timeout=timedelta(seconds=60))
-    trainer = L.Trainer(max_epochs=2, accelerator="cpu", devices=2, strategy=strategy, accumulate_grad_batches=2,
-                        callbacks=[callback, reference, Witness(tmp_path, callback, reference)],
-                        logger=TensorBoardLogger(tmp_path / "tb"), enable_checkpointing=False,
-                        enable_progress_bar=False, enable_model_summary=False, num_sanity_val_steps=0)  # fmt: skip
+    trainer = L.Trainer(
+        max_epochs=2,
+        accelerator="cpu",
+        devices=2,
+        strategy=strategy,
+        accumulate_grad_batches=2,
+        callbacks=[callback, reference, Witness(tmp_path, callback, reference)],
+        logger=TensorBoardLogger(tmp_path / "tb"),
+        enable_checkpointing=False,
+        enable_progress_bar=False,
+        enable_model_summary=False,
+        num_sanity_val_steps=0,
+    )
     data = torch.utils.data.DataLoader(tabular(), batch_size=4)
     trainer.fit(Classifier(lr=0.5), data, torch.utils.data.DataLoader(tabular(12, seed=1), batch_size=4))
     first, second = (json.loads((tmp_path / f"rank{r}.json").read_text()) for r in (0, 1))
@@ -142,12 +164,18 @@ def _fsdp_worker(rank: int, folder: str, port: int) -> None:
         probe = torch.randn(5, 6, generator=torch.Generator().manual_seed(1))
 
         def full_weights():
-            return [(p.full_tensor() if hasattr(p, "full_tensor") else p).detach().double().clone() for p in model.parameters()]
+            return [
+                (p.full_tensor() if hasattr(p, "full_tensor") else p).detach().double().clone()
+                for p in model.parameters()
+            ]
 
         def pattern():
             outputs = []
-            hooks = [m.register_forward_hook(lambda m, i, o: outputs.append(o > 0)) for m in model.modules()
-                     if isinstance(m, nn.ReLU)]  # fmt: skip
+            hooks = [
+                m.register_forward_hook(lambda m, i, o: outputs.append(o > 0))
+                for m in model.modules()
+                if isinstance(m, nn.ReLU)
+            ]
             model.eval()
             with torch.no_grad():
                 model(probe)
@@ -172,18 +200,23 @@ def _fsdp_worker(rank: int, folder: str, port: int) -> None:
             optimizer.zero_grad()
             session.step()
             weights, current = full_weights(), pattern()
-            reference_dw.append(sum(float((a - b).abs().sum()) for a, b in zip(weights, previous_w))
-                                / sum(w.numel() for w in weights))  # fmt: skip
+            reference_dw.append(
+                sum(float((a - b).abs().sum()) for a, b in zip(weights, previous_w)) / sum(w.numel() for w in weights)
+            )
             reference_da.append(float(np.mean([float((a != b).double().mean()) for a, b in zip(current, previous_a)])))
             previous_w, previous_a = weights, current
         session.end_epoch(1)
         session.finish()
         result = {
             "roles": [session.roles.tracks, session.roles.writes],
-            "dw": tracker.delta_w.tolist(), "da": tracker.delta_a.tolist(),
-            "reference_dw": reference_dw, "reference_da": reference_da, "reads": len(reads),
-            "local_sizes": [int(w.numel()) for w in tracker.weights.previous], "sizes": tracker.weights.sizes.tolist(),
-        }  # fmt: skip
+            "dw": tracker.delta_w.tolist(),
+            "da": tracker.delta_a.tolist(),
+            "reference_dw": reference_dw,
+            "reference_da": reference_da,
+            "reads": len(reads),
+            "local_sizes": [int(w.numel()) for w in tracker.weights.previous],
+            "sizes": tracker.weights.sizes.tolist(),
+        }
         Path(folder, f"fsdp{rank}.json").write_text(json.dumps(result))
     finally:
         dist.destroy_process_group()
@@ -219,10 +252,22 @@ def torchrun(*args, processes=2):
 
     import regimes
 
-    env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(Path(regimes.__file__).parents[1]),
-                                                          os.environ.get("PYTHONPATH", "")])}  # fmt: skip
-    command = [sys.executable, "-m", "torch.distributed.run", "--standalone", f"--nproc-per-node={processes}",
-               "-m", "regimes", "run", *args, "--quiet"]  # fmt: skip
+    env = {
+        **os.environ,
+        "PYTHONPATH": os.pathsep.join([str(Path(regimes.__file__).parents[1]), os.environ.get("PYTHONPATH", "")]),
+    }
+    command = [
+        sys.executable,
+        "-m",
+        "torch.distributed.run",
+        "--standalone",
+        f"--nproc-per-node={processes}",
+        "-m",
+        "regimes",
+        "run",
+        *args,
+        "--quiet",
+    ]
     done = subprocess.run(command, env=env, capture_output=True, text=True, timeout=300)
     assert done.returncode == 0, done.stderr[-3000:]
 
@@ -240,8 +285,9 @@ def test_torchrun_trains_one_run_with_the_global_batch_of_the_single_process_run
     from regimes.experiment import apply_overrides, get_preset, train_run
 
     torchrun("mlp-breast-cancer", "--set", "max_epochs=2", *NO_BATCHNORM, "--out", str(tmp_path / "ddp"))
-    config = apply_overrides(get_preset("mlp-breast-cancer"), ["max_epochs=2", "model_args.batchnorm=false",
-                                                                 "model_args.dropout=0.0"])  # fmt: skip
+    config = apply_overrides(
+        get_preset("mlp-breast-cancer"), ["max_epochs=2", "model_args.batchnorm=false", "model_args.dropout=0.0"]
+    )
     single = train_run(config, tmp_path / "single")
     ddp, one = pd.read_parquet(tmp_path / "ddp" / "steps"), pd.read_parquet(tmp_path / "single" / "steps")
     assert len(ddp) == len(one) == 2 * 15  # 455 samples, batches of 32: 15 optimizer steps an epoch
@@ -250,8 +296,10 @@ def test_torchrun_trains_one_run_with_the_global_batch_of_the_single_process_run
     np.testing.assert_allclose(ddp["da"], one["da"], atol=1e-12)
     summary = RunDirectory(tmp_path / "ddp").read_summary()
     assert summary.status == Status.FINISHED and summary.batches_per_epoch == single["batches_per_epoch"]
-    print(f"\ntorchrun x2 vs one process: max relative dw difference {np.max(np.abs(ddp.dw - one.dw) / one.dw):.2e}, "
-          f"max da difference {np.max(np.abs(ddp.da - one.da)):.2e}")
+    print(
+        f"\ntorchrun x2 vs one process: max relative dw difference {np.max(np.abs(ddp.dw - one.dw) / one.dw):.2e}, "
+        f"max da difference {np.max(np.abs(ddp.da - one.da)):.2e}"
+    )
 
 
 @pytest.mark.slow
@@ -264,6 +312,8 @@ def test_torchrun_resume_equals_the_uninterrupted_run(tmp_path):
     cut.write_config({**cut.read_config(), "max_epochs": 3})  # as if the 3-epoch run had stopped after epoch 2
     cut.write_summary(cut.read_summary().replace(status=Status.INTERRUPTED))
     torchrun("--resume", str(tmp_path / "cut"))
-    pd.testing.assert_frame_equal(pd.read_parquet(tmp_path / "whole" / "steps"), pd.read_parquet(tmp_path / "cut" / "steps"))
+    pd.testing.assert_frame_equal(
+        pd.read_parquet(tmp_path / "whole" / "steps"), pd.read_parquet(tmp_path / "cut" / "steps")
+    )
     whole, resumed = RunDirectory(tmp_path / "whole").read_summary(), cut.read_summary()
     assert resumed.status == Status.FINISHED and resumed.steps == whole.steps == 45 and resumed.rho == whole.rho

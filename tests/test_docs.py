@@ -186,8 +186,15 @@ def test_the_docs_say_what_the_tool_does():
     import regimes
 
     docs = "\n".join(page.read_text(encoding="utf-8") for page in PAGES)
-    for promise in ("`3`", "`4`", "`130`", "batches_per_epoch // k", "--resume` takes no `--set`",
-                    "on 2 cores", "HF_HUB_OFFLINE"):  # fmt: skip
+    for promise in (
+        "`3`",
+        "`4`",
+        "`130`",
+        "batches_per_epoch // k",
+        "--resume` takes no `--set`",
+        "on 2 cores",
+        "HF_HUB_OFFLINE",
+    ):
         assert promise in docs, promise
     assert "your training is never interrupted by the tracker" not in docs
     assert regimes.Tracker.step.__doc__ and "All or nothing" in regimes.Tracker.step.__doc__
@@ -209,6 +216,11 @@ def test_the_cli_page_names_every_command_and_option():
 def test_the_site_builds_strictly(tmp_path):
     pytest.importorskip("mkdocs")
     pytest.importorskip("mkdocstrings")
-    done = subprocess.run([sys.executable, "-m", "mkdocs", "build", "--strict", "--site-dir", str(tmp_path / "site")],
-                          cwd=ROOT, capture_output=True, text=True, timeout=300)  # fmt: skip
+    done = subprocess.run(
+        [sys.executable, "-m", "mkdocs", "build", "--strict", "--site-dir", str(tmp_path / "site")],
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
     assert done.returncode == 0, done.stderr[-3000:]

@@ -37,7 +37,9 @@ def test_docstring_examples_run(name, tmp_path, monkeypatch):
             raise
         pytest.skip(f"needs {error.name}")
     result = doctest.testmod(module, optionflags=doctest.ELLIPSIS | doctest.NORMALIZE_WHITESPACE, verbose=False)
-    assert result.failed == 0, f"{result.failed} of {result.attempted} examples in {name} failed (run: python -m doctest -v)"
+    assert result.failed == 0, (
+        f"{result.failed} of {result.attempted} examples in {name} failed (run: python -m doctest -v)"
+    )
 
 
 def test_the_examples_are_found():

@@ -54,7 +54,9 @@ def test_presets_hold_the_winning_configuration(preset, optimizer, wd, lr):
     config = get_preset(preset)
     assert (config.optimizer, config.weight_decay, config.lr) == (optimizer, wd, lr)
     assert config.max_epochs == (200 if preset.startswith("alexnet") else 30)
-    assert config.early_stopping_patience == config.max_epochs // 3 or config.early_stopping_patience == round(config.max_epochs / 3)
+    assert config.early_stopping_patience == config.max_epochs // 3 or config.early_stopping_patience == round(
+        config.max_epochs / 3
+    )
     assert config.min_delta == 0.01
 
 
@@ -122,7 +124,9 @@ def test_resume_gives_the_same_numbers_as_an_uninterrupted_run(tmp_path):
     resumed = train_run(config, tmp_path / "cut", resume=True)
     for key in ("rho", "auc_w", "auc_p", "best_score", "stop_epoch", "steps"):
         assert resumed[key] == whole[key], key
-    pd.testing.assert_frame_equal(pd.read_parquet(tmp_path / "whole" / "steps"), pd.read_parquet(tmp_path / "cut" / "steps"))
+    pd.testing.assert_frame_equal(
+        pd.read_parquet(tmp_path / "whole" / "steps"), pd.read_parquet(tmp_path / "cut" / "steps")
+    )
     a = pd.read_parquet(tmp_path / "whole" / "epochs.parquet").drop(columns="seconds")
     b = pd.read_parquet(tmp_path / "cut" / "epochs.parquet").drop(columns="seconds")
     pd.testing.assert_frame_equal(a, b)
@@ -140,7 +144,9 @@ def test_resume_after_a_kill_mid_epoch_rewinds_to_the_checkpoint(tmp_path):
     run.append_steps({k: v[:3] if k != "iteration" else v[:3] + 1000 for k, v in extra.items()})  # ... mid-write
     resumed = train_run(config, tmp_path / "cut", resume=True)
     assert resumed["rho"] == whole["rho"] and resumed["steps"] == whole["steps"]
-    pd.testing.assert_frame_equal(pd.read_parquet(tmp_path / "whole" / "steps"), pd.read_parquet(tmp_path / "cut" / "steps"))
+    pd.testing.assert_frame_equal(
+        pd.read_parquet(tmp_path / "whole" / "steps"), pd.read_parquet(tmp_path / "cut" / "steps")
+    )
 
 
 def test_early_stopping_rules():
@@ -212,7 +218,10 @@ def test_cli_run_report_and_errors(tmp_path, capsys):
     assert main(["run", "mlp-breast-cancer", "--out", str(out), "--seed", "5", "--quiet"]) == 2
     assert "--force" in capsys.readouterr().err
     assert main(["run", "--resume", str(tmp_path / "nothing")]) == 2
-    assert main(["run", "mlp-adult", "--data-dir", str(tmp_path / "empty"), "--out", str(tmp_path / "adult"), "--quiet"]) == 2
+    assert (
+        main(["run", "mlp-adult", "--data-dir", str(tmp_path / "empty"), "--out", str(tmp_path / "adult"), "--quiet"])
+        == 2
+    )
     assert "adult" in capsys.readouterr().err
 
 
@@ -260,8 +269,24 @@ def test_cli_run_with_seeds_and_threads(tmp_path, capsys):
     threads = torch.get_num_threads()
     out = tmp_path / "seeds"
     try:
-        assert main(["run", "mlp-breast-cancer", "--seeds", "3", "--threads", "1", "--set", "max_epochs=2",
-                     "--out", str(out), "--quiet"]) == 0  # fmt: skip
+        assert (
+            main(
+                [
+                    "run",
+                    "mlp-breast-cancer",
+                    "--seeds",
+                    "3",
+                    "--threads",
+                    "1",
+                    "--set",
+                    "max_epochs=2",
+                    "--out",
+                    str(out),
+                    "--quiet",
+                ]
+            )
+            == 0
+        )
     finally:
         torch.set_num_threads(threads)
     summaries = [RunDirectory(out / "seeds" / f"seed{s}").read_summary() for s in range(3)]

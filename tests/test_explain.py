@@ -105,7 +105,11 @@ def test_an_older_run_without_the_new_columns_is_read(run_dir, tmp_path):
     shutil.copytree(run_dir, old)
     for part in (old / "steps").glob("*.parquet"):
         t = pq.read_table(part)
-        keep = [c for c in t.column_names if c == "da" or c.startswith("da:") or not c.startswith(("da", "on", "dead", "always"))]
+        keep = [
+            c
+            for c in t.column_names
+            if c == "da" or c.startswith("da:") or not c.startswith(("da", "on", "dead", "always"))
+        ]
         pq.write_table(t.select(keep), part)
     numbers = explain(old)
     assert set(numbers["readings"]) == {"layerwise/sites", "global/sites"}
@@ -116,13 +120,18 @@ def test_an_older_run_without_the_new_columns_is_read(run_dir, tmp_path):
 def test_a_plateau_is_found_and_rho_taken_from_its_end():
     t = np.arange(200.0)
     rise = np.where(t < 60, 0.01, 1.0)  # flat and low for 60 measurements, then the usual decay
-    steps = {"iteration": t + 1, "dw_layerwise": rise * np.exp(-(t - 60).clip(0) / 80),
-             "da": rise * np.exp(-(t - 60).clip(0) / 20)}  # fmt: skip
+    steps = {
+        "iteration": t + 1,
+        "dw_layerwise": rise * np.exp(-(t - 60).clip(0) / 80),
+        "da": rise * np.exp(-(t - 60).clip(0) / 20),
+    }
     plateau = _plateau(steps, "layerwise", 10, 0.1)
     # window 3: the smoothed value at 59 (raw 59, 60, 61) is the first over half the range
     assert plateau["on_plateau"] and plateau["end"] == 59 and plateau["end_iteration"] == 60
     assert plateau["rho_after"] > 1
-    assert not _plateau({**steps, "dw_layerwise": np.exp(-t / 80), "da": np.exp(-t / 20)}, "layerwise", 10, 0.1)["on_plateau"]
+    assert not _plateau({**steps, "dw_layerwise": np.exp(-t / 80), "da": np.exp(-t / 20)}, "layerwise", 10, 0.1)[
+        "on_plateau"
+    ]
 
 
 def test_learned_against_the_majority_or_the_first_epoch():

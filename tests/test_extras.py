@@ -41,14 +41,18 @@ def test_require_names_the_extra_in_one_line(monkeypatch):
     block(monkeypatch, "matplotlib")
     with pytest.raises(MissingExtraError) as caught:
         require("matplotlib.pyplot", "the run's figure")
-    message = "the run's figure needs matplotlib, which is not installed: pip install -e '.[study]' (in the regimes checkout)"
+    message = (
+        "the run's figure needs matplotlib, which is not installed: pip install -e '.[study]' (in the regimes checkout)"
+    )
     assert str(caught.value) == message
     assert isinstance(caught.value, ImportError)
 
 
 def test_require_names_the_pip_package_not_the_module(monkeypatch):
     block(monkeypatch, "sklearn", "PIL")
-    with pytest.raises(MissingExtraError, match=r"^holding out needs scikit-learn, .*'\.\[study\]' \(in the regimes checkout\)$"):
+    with pytest.raises(
+        MissingExtraError, match=r"^holding out needs scikit-learn, .*'\.\[study\]' \(in the regimes checkout\)$"
+    ):
         require("sklearn.model_selection", "holding out")
     with pytest.raises(MissingExtraError, match=r"^decoding needs pillow, .*'\.\[hub\]' \(in the regimes checkout\)$"):
         require("PIL.Image", "decoding")
@@ -87,9 +91,23 @@ def test_every_extra_in_the_table_installs_its_package():
         pytest.skip("not a source checkout")
     optional = tomllib.loads(PYPROJECT.read_text())["project"]["optional-dependencies"]
     assert set(EXTRAS) >= {
-        "matplotlib", "pyarrow", "tomli_w", "tqdm", "sklearn", "mnist1d", "datasets", "transformers", "tokenizers",
-        "ray", "pandas", "PIL", "lightning", "accelerate", "mlflow", "tensorboard",
-    }  # fmt: skip
+        "matplotlib",
+        "pyarrow",
+        "tomli_w",
+        "tqdm",
+        "sklearn",
+        "mnist1d",
+        "datasets",
+        "transformers",
+        "tokenizers",
+        "ray",
+        "pandas",
+        "PIL",
+        "lightning",
+        "accelerate",
+        "mlflow",
+        "tensorboard",
+    }
     for module, (package, extra) in EXTRAS.items():
         assert extra in optional, f"{module}: pyproject.toml has no extra {extra!r}"
         requirements = [re.split(r"[<>=!~;\s]", r, maxsplit=1)[0].lower() for r in optional[extra]]
@@ -111,7 +129,9 @@ def test_a_data_loader_names_the_extra(monkeypatch):
 
 def test_generating_mnist1d_names_the_extra(monkeypatch, tmp_path):
     block(monkeypatch, "mnist1d")
-    with pytest.raises(MissingExtraError, match=r"^the mnist1d data set needs mnist1d, .*'\.\[study\]' \(in the regimes checkout\)$"):
+    with pytest.raises(
+        MissingExtraError, match=r"^the mnist1d data set needs mnist1d, .*'\.\[study\]' \(in the regimes checkout\)$"
+    ):
         load_dataset("mnist1d", data_dir=tmp_path)  # no cached copy there: it must be generated
 
 
@@ -127,7 +147,9 @@ def test_a_hugging_face_model_names_the_extra(monkeypatch):
 
 def test_writing_a_config_names_the_extra(monkeypatch):
     block(monkeypatch, "tomli_w")
-    with pytest.raises(MissingExtraError, match=r"writing a config as TOML needs tomli-w, .*'\.\[study\]' \(in the regimes checkout\)$"):
+    with pytest.raises(
+        MissingExtraError, match=r"writing a config as TOML needs tomli-w, .*'\.\[study\]' \(in the regimes checkout\)$"
+    ):
         dump_toml(get_preset("mlp-breast-cancer"))
 
 
@@ -135,7 +157,10 @@ def test_the_ray_engine_names_the_extra_as_an_engine_error(monkeypatch):
     block(monkeypatch, "ray")
     with pytest.raises(EngineError) as caught:
         make_engine("ray")
-    assert str(caught.value) == "the ray engine needs ray[tune], which is not installed: pip install -e '.[ray]' (in the regimes checkout)"
+    assert (
+        str(caught.value)
+        == "the ray engine needs ray[tune], which is not installed: pip install -e '.[ray]' (in the regimes checkout)"
+    )
     assert isinstance(caught.value.__cause__, MissingExtraError)
 
 

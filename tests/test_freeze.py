@@ -40,14 +40,28 @@ def _mlp_reference(live: nn.Module, frozen_params: dict, x: torch.Tensor, traini
     h = x.flatten(1)
     for i, block in enumerate(live.blocks):
         z_frozen = F.linear(h_frozen, f[f"blocks.{i}.linear.weight"], f[f"blocks.{i}.linear.bias"])
-        z_frozen = F.batch_norm(z_frozen, f[f"blocks.{i}.norm.running_mean"], f[f"blocks.{i}.norm.running_var"],
-                                f[f"blocks.{i}.norm.weight"], f[f"blocks.{i}.norm.bias"], training=False)  # fmt: skip
+        z_frozen = F.batch_norm(
+            z_frozen,
+            f[f"blocks.{i}.norm.running_mean"],
+            f[f"blocks.{i}.norm.running_var"],
+            f[f"blocks.{i}.norm.weight"],
+            f[f"blocks.{i}.norm.bias"],
+            training=False,
+        )
         gate = (z_frozen > 0).float()
         h_frozen = activation(z_frozen)  # the copy runs its own activation
         z = F.linear(h, block.linear.weight, block.linear.bias)
         norm = block.norm
-        z = F.batch_norm(z, norm.running_mean.clone(), norm.running_var.clone(), norm.weight, norm.bias,
-                         training=training, momentum=norm.momentum, eps=norm.eps)  # fmt: skip
+        z = F.batch_norm(
+            z,
+            norm.running_mean.clone(),
+            norm.running_var.clone(),
+            norm.weight,
+            norm.bias,
+            training=training,
+            momentum=norm.momentum,
+            eps=norm.eps,
+        )
         h = z * gate
     return F.linear(h, live.head.weight, live.head.bias)
 
@@ -128,6 +142,7 @@ def _every_relu_reference(live, frozen, x, sites):
         def f(z):
             recorded[name] = z.clone()
             return torch.relu(z)
+
         return f
 
     with torch.no_grad():
@@ -231,8 +246,11 @@ def _module_sites_reference(model, frozen, inputs, sites):
     z_frozen, handles = {}, []
     frozen_modules = dict(frozen.named_modules())
     for site in sites:
-        handles.append(frozen_modules[site].register_forward_pre_hook(
-            lambda m, args, site=site: z_frozen.__setitem__(site, args[0].clone())))  # fmt: skip
+        handles.append(
+            frozen_modules[site].register_forward_pre_hook(
+                lambda m, args, site=site: z_frozen.__setitem__(site, args[0].clone())
+            )
+        )
     with torch.no_grad():
         _forward(frozen, inputs)
     for handle in handles:
@@ -240,10 +258,14 @@ def _module_sites_reference(model, frozen, inputs, sites):
     hooks = []
     for site in sites:
         stash = {}
-        hooks.append(names[site].register_forward_pre_hook(
-            lambda m, args, stash=stash: stash.__setitem__("z", args[0].clone())))  # fmt: skip
-        hooks.append(names[site].register_forward_hook(
-            lambda m, args, out, stash=stash, site=site: stash["z"] * (z_frozen[site] > 0)))  # fmt: skip
+        hooks.append(
+            names[site].register_forward_pre_hook(lambda m, args, stash=stash: stash.__setitem__("z", args[0].clone()))
+        )
+        hooks.append(
+            names[site].register_forward_hook(
+                lambda m, args, out, stash=stash, site=site: stash["z"] * (z_frozen[site] > 0)
+            )
+        )
     try:
         return _forward(model, inputs)
     finally:
@@ -371,8 +393,10 @@ def test_a_sweep_over_freeze_writes_one_column_type():
     from regimes.experiment.sweep import Job, trial_row
 
     base = get_preset("mlp-breast-cancer")
-    rows = [trial_row(Job(f"trials/f{value}", base.replace(freeze=value), "x"), {}, swept=("freeze",))
-            for value in ("off", 2)]  # fmt: skip
+    rows = [
+        trial_row(Job(f"trials/f{value}", base.replace(freeze=value), "x"), {}, swept=("freeze",))
+        for value in ("off", 2)
+    ]
     assert [row["freeze"] for row in rows] == ["off", "2"]
 
 

@@ -141,7 +141,15 @@ def _settle_batchnorm(model: nn.Module, shape, generator) -> None:
 
 def make(name: str):
     """(model in float64, input batch) for each case; the models are left in train mode."""
-    seeds = {"mlp": 1, "small_cnn": 2, "residual_cnn": 3, "lenet5": 4, "one_hidden": 5, "adaptive_cnn": 6, "residual_mlp": 7}
+    seeds = {
+        "mlp": 1,
+        "small_cnn": 2,
+        "residual_cnn": 3,
+        "lenet5": 4,
+        "one_hidden": 5,
+        "adaptive_cnn": 6,
+        "residual_mlp": 7,
+    }
     g = torch.Generator().manual_seed(seeds[name])
     torch.manual_seed(g.initial_seed())
     if name == "mlp":
@@ -411,7 +419,11 @@ def margin_directions(model: nn.Module, x: torch.Tensor, units: int = 4):
             zs = [e[1] for e in model.seen if e[0] == "relu"]
         else:
             zs = []
-            handles = [m.register_forward_pre_hook(lambda m, a: zs.append(a[0])) for m in model.modules() if isinstance(m, nn.ReLU)]
+            handles = [
+                m.register_forward_pre_hook(lambda m, a: zs.append(a[0]))
+                for m in model.modules()
+                if isinstance(m, nn.ReLU)
+            ]
             try:
                 functional_call(model, params, (x[b : b + 1],))
             finally:

@@ -60,8 +60,11 @@ class Recorder(Callback):
 
     def _pattern(self, model):
         outputs = []
-        hooks = [m.register_forward_hook(lambda m, i, o: outputs.append(o > 0)) for m in model.modules()
-                 if isinstance(m, nn.ReLU)]  # fmt: skip
+        hooks = [
+            m.register_forward_hook(lambda m, i, o: outputs.append(o > 0))
+            for m in model.modules()
+            if isinstance(m, nn.ReLU)
+        ]
         was = model.training
         model.eval()
         with torch.no_grad():
@@ -85,9 +88,15 @@ def _reference(recorder: Recorder, epochs: int) -> list[dict]:
         model = recorder.models[e]
         distance = region_distance(model, recorder.x).double().numpy()
         certified, empirical = (t.double().numpy() for t in parameter_radius(model, recorder.x))
-        row = {"epoch": e, "distance_median": np.median(distance), "distance_p10": np.percentile(distance, 10),
-               "certified_median": np.median(certified), "certified_p90": np.percentile(certified, 90),
-               "empirical_median": np.median(empirical), "certified": certified}  # fmt: skip
+        row = {
+            "epoch": e,
+            "distance_median": np.median(distance),
+            "distance_p10": np.percentile(distance, 10),
+            "certified_median": np.median(certified),
+            "certified_p90": np.percentile(certified, 90),
+            "empirical_median": np.median(empirical),
+            "certified": certified,
+        }
         following = [(w, p) for epoch, w, p in recorder.steps if epoch == e + 1]
         if following:
             previous, steps, moves, flipped = weights, [], [], torch.zeros(len(recorder.x), dtype=torch.bool)
@@ -96,9 +105,14 @@ def _reference(recorder: Recorder, epochs: int) -> list[dict]:
                 moves.append(float((w - weights).norm()))
                 flipped |= (p != pattern).any(1)
                 previous = w
-            row.update(step_max=max(steps), displacement_max=max(moves), flipped=flipped.numpy(),
-                       no_flip_guaranteed=np.mean(certified > max(moves)), no_flip_observed=1 - flipped.double().mean().item(),
-                       no_flip_guaranteed_step=np.mean(certified > max(steps)))  # fmt: skip
+            row.update(
+                step_max=max(steps),
+                displacement_max=max(moves),
+                flipped=flipped.numpy(),
+                no_flip_guaranteed=np.mean(certified > max(moves)),
+                no_flip_observed=1 - flipped.double().mean().item(),
+                no_flip_guaranteed_step=np.mean(certified > max(steps)),
+            )
             weights, pattern = following[-1]
         rows.append(row)
     return rows
@@ -194,8 +208,19 @@ def test_the_command_s_mistakes_are_one_line(tmp_path, capsys):
 
 def test_a_smooth_activation_with_geometry_is_one_line_and_leaves_nothing(tmp_path, capsys):
     out = tmp_path / "run"
-    code = main(["run", "mlp-breast-cancer", "--set", "geometry=true", "--set", 'model_args.activation="gelu"',
-                 "--out", str(out), "--quiet"])  # fmt: skip
+    code = main(
+        [
+            "run",
+            "mlp-breast-cancer",
+            "--set",
+            "geometry=true",
+            "--set",
+            'model_args.activation="gelu"',
+            "--out",
+            str(out),
+            "--quiet",
+        ]
+    )
     assert code == 2
     err = capsys.readouterr().err.strip()
     assert err.count("\n") == 0 and "gelu" in err.lower() and "piecewise" in err.lower()

@@ -28,30 +28,78 @@ from regimes.runs import UnreadableRunError, UnreadableRunWarning, load_runs, re
 VAL_SCORES = (0.8421, 0.9123, 0.9561, 0.9649, 0.9649, 0.9649, 0.9561, 0.9649, 0.9561, 0.9561, 0.9561, 0.9561, 0.9561)
 
 
-def make_run(path, *, seed=0, status="finished", optimizer="sgd", lr=1e-2, val=VAL_SCORES[:6], tau_w=200.0,
-             reference=None, max_epochs=30, batches_per_epoch=20):  # fmt: skip
+def make_run(
+    path,
+    *,
+    seed=0,
+    status="finished",
+    optimizer="sgd",
+    lr=1e-2,
+    val=VAL_SCORES[:6],
+    tau_w=200.0,
+    reference=None,
+    max_epochs=30,
+    batches_per_epoch=20,
+):
     """A run directory: dw = exp(-t / tau_w), da = exp(-t / 50), one epoch row per `val` score.
 
     The summary's best_score and best_epoch are `reference` (early stopping's reference,
     as the runner writes them), by default the best of `val`.
     """
     run = RunDirectory(path)
-    run.create({"model": "mlp", "dataset": "breast-cancer", "optimizer": optimizer, "lr": lr, "weight_decay": 1e-4,
-                "seed": seed, "max_epochs": max_epochs, "patience": 0, "min_delta": 0.01})  # fmt: skip
+    run.create(
+        {
+            "model": "mlp",
+            "dataset": "breast-cancer",
+            "optimizer": optimizer,
+            "lr": lr,
+            "weight_decay": 1e-4,
+            "seed": seed,
+            "max_epochs": max_epochs,
+            "patience": 0,
+            "min_delta": 0.01,
+        }
+    )
     epochs = len(val)
     t = np.arange(1, epochs * batches_per_epoch + 1)
     dw, da = np.exp(-t / tau_w), np.exp(-t / 50.0)
-    run.append_steps({"iteration": t, "epoch": np.repeat(np.arange(1, epochs + 1), batches_per_epoch), "dw": dw, "da": da})
-    run.write_epochs([{"epoch": e, "train_loss": 1 / e, "train_score": v - 0.01, "val_loss": 1.1 / e, "val_score": v,
-                       "seconds": 0.1} for e, v in enumerate(val, start=1)])  # fmt: skip
+    run.append_steps(
+        {"iteration": t, "epoch": np.repeat(np.arange(1, epochs + 1), batches_per_epoch), "dw": dw, "da": da}
+    )
+    run.write_epochs(
+        [
+            {
+                "epoch": e,
+                "train_loss": 1 / e,
+                "train_score": v - 0.01,
+                "val_loss": 1.1 / e,
+                "val_score": v,
+                "seconds": 0.1,
+            }
+            for e, v in enumerate(val, start=1)
+        ]
+    )
     if reference is None:
         reference = (max(val), 1 + val.index(max(val)))
-    run.write_summary({
-        "model": "mlp", "dataset": "breast-cancer", "optimizer": optimizer, "weight_decay": 1e-4, "lr": lr,
-        "seed": seed, "score_name": "accuracy", "higher_is_better": True, "best_score": reference[0],
-        "best_epoch": reference[1], "stop_epoch": epochs, "max_epochs": max_epochs,
-        "batches_per_epoch": batches_per_epoch, "status": status, **summarize(dw, da, batches_per_epoch),
-    })  # fmt: skip
+    run.write_summary(
+        {
+            "model": "mlp",
+            "dataset": "breast-cancer",
+            "optimizer": optimizer,
+            "weight_decay": 1e-4,
+            "lr": lr,
+            "seed": seed,
+            "score_name": "accuracy",
+            "higher_is_better": True,
+            "best_score": reference[0],
+            "best_epoch": reference[1],
+            "stop_epoch": epochs,
+            "max_epochs": max_epochs,
+            "batches_per_epoch": batches_per_epoch,
+            "status": status,
+            **summarize(dw, da, batches_per_epoch),
+        }
+    )
     return run
 
 
@@ -63,8 +111,15 @@ def make_sweep(path, seeds: dict[int, tuple[float, str]]):
     make_run(sweep.run("trials/sgd").path, tau_w=seeds[0][0])
     for seed, (tau_w, status) in seeds.items():
         make_run(sweep.run(f"seeds/seed{seed}").path, seed=seed, tau_w=tau_w, status=status)
-    sweep.write_selected({"trial": "sgd", "path": "trials/sgd", "trials": 1, "failed": [],
-                          "seeds": {"runs": [f"seeds/seed{s}" for s in seeds]}})  # fmt: skip
+    sweep.write_selected(
+        {
+            "trial": "sgd",
+            "path": "trials/sgd",
+            "trials": 1,
+            "failed": [],
+            "seeds": {"runs": [f"seeds/seed{s}" for s in seeds]},
+        }
+    )
     return sweep
 
 
@@ -98,8 +153,12 @@ def test_rows_say_their_seed_and_status(tmp_path):
     make_run(tmp_path / "going", seed=8, status="running", val=VAL_SCORES[:2])
     rows = sorted(table(render(load_runs([tmp_path]))), key=lambda r: r["seed"])
     assert [(r["seed"], r["status"]) for r in rows] == [
-        ("0", "finished"), ("1", "finished"), ("2", "finished"), ("7", "interrupted"), ("8", "running"),
-    ]  # fmt: skip
+        ("0", "finished"),
+        ("1", "finished"),
+        ("2", "finished"),
+        ("7", "interrupted"),
+        ("8", "running"),
+    ]
     assert rows[3]["stop epoch"] == "4"
     csv_text = render(load_runs([tmp_path]), "csv")
     assert csv_text.splitlines()[0].startswith("model,dataset,optimizer,wd,lr,seed,status,")
@@ -108,10 +167,12 @@ def test_rows_say_their_seed_and_status(tmp_path):
 
 def test_only_finished_runs_enter_the_aggregate(tmp_path):
     rows = [{"status": "finished", "rho": r} for r in (1.0, 2.0, 3.0)] + [
-        {"status": "interrupted", "rho": 100.0}, {"status": "running", "rho": 50.0},
-        {"status": "diverged", "rho": 20.0}, {"status": "failed", "rho": None},
+        {"status": "interrupted", "rho": 100.0},
+        {"status": "running", "rho": 50.0},
+        {"status": "diverged", "rho": 20.0},
+        {"status": "failed", "rho": None},
         {"status": "finished", "rho": None},
-    ]  # fmt: skip
+    ]
     line = aggregate_line(rows)
     m, upper, lower = aggregate([1.0, 2.0, 3.0])
     assert line.startswith(f"mean rho = {m:.2f} (+{upper:.2f} / -{lower:.2f}) over 3 runs;")
@@ -217,8 +278,18 @@ def test_a_curve_that_never_settled_says_never(tmp_path, capsys):
 def test_early_stopping_is_announced_with_its_reason(tmp_path, capsys):
     """`regimes run` that early stopping ends: at which epoch, and why, with the reference named."""
     out = tmp_path / "run"
-    argv = ["run", "mlp-breast-cancer", "--out", str(out), "--set", "max_epochs=8", "--set", "patience=2",
-            "--set", "min_delta=0.5"]  # fmt: skip
+    argv = [
+        "run",
+        "mlp-breast-cancer",
+        "--out",
+        str(out),
+        "--set",
+        "max_epochs=8",
+        "--set",
+        "patience=2",
+        "--set",
+        "min_delta=0.5",
+    ]
     assert main(argv) == 0  # no epoch can gain 0.5 in accuracy on the first: it stops at epoch 3
     printed = capsys.readouterr()
     epochs = RunDirectory(out).read_epochs()
@@ -226,8 +297,10 @@ def test_early_stopping_is_announced_with_its_reason(tmp_path, capsys):
     first = epochs[0]["val_score"]
     scores = [e["val_score"] for e in epochs]
     best, best_epoch = max(scores), 1 + scores.index(max(scores))
-    expected = (f"stopped early at epoch 3 of 8: for 2 epochs val accuracy did not beat {first:.4f} "
-                f"(early stopping's reference, epoch 1) by more than 0.5")  # fmt: skip
+    expected = (
+        f"stopped early at epoch 3 of 8: for 2 epochs val accuracy did not beat {first:.4f} "
+        f"(early stopping's reference, epoch 1) by more than 0.5"
+    )
     assert expected in printed.err
     if best_epoch != 1:
         assert f"; best {best:.4f} at epoch {best_epoch}" in printed.err
@@ -239,7 +312,9 @@ def test_show_explains_patience_and_reads_back(tmp_path, capsys):
     assert main(["show", "mlp-breast-cancer"]) == 0
     text = capsys.readouterr().out
     (patience,) = [line for line in text.splitlines() if line.startswith("patience")]
-    assert re.fullmatch(r"patience = 0 +# 0: a third of max_epochs, here 10: stop after 10 epochs .*min_delta.*", patience)
+    assert re.fullmatch(
+        r"patience = 0 +# 0: a third of max_epochs, here 10: stop after 10 epochs .*min_delta.*", patience
+    )
     for key in ("min_delta", "probe_fraction", "track_every", "sites", "nesterov"):
         assert "#" in next(line for line in text.splitlines() if line.startswith(key + " ")), key
     edited = get_preset("mlp-breast-cancer").replace(patience=4, sites=["blocks.*"])  # a multi-line array too
@@ -252,8 +327,16 @@ def test_show_explains_patience_and_reads_back(tmp_path, capsys):
 
 
 def test_sweep_lines_tell_the_best_epoch_from_the_stop_epoch(tmp_path, capsys):
-    row = {"trial": "sgd-lr1e-2-wd1e-4", "status": "finished", "score_name": "accuracy", "best_score": 0.9561,
-           "best_epoch": 3, "stop_epoch": 13, "rho": 1.13, "seconds": 4.3}  # fmt: skip
+    row = {
+        "trial": "sgd-lr1e-2-wd1e-4",
+        "status": "finished",
+        "score_name": "accuracy",
+        "best_score": 0.9561,
+        "best_epoch": 3,
+        "stop_epoch": 13,
+        "rho": 1.13,
+        "seconds": 4.3,
+    }
     line = _trial_line(row, best=(0.9649, 4))
     assert "best accuracy 0.9649 at epoch 4 (early stopping's reference 0.9561), stopped at epoch 13" in line
     assert "4.3 s training (start-up not counted)" in line
@@ -261,8 +344,24 @@ def test_sweep_lines_tell_the_best_epoch_from_the_stop_epoch(tmp_path, capsys):
 
     grid = tmp_path / "grid.toml"
     grid.write_text('optimizer = ["sgd", "adam"]\nlr = [1e-2]\nweight_decay = [1e-4]\n')
-    argv = ["sweep", "mlp-breast-cancer", "--grid", str(grid), "--set", "max_epochs=2", "--seeds", "2", "--workers", "1",
-            "--threads", "1", "--device", "cpu", "--out", str(tmp_path / "sweep")]  # fmt: skip
+    argv = [
+        "sweep",
+        "mlp-breast-cancer",
+        "--grid",
+        str(grid),
+        "--set",
+        "max_epochs=2",
+        "--seeds",
+        "2",
+        "--workers",
+        "1",
+        "--threads",
+        "1",
+        "--device",
+        "cpu",
+        "--out",
+        str(tmp_path / "sweep"),
+    ]
     assert main(argv) == 0
     printed = capsys.readouterr().out
     for name in ("sgd-lr1e-2-wd1e-4", "adam-lr1e-2-wd1e-4"):

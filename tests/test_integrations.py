@@ -67,8 +67,11 @@ class SlowReference:
 
     def pattern(self, model: nn.Module) -> list[torch.Tensor]:
         outputs, was = [], model.training
-        hooks = [m.register_forward_hook(lambda m, i, o: outputs.append(o > 0)) for m in model.modules()
-                 if isinstance(m, nn.ReLU)]  # fmt: skip
+        hooks = [
+            m.register_forward_hook(lambda m, i, o: outputs.append(o > 0))
+            for m in model.modules()
+            if isinstance(m, nn.ReLU)
+        ]
         model.eval()
         try:
             with torch.no_grad():
@@ -85,7 +88,10 @@ def assert_same_curves(tracker, reference: SlowReference) -> dict:
     assert len(dw) == len(reference.dw) > 0
     np.testing.assert_allclose(dw, reference.dw, rtol=2e-5, atol=1e-10)
     np.testing.assert_allclose(da, reference.da, rtol=0, atol=1e-12)
-    return {"dw": float(np.max(np.abs(dw - reference.dw) / np.abs(reference.dw))), "da": float(np.max(np.abs(da - reference.da)))}
+    return {
+        "dw": float(np.max(np.abs(dw - reference.dw) / np.abs(reference.dw))),
+        "da": float(np.max(np.abs(da - reference.da))),
+    }
 
 
 def assert_run_directory(out, tracker, epochs: int) -> None:
@@ -163,13 +169,24 @@ class LightningReference(L.Callback):
 
 def loaders(batch_size=4):
     data = tabular()
-    return (torch.utils.data.DataLoader(data, batch_size=batch_size),
-            torch.utils.data.DataLoader(tabular(12, seed=1), batch_size=batch_size))  # fmt: skip
+    return (
+        torch.utils.data.DataLoader(data, batch_size=batch_size),
+        torch.utils.data.DataLoader(tabular(12, seed=1), batch_size=batch_size),
+    )
 
 
 def lightning_trainer(tmp_path, callbacks, **kwargs):
-    options = dict(max_epochs=2, accelerator="cpu", devices=1, enable_progress_bar=False, enable_model_summary=False,
-                   logger=False, enable_checkpointing=False, default_root_dir=tmp_path, num_sanity_val_steps=0)  # fmt: skip
+    options = dict(
+        max_epochs=2,
+        accelerator="cpu",
+        devices=1,
+        enable_progress_bar=False,
+        enable_model_summary=False,
+        logger=False,
+        enable_checkpointing=False,
+        default_root_dir=tmp_path,
+        num_sanity_val_steps=0,
+    )
     return L.Trainer(callbacks=callbacks, **{**options, **kwargs})
 
 
@@ -177,8 +194,12 @@ def test_lightning_equals_the_slow_reference_with_accumulation_and_a_skipped_fp1
     probe = tabular(12, seed=1).tensors[0][:5]
     callback = pl_integration.RegimesCallback(probe, out=tmp_path / "run", score="val_acc")
     reference = LightningReference(probe)
-    trainer = lightning_trainer(tmp_path, [callback, reference], accumulate_grad_batches=3,
-                                plugins=[MixedPrecision("16-mixed", "cpu", torch.amp.GradScaler("cpu"))])  # fmt: skip
+    trainer = lightning_trainer(
+        tmp_path,
+        [callback, reference],
+        accumulate_grad_batches=3,
+        plugins=[MixedPrecision("16-mixed", "cpu", torch.amp.GradScaler("cpu"))],
+    )
     trainer.fit(Classifier(poison_batch=4), *loaders())
     # 10 batches of 4 in groups of 3: 4 optimizer steps an epoch, 8 in all, one skipped.
     assert trainer.global_step == 8 and reference.reference.skipped == 1
@@ -189,8 +210,10 @@ def test_lightning_equals_the_slow_reference_with_accumulation_and_a_skipped_fp1
     summary = RunDirectory(tmp_path / "run").read_summary()
     assert summary.score_name == "val_acc" and summary.best_score is not None and summary["integration"] == "lightning"
     with capsys.disabled():
-        print(f"\nlightning vs slow reference: max relative dw difference {differences['dw']:.2e}, "
-              f"max da difference {differences['da']:.2e}")
+        print(
+            f"\nlightning vs slow reference: max relative dw difference {differences['dw']:.2e}, "
+            f"max da difference {differences['da']:.2e}"
+        )
 
 
 def test_lightning_logs_to_tensorboard_every_log_every_n_steps(tmp_path):
@@ -198,8 +221,7 @@ def test_lightning_logs_to_tensorboard_every_log_every_n_steps(tmp_path):
 
     callback = pl_integration.RegimesCallback("val", probe_size=4, out=tmp_path / "run", log_sites=True)
     logger = TensorBoardLogger(tmp_path / "tb", name="fit")
-    trainer = lightning_trainer(tmp_path, [callback], logger=[logger, CSVLogger(tmp_path / "csv")],
-                                log_every_n_steps=3)  # fmt: skip
+    trainer = lightning_trainer(tmp_path, [callback], logger=[logger, CSVLogger(tmp_path / "csv")], log_every_n_steps=3)
     trainer.fit(Classifier(), *loaders())
     events = EventAccumulator(logger.log_dir)
     events.Reload()
@@ -230,8 +252,13 @@ def test_lightning_resume_from_a_checkpoint_continues_the_curves(tmp_path):
     def fit(out, max_epochs, ckpt_path=None, checkpoints=None):
         callback = pl_integration.RegimesCallback("val", probe_size=4, out=out)
         saving = [ModelCheckpoint(dirpath=checkpoints, save_top_k=-1, every_n_epochs=1)] if checkpoints else []
-        trainer = lightning_trainer(tmp_path, [callback, *saving], max_epochs=max_epochs, accumulate_grad_batches=2,
-                                    enable_checkpointing=bool(checkpoints))  # fmt: skip
+        trainer = lightning_trainer(
+            tmp_path,
+            [callback, *saving],
+            max_epochs=max_epochs,
+            accumulate_grad_batches=2,
+            enable_checkpointing=bool(checkpoints),
+        )
         trainer.fit(Classifier(lr=0.2), *loaders(), ckpt_path=ckpt_path)
         return callback
 
@@ -248,10 +275,12 @@ def test_lightning_resume_from_a_checkpoint_continues_the_curves(tmp_path):
 
 def test_lightning_refuses_a_fresh_fit_over_a_finished_run_unless_forced(tmp_path):
     lightning_trainer(tmp_path, [pl_integration.RegimesCallback("val", probe_size=2)], max_epochs=1).fit(
-        Classifier(), *loaders())  # fmt: skip
+        Classifier(), *loaders()
+    )
     with pytest.raises(FileExistsError, match="force=True"):
         lightning_trainer(tmp_path, [pl_integration.RegimesCallback("val", probe_size=2)], max_epochs=1).fit(
-            Classifier(), *loaders())  # fmt: skip
+            Classifier(), *loaders()
+        )
     callback = pl_integration.RegimesCallback("val", probe_size=2, force=True)
     lightning_trainer(tmp_path, [callback], max_epochs=1).fit(Classifier(), *loaders())
     assert RunDirectory(tmp_path / "regimes").read_summary().steps == callback.tracker.iteration == 10
@@ -292,20 +321,46 @@ def pad(rows):
 
 def tiny_bert():
     torch.manual_seed(0)
-    config = transformers.BertConfig(vocab_size=50, hidden_size=16, num_hidden_layers=2, num_attention_heads=2,
-                                     intermediate_size=32, hidden_act="relu", max_position_embeddings=32, num_labels=2,
-                                     hidden_dropout_prob=0.0, attention_probs_dropout_prob=0.0)  # fmt: skip
+    config = transformers.BertConfig(
+        vocab_size=50,
+        hidden_size=16,
+        num_hidden_layers=2,
+        num_attention_heads=2,
+        intermediate_size=32,
+        hidden_act="relu",
+        max_position_embeddings=32,
+        num_labels=2,
+        hidden_dropout_prob=0.0,
+        attention_probs_dropout_prob=0.0,
+    )
     return transformers.BertForSequenceClassification(config)
 
 
 def hf_trainer(tmp_path, callbacks=(), **kwargs):
-    options = dict(output_dir=str(tmp_path / "hf"), per_device_train_batch_size=4, gradient_accumulation_steps=2,
-                   num_train_epochs=2, logging_steps=1, save_strategy="no", report_to=[], use_cpu=True,
-                   disable_tqdm=True, learning_rate=1e-2, remove_unused_columns=False, eval_strategy="epoch",
-                   seed=0)  # fmt: skip
+    options = dict(
+        output_dir=str(tmp_path / "hf"),
+        per_device_train_batch_size=4,
+        gradient_accumulation_steps=2,
+        num_train_epochs=2,
+        logging_steps=1,
+        save_strategy="no",
+        report_to=[],
+        use_cpu=True,
+        disable_tqdm=True,
+        learning_rate=1e-2,
+        remove_unused_columns=False,
+        eval_strategy="epoch",
+        seed=0,
+    )
     args = transformers.TrainingArguments(**{**options, **kwargs})
-    return transformers.Trainer(model=tiny_bert(), args=args, train_dataset=TokenRows(28, 0), eval_dataset=TokenRows(12, 1),
-                                data_collator=pad, callbacks=list(callbacks))  # fmt: skip
+    return transformers.Trainer(
+        model=tiny_bert(),
+        args=args,
+        train_dataset=TokenRows(28, 0),
+        eval_dataset=TokenRows(12, 1),
+        data_collator=pad,
+        callbacks=list(callbacks),
+    )
 
 
 class TrainerReference(transformers.TrainerCallback):
@@ -324,8 +379,9 @@ def test_trainer_on_a_tiny_relu_bert_with_padding_and_accumulation_equals_the_sl
     assert (probe["attention_mask"] == 0).any()  # padded positions in the probe
     reference = TrainerReference(probe)
     trainer = hf_trainer(tmp_path, [reference])
-    callback = hf_integration.RegimesCallback("eval", probe_size=5, out=tmp_path / "run", score="eval_loss",
-                                              higher_is_better=False).attach(trainer)  # fmt: skip
+    callback = hf_integration.RegimesCallback(
+        "eval", probe_size=5, out=tmp_path / "run", score="eval_loss", higher_is_better=False
+    ).attach(trainer)
     trainer.train()
     # 28 rows in batches of 4, two per update: 4 updates an epoch (the last of one batch), 8 in all.
     assert trainer.state.global_step == callback.tracker.iteration == 8
@@ -338,8 +394,10 @@ def test_trainer_on_a_tiny_relu_bert_with_padding_and_accumulation_equals_the_sl
     assert [entry["step"] for entry in logged] == list(range(1, 9))
     np.testing.assert_array_equal([entry["regimes/delta_w"] for entry in logged], callback.tracker.delta_w)
     with capsys.disabled():
-        print(f"\ntrainer vs slow reference: max relative dw difference {differences['dw']:.2e}, "
-              f"max da difference {differences['da']:.2e}")
+        print(
+            f"\ntrainer vs slow reference: max relative dw difference {differences['dw']:.2e}, "
+            f"max da difference {differences['da']:.2e}"
+        )
 
 
 def test_trainer_probe_drawn_from_a_data_set_drops_the_columns_the_model_does_not_take(tmp_path):
@@ -359,8 +417,14 @@ def test_trainer_resume_from_a_checkpoint_equals_the_uninterrupted_fit(tmp_path)
                 control.should_training_stop = True
 
     def train(out, output_dir, resume=None, stop=False):
-        trainer = hf_trainer(tmp_path, [StopAt()] if stop else [], output_dir=str(output_dir), save_strategy="steps",
-                             save_steps=2, eval_strategy="no")  # fmt: skip
+        trainer = hf_trainer(
+            tmp_path,
+            [StopAt()] if stop else [],
+            output_dir=str(output_dir),
+            save_strategy="steps",
+            save_steps=2,
+            eval_strategy="no",
+        )
         callback = hf_integration.RegimesCallback(TokenRows(12, 1), probe_size=4, out=out).attach(trainer)
         trainer.train(resume_from_checkpoint=resume)
         return callback
@@ -432,8 +496,11 @@ def test_trainer_reports_to_wandb_offline(tmp_path, monkeypatch):
     deadline, logged = time.time() + 30, {}
     while time.time() < deadline:
         (run_file,) = tmp_path.glob("wandb/offline-run-*/run-*.wandb")
-        logged = {int(row["train/global_step"]): float(row["train/regimes/delta_w"])
-                  for row in wandb_history(run_file) if "train/regimes/delta_w" in row}  # fmt: skip
+        logged = {
+            int(row["train/global_step"]): float(row["train/regimes/delta_w"])
+            for row in wandb_history(run_file)
+            if "train/regimes/delta_w" in row
+        }
         if len(logged) >= 4:
             break
         time.sleep(0.5)
@@ -462,8 +529,9 @@ def test_accelerate_loop_with_accumulation_logs_to_tensorboard_and_resumes(tmp_p
     from regimes.integrations.accelerate import RegimesTracking
 
     def loop(out, epochs, resume_from=None, save_to=None, reference=None):
-        accelerator = accelerate.Accelerator(cpu=True, gradient_accumulation_steps=2, log_with="tensorboard",
-                                             project_dir=str(tmp_path / "acc"))  # fmt: skip
+        accelerator = accelerate.Accelerator(
+            cpu=True, gradient_accumulation_steps=2, log_with="tensorboard", project_dir=str(tmp_path / "acc")
+        )
         accelerator.init_trackers(out.name)
         torch.manual_seed(0)
         model = nn.Sequential(nn.Linear(6, 16), nn.ReLU(), nn.Linear(16, 3))
@@ -516,11 +584,14 @@ def test_accelerate_loop_with_accumulation_logs_to_tensorboard_and_resumes(tmp_p
 # ---------------------------------------------------------------------- the optional-dependency gate
 
 
-@pytest.mark.parametrize(("module", "blocked", "extra"), [
-    ("regimes.integrations.lightning", "lightning", "lightning"),
-    ("regimes.integrations.accelerate", "accelerate", "accelerate"),
-    ("regimes.integrations.huggingface", "transformers", "transformers"),
-])  # fmt: skip
+@pytest.mark.parametrize(
+    ("module", "blocked", "extra"),
+    [
+        ("regimes.integrations.lightning", "lightning", "lightning"),
+        ("regimes.integrations.accelerate", "accelerate", "accelerate"),
+        ("regimes.integrations.huggingface", "transformers", "transformers"),
+    ],
+)
 def test_an_adapter_without_its_library_is_one_clear_message(monkeypatch, module, blocked, extra):
     import importlib
 

@@ -88,8 +88,13 @@ def lightning_fit(tmp_path, out, module, max_epochs, ckpt_path=None, checkpoints
     callback = pl_integration.RegimesCallback("val", probe_size=12, out=out, **options)
     listener = LightningListener(callback)
     saving = [ModelCheckpoint(dirpath=checkpoints, save_top_k=-1, every_n_epochs=1)] if checkpoints else []
-    trainer = lightning_trainer(tmp_path, [callback, listener, *saving], max_epochs=max_epochs, logger=logger,
-                                enable_checkpointing=bool(checkpoints))  # fmt: skip
+    trainer = lightning_trainer(
+        tmp_path,
+        [callback, listener, *saving],
+        max_epochs=max_epochs,
+        logger=logger,
+        enable_checkpointing=bool(checkpoints),
+    )
     trainer.fit(module, *loaders(), ckpt_path=ckpt_path)
     return callback, listener, module
 
@@ -155,8 +160,9 @@ def test_lightning_freeze_after_an_epoch_keeps_da_at_zero_and_a_resume_installs_
 
     lightning_fit(tmp_path, tmp_path / "resumed", Classifier(lr=0.5), 3, checkpoints=tmp_path / "ckpt", freeze=2)
     (checkpoint,) = (tmp_path / "ckpt").glob("epoch=2-*.ckpt")  # after the freeze
-    resumed, again, resumed_module = lightning_fit(tmp_path, tmp_path / "resumed", Classifier(lr=0.5), 4,
-                                                   ckpt_path=checkpoint, freeze=2)  # fmt: skip
+    resumed, again, resumed_module = lightning_fit(
+        tmp_path, tmp_path / "resumed", Classifier(lr=0.5), 4, ckpt_path=checkpoint, freeze=2
+    )
     assert resumed.gates.installed and again.gated == [True]
     a, b = RunDirectory(tmp_path / "whole").read_steps(), RunDirectory(tmp_path / "resumed").read_steps()
     assert list(a) == list(b)
@@ -225,18 +231,33 @@ def trainer_fit(tmp_path, out, epochs=8, resume=None, stop_at=None, save=None, o
                 control.should_training_stop = True
 
     args = transformers.TrainingArguments(
-        output_dir=str(tmp_path / output_dir), per_device_train_batch_size=4, num_train_epochs=epochs,
-        logging_steps=1, save_strategy="no" if save is None else "epoch" if save == "epoch" else "steps",
-        save_steps=save if isinstance(save, int) else 500, report_to=[], use_cpu=True, disable_tqdm=True,
-        learning_rate=0.5, remove_unused_columns=False, eval_strategy="epoch", seed=0,
-    )  # fmt: skip
+        output_dir=str(tmp_path / output_dir),
+        per_device_train_batch_size=4,
+        num_train_epochs=epochs,
+        logging_steps=1,
+        save_strategy="no" if save is None else "epoch" if save == "epoch" else "steps",
+        save_steps=save if isinstance(save, int) else 500,
+        report_to=[],
+        use_cpu=True,
+        disable_tqdm=True,
+        learning_rate=0.5,
+        remove_unused_columns=False,
+        eval_strategy="epoch",
+        seed=0,
+    )
     model = tiny_bert()
     optimizer = torch.optim.SGD(model.parameters(), lr=0.5)
     schedule = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda step: 0.5 ** (step / 7))
     listener = TrainerListener()
-    trainer = transformers.Trainer(model=model, args=args, train_dataset=TokenRows(28, 0), eval_dataset=TokenRows(12, 1),
-                                   data_collator=pad, callbacks=[listener, *([StopAt()] if stop_at else [])],
-                                   optimizers=(optimizer, schedule))  # fmt: skip
+    trainer = transformers.Trainer(
+        model=model,
+        args=args,
+        train_dataset=TokenRows(28, 0),
+        eval_dataset=TokenRows(12, 1),
+        data_collator=pad,
+        callbacks=[listener, *([StopAt()] if stop_at else [])],
+        optimizers=(optimizer, schedule),
+    )
     callback = hf_integration.RegimesCallback("eval", probe_size=12, out=out, **options).attach(trainer)
     listener.regimes_callback = callback
     trainer.train(resume_from_checkpoint=resume)
@@ -256,7 +277,9 @@ def test_trainer_tells_its_callbacks_what_the_offline_detector_says_logs_it_and_
     # Stopped at update 30, inside epoch 5 (updates 29-35), after the first event: the resumed
     # fit replays what the detector had heard (to update 28) and tells the rest, from 29 on.
     trainer_fit(tmp_path, tmp_path / "resumed", stop_at=30, save=10, output_dir="b")
-    _, rest, _ = trainer_fit(tmp_path, tmp_path / "resumed", resume=str(tmp_path / "b" / "checkpoint-30"), output_dir="b")
+    _, rest, _ = trainer_fit(
+        tmp_path, tmp_path / "resumed", resume=str(tmp_path / "b" / "checkpoint-30"), output_dir="b"
+    )
     told_before = [t for t in expected if t[2] <= 4]
     assert told_before and rest.heard == [t for t in expected if t not in told_before]
     resumed = RunDirectory(tmp_path / "resumed").read_summary()
@@ -284,8 +307,9 @@ def test_trainer_freeze_after_an_epoch_and_a_resume_after_it_equal_the_uninterru
     trainer_fit(tmp_path, tmp_path / "resumed", epochs=4, freeze=2, stop_at=21, save="epoch", output_dir="b")
     checkpoint = tmp_path / "b" / "checkpoint-21"
     assert torch.load(checkpoint / hf_integration.STATE_FILE, weights_only=False)["frozen"]["iteration"] == 14
-    resumed, listener, _ = trainer_fit(tmp_path, tmp_path / "resumed", epochs=4, freeze=2, resume=str(checkpoint),
-                                       output_dir="b")  # fmt: skip
+    resumed, listener, _ = trainer_fit(
+        tmp_path, tmp_path / "resumed", epochs=4, freeze=2, resume=str(checkpoint), output_dir="b"
+    )
     assert resumed.gates.installed and listener.gated == [True]
     a, b = RunDirectory(tmp_path / "whole").read_steps(), RunDirectory(tmp_path / "resumed").read_steps()
     assert list(a) == list(b)
@@ -309,8 +333,15 @@ def test_accelerate_calls_the_users_function_and_freezes(tmp_path):
     loader = torch.utils.data.DataLoader(tabular(), batch_size=4)
     model, optimizer, loader = accelerator.prepare(model, optimizer, loader)
     heard = []
-    tracking = RegimesTracking(accelerator, model, tabular(12, seed=1).tensors[0], out=tmp_path / "run",
-                               freeze="auto", epochs=9, on_regime_change=lambda **told: heard.append(told))  # fmt: skip
+    tracking = RegimesTracking(
+        accelerator,
+        model,
+        tabular(12, seed=1).tensors[0],
+        out=tmp_path / "run",
+        freeze="auto",
+        epochs=9,
+        on_regime_change=lambda **told: heard.append(told),
+    )
     for epoch in range(1, 10):
         for x, y in loader:
             accelerator.backward(nn.functional.cross_entropy(model(x), y))

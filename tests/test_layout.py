@@ -90,7 +90,9 @@ def test_the_cycle_finder_finds_a_circle_hidden_in_a_function():
     path = PACKAGE / "_probe_of_the_test.py"
     try:
         path.write_text(ast.unparse(tree))
-        assert imports_of("regimes._probe_of_the_test", path, {**module_names(), "regimes.run": None}) == {"regimes.run"}
+        assert imports_of("regimes._probe_of_the_test", path, {**module_names(), "regimes.run": None}) == {
+            "regimes.run"
+        }
     finally:
         path.unlink()
 
@@ -118,8 +120,9 @@ def import_each_alone(names, package: str = "regimes", path: str = "") -> str:
     """Import each module with no other module of `package` loaded before it (third-party
     packages stay loaded); what failed, one line each."""
     optional = ",".join(sorted(set(EXTRAS) | {"wandb"}))
-    done = subprocess.run([sys.executable, "-c", ALONE, path, package, optional, *names], capture_output=True,
-                          text=True, timeout=600)  # fmt: skip
+    done = subprocess.run(
+        [sys.executable, "-c", ALONE, path, package, optional, *names], capture_output=True, text=True, timeout=600
+    )
     assert done.returncode == 0, done.stderr
     return done.stdout
 

@@ -47,8 +47,9 @@ def test_tensorboard_gets_every_measurement_and_epoch_while_the_run_trains(tmp_p
         assert [s.step for s in scalars] == steps["iteration"].tolist()
         np.testing.assert_allclose([s.value for s in scalars], steps[column], rtol=1e-6)  # stored as float32
     epochs = RunDirectory(tmp_path / "run").read_epochs()
-    np.testing.assert_allclose([s.value for s in events.Scalars("epoch/val_score")], [r["val_score"] for r in epochs],
-                               rtol=1e-6)  # fmt: skip
+    np.testing.assert_allclose(
+        [s.value for s in events.Scalars("epoch/val_score")], [r["val_score"] for r in epochs], rtol=1e-6
+    )
 
 
 @pytest.mark.slow
@@ -74,8 +75,11 @@ def test_mlflow_and_wandb_runs_hold_the_curves(tmp_path, monkeypatch):
     deadline, logged = time.time() + 30, {}
     while time.time() < deadline:  # W&B's service writes the offline file on its own schedule
         (run_file,) = out.glob("wandb/offline-run-*/run-*.wandb")
-        logged = {int(row["_step"]): float(row["regimes/delta_w"]) for row in wandb_history(run_file)
-                  if "regimes/delta_w" in row}  # fmt: skip
+        logged = {
+            int(row["_step"]): float(row["regimes/delta_w"])
+            for row in wandb_history(run_file)
+            if "regimes/delta_w" in row
+        }
         if len(logged) >= len(steps["iteration"]):
             break
         time.sleep(0.5)

@@ -55,7 +55,9 @@ def test_neuron_stats_match_a_slow_reference(name, bit_backend):  # noqa: F811
     expected = np.array(expected)  # [N, L, 3]
     for j, site in enumerate(tracker.sites):
         for k, kind in enumerate(("on", "dead", "always_on")):
-            np.testing.assert_allclose(records[f"{kind}:{site}"], expected[:, j, k], rtol=1e-12, err_msg=f"{kind}:{site}")
+            np.testing.assert_allclose(
+                records[f"{kind}:{site}"], expected[:, j, k], rtol=1e-12, err_msg=f"{kind}:{site}"
+            )
     for k, kind in enumerate(("on", "dead", "always_on")):
         np.testing.assert_allclose(records[kind], expected[:, :, k].mean(1), rtol=1e-12)
     units = tracker.layout.units

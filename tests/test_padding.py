@@ -17,6 +17,7 @@ def reference_da(model, probe_kwargs, modules, token_masks, train_step, steps, z
     """Per-site flipped fraction over real tokens only, step by step. `modules`: one per site,
     whose input (or output, with `z_is_output`) is the site's z; `token_masks[i]`: bool mask
     over the rows of site i after flattening its leading positions (True = a real token)."""
+
     def patterns():
         seen = []
 
@@ -55,9 +56,17 @@ def reference_da(model, probe_kwargs, modules, token_masks, train_step, steps, z
 def test_opt_flattened_layout_masks_padding():
     transformers = pytest.importorskip("transformers")
     torch.manual_seed(0)
-    config = transformers.OPTConfig(vocab_size=40, hidden_size=16, ffn_dim=32, num_hidden_layers=2,
-                                    num_attention_heads=2, max_position_embeddings=32, word_embed_proj_dim=16,
-                                    activation_function="relu", dropout=0.0)  # fmt: skip
+    config = transformers.OPTConfig(
+        vocab_size=40,
+        hidden_size=16,
+        ffn_dim=32,
+        num_hidden_layers=2,
+        num_attention_heads=2,
+        max_position_embeddings=32,
+        word_embed_proj_dim=16,
+        activation_function="relu",
+        dropout=0.0,
+    )
     model = transformers.OPTForCausalLM(config)
     mask = torch.tensor([[1, 1, 1, 1, 1, 1], [1, 1, 1, 1, 0, 0], [1, 1, 0, 0, 0, 0]])
     probe = {"input_ids": torch.randint(3, 40, (3, 6)), "attention_mask": mask}
@@ -85,13 +94,24 @@ def test_opt_flattened_layout_masks_padding():
 @pytest.mark.parametrize("batch_first", [False, True])
 def test_pytorch_key_padding_masks(batch_first):
     torch.manual_seed(0)
-    model = nn.Transformer(d_model=16, nhead=2, num_encoder_layers=1, num_decoder_layers=1, dim_feedforward=24,
-                           dropout=0.0, batch_first=batch_first)  # fmt: skip
+    model = nn.Transformer(
+        d_model=16,
+        nhead=2,
+        num_encoder_layers=1,
+        num_decoder_layers=1,
+        dim_feedforward=24,
+        dropout=0.0,
+        batch_first=batch_first,
+    )
     src_pad = torch.tensor([[False] * 5, [False, False, False, True, True]])  # True = padding
     tgt_pad = torch.tensor([[False, False, True, True, True], [False] * 5])  # same length: names decide
     shape = (2, 5, 16) if batch_first else (5, 2, 16)
-    probe = {"src": torch.randn(shape), "tgt": torch.randn(shape),
-             "src_key_padding_mask": src_pad, "tgt_key_padding_mask": tgt_pad}  # fmt: skip
+    probe = {
+        "src": torch.randn(shape),
+        "tgt": torch.randn(shape),
+        "src_key_padding_mask": src_pad,
+        "tgt_key_padding_mask": tgt_pad,
+    }
     tracker = regimes.Tracker(model, probe)
     assert tracker.sites == ["encoder.layers.0.relu()", "decoder.layers.0.relu()"]
     assert [s.units for s in tracker.layout.sites] == [8 * 24, 7 * 24]

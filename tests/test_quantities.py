@@ -53,8 +53,14 @@ def test_records_are_named_and_read_incrementally():
     model, probe, data, loss_fn = make_case("mlp")
     opt = torch.optim.SGD(model.parameters(), lr=0.5)
     tracker = regimes.Tracker(model, probe, sync_every=3)
-    names = ["dw", "dw_layerwise", *(f"dw:{n}" for n in tracker.parameter_names), "da", "da_units",
-             *(f"da:{s}" for s in tracker.sites)]  # fmt: skip
+    names = [
+        "dw",
+        "dw_layerwise",
+        *(f"dw:{n}" for n in tracker.parameter_names),
+        "da",
+        "da_units",
+        *(f"da:{s}" for s in tracker.sites),
+    ]
     assert tracker.history.columns == names
     seen = []
     for _ in range(7):

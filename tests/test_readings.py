@@ -43,17 +43,23 @@ def test_da_units_pools_flips_over_every_unit(name):
 def curves(steps=120, seed=0):
     rng = np.random.default_rng(seed)
     t = np.arange(steps)
-    return {"dw": np.exp(-t / 60) + 0.01 * rng.random(steps), "dw_layerwise": np.exp(-t / 40),
-            "da": np.exp(-t / 10), "da_units": np.exp(-t / 25) + 0.02 * rng.random(steps)}  # fmt: skip
+    return {
+        "dw": np.exp(-t / 60) + 0.01 * rng.random(steps),
+        "dw_layerwise": np.exp(-t / 40),
+        "da": np.exp(-t / 10),
+        "da_units": np.exp(-t / 25) + 0.02 * rng.random(steps),
+    }
 
 
 @pytest.mark.parametrize("weight_change", ["layerwise", "global"])
 def test_summarize_run_gives_every_reading(weight_change):
     c = curves()
     numbers = analysis.summarize_run(c, batches_per_epoch=10, weight_change=weight_change)
-    by_hand = {(w, p): analysis.summarize(c[wc], c[pc], 10)
-               for w, wc in [("global", "dw"), ("layerwise", "dw_layerwise")]
-               for p, pc in [("sites", "da"), ("units", "da_units")]}  # fmt: skip
+    by_hand = {
+        (w, p): analysis.summarize(c[wc], c[pc], 10)
+        for w, wc in [("global", "dw"), ("layerwise", "dw_layerwise")]
+        for p, pc in [("sites", "da"), ("units", "da_units")]
+    }
     assert numbers["rho"] == by_hand[(weight_change, "sites")]["rho"]
     assert numbers["rho_units"] == by_hand[(weight_change, "units")]["rho"]
     for w in ("global", "layerwise"):
@@ -134,8 +140,10 @@ def test_the_report_and_a_sweeps_seed_statistics_carry_the_pooled_readings(tmp_p
     from regimes.runs import load_runs, seed_statistics
 
     monkeypatch.setenv("REGIMES_DATA", str(tmp_path / "data"))
-    summaries = [dict(train_run(get_preset("mlp-breast-cancer").replace(max_epochs=2, seed=s), tmp_path / f"s{s}"))
-                 for s in (0, 1)]  # fmt: skip
+    summaries = [
+        dict(train_run(get_preset("mlp-breast-cancer").replace(max_epochs=2, seed=s), tmp_path / f"s{s}"))
+        for s in (0, 1)
+    ]
     statistics = seed_statistics(summaries)
     for key in ("rho_units", "rho_global_units", "rho_layerwise_units"):
         assert statistics[key] == pytest.approx(np.mean([s[key] for s in summaries]), rel=1e-12)

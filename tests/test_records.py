@@ -24,7 +24,7 @@ from regimes.records import (
     is_run_directory,
     is_sweep_directory,
     software_versions,
-)  # fmt: skip
+)
 
 SITES = ("features.relu", "classifier.1")
 
@@ -137,10 +137,16 @@ def test_truncate_steps_keeps_exactly_iterations_up_to_n(run, n):
 
 def test_epochs_round_trip(run):
     rows = [
-        {"epoch": e, "train_loss": 1 / e, "train_score": 0.5 + e / 10, "val_loss": 1.1 / e,
-         "val_score": 0.4 + e / 10, "seconds": 0.25 * e}
+        {
+            "epoch": e,
+            "train_loss": 1 / e,
+            "train_score": 0.5 + e / 10,
+            "val_loss": 1.1 / e,
+            "val_score": 0.4 + e / 10,
+            "seconds": 0.25 * e,
+        }
         for e in (1, 2, 3)
-    ]  # fmt: skip
+    ]
     assert run.read_epochs() == []
     run.write_epochs(rows[:2])
     run.write_epochs(rows)  # rewritten whole each epoch
@@ -302,15 +308,41 @@ def test_failed_is_accepted_with_its_error(run):
 
 # What training's summary held before the typed summary (the golden mlp-digits run's keys).
 OLD_SUMMARY = {
-    "preset": "mlp-digits", "model": "mlp", "dataset": "digits", "optimizer": "sgd", "momentum": 0.0,
-    "nesterov": False, "weight_decay": 1e-4, "lr": 0.01, "batch_size": 64, "precision": "fp32", "seed": 0,
-    "score_name": "accuracy", "higher_is_better": True, "best_score": 0.9444444444444444, "best_epoch": 4,
-    "stop_epoch": 4, "max_epochs": 4, "auc_w": 0.26707290543565865, "auc_p": 0.2112553400920697,
-    "rho": 1.264218482331677, "stabilization_w": 0.8023255813953488, "stabilization_p": 0.6744186046511628,
-    "window": 7, "batches_per_epoch": 23, "steps": 92, "sites": ["blocks.0.relu", "blocks.1.relu"],
-    "probe_size": 13, "train_size": 1437, "val_size": 360, "data_source": "scikit-learn", "status": "finished",
-    "seconds": 1.5, "device": "cpu", "versions": {"python": "3.11.7", "torch": "2.4.0"},
-}  # fmt: skip
+    "preset": "mlp-digits",
+    "model": "mlp",
+    "dataset": "digits",
+    "optimizer": "sgd",
+    "momentum": 0.0,
+    "nesterov": False,
+    "weight_decay": 1e-4,
+    "lr": 0.01,
+    "batch_size": 64,
+    "precision": "fp32",
+    "seed": 0,
+    "score_name": "accuracy",
+    "higher_is_better": True,
+    "best_score": 0.9444444444444444,
+    "best_epoch": 4,
+    "stop_epoch": 4,
+    "max_epochs": 4,
+    "auc_w": 0.26707290543565865,
+    "auc_p": 0.2112553400920697,
+    "rho": 1.264218482331677,
+    "stabilization_w": 0.8023255813953488,
+    "stabilization_p": 0.6744186046511628,
+    "window": 7,
+    "batches_per_epoch": 23,
+    "steps": 92,
+    "sites": ["blocks.0.relu", "blocks.1.relu"],
+    "probe_size": 13,
+    "train_size": 1437,
+    "val_size": 360,
+    "data_source": "scikit-learn",
+    "status": "finished",
+    "seconds": 1.5,
+    "device": "cpu",
+    "versions": {"python": "3.11.7", "torch": "2.4.0"},
+}
 
 
 def test_run_summary_reads_an_old_summary(run):
@@ -412,7 +444,10 @@ def test_sweep_directory(tmp_path):
     run.write_summary(RunSummary(status=Status.FINISHED))
 
     assert sweep.read_table(sweep.TRIALS) == [] and sweep.read_selected() == {}
-    rows = [{"trial": "a", "status": Status.FINISHED, "rho": float("nan")}, {"trial": "b", "status": Status.FAILED, "rho": 1.0}]
+    rows = [
+        {"trial": "a", "status": Status.FINISHED, "rho": float("nan")},
+        {"trial": "b", "status": Status.FAILED, "rho": 1.0},
+    ]
     sweep.write_table(sweep.TRIALS, rows)
     assert pd.read_csv(sweep.table_path(sweep.TRIALS, "csv")).status.tolist() == ["finished", "failed"]
     assert [r["status"] for r in sweep.read_table(sweep.TRIALS)] == ["finished", "failed"]

@@ -21,37 +21,83 @@ from regimes.report import aggregate_line, format_table, load_runs, render, shor
 PNG = b"\x89PNG\r\n\x1a\n"
 
 
-def make_run(path, model="mlp", dataset="breast-cancer", *, optimizer="sgd", lr=1e-2, wd=1e-4,
-             epochs=6, batches_per_epoch=40, tau_w=200.0, tau_a=50.0, higher_is_better=True,
-             status="finished", config_extra=None):  # fmt: skip
+def make_run(
+    path,
+    model="mlp",
+    dataset="breast-cancer",
+    *,
+    optimizer="sgd",
+    lr=1e-2,
+    wd=1e-4,
+    epochs=6,
+    batches_per_epoch=40,
+    tau_w=200.0,
+    tau_a=50.0,
+    higher_is_better=True,
+    status="finished",
+    config_extra=None,
+):
     """A small but consistent run directory written through the records API.
 
     dw = exp(-t / tau_w) and da = exp(-t / tau_a): the pattern settles first, so rho > 1.
     """
     run = RunDirectory(path)
-    config = {"model": model, "dataset": dataset, "optimizer": optimizer, "lr": lr,
-              "weight_decay": wd, "epochs": epochs, **(config_extra or {})}  # fmt: skip
+    config = {
+        "model": model,
+        "dataset": dataset,
+        "optimizer": optimizer,
+        "lr": lr,
+        "weight_decay": wd,
+        "epochs": epochs,
+        **(config_extra or {}),
+    }
     run.create(config)
     t = np.arange(1, epochs * batches_per_epoch + 1)
     dw, da = np.exp(-t / tau_w), np.exp(-t / tau_a)
     rows = []
     for e in range(1, epochs + 1):
         part = slice((e - 1) * batches_per_epoch, e * batches_per_epoch)
-        run.append_steps({"iteration": t[part], "epoch": np.full(batches_per_epoch, e), "dw": dw[part],
-                          "da": da[part], "da:relu1": da[part], "da:relu2": da[part]})  # fmt: skip
+        run.append_steps(
+            {
+                "iteration": t[part],
+                "epoch": np.full(batches_per_epoch, e),
+                "dw": dw[part],
+                "da": da[part],
+                "da:relu1": da[part],
+                "da:relu2": da[part],
+            }
+        )
         score = 1 - 0.5 * math.exp(-e / 2) if higher_is_better else 20 + 100 * math.exp(-e / 2)
-        rows.append({"epoch": e, "train_loss": 1 / e, "train_score": score, "val_loss": 1.2 / e,
-                     "val_score": score - 0.02, "seconds": 0.1})  # fmt: skip
+        rows.append(
+            {
+                "epoch": e,
+                "train_loss": 1 / e,
+                "train_score": score,
+                "val_loss": 1.2 / e,
+                "val_score": score - 0.02,
+                "seconds": 0.1,
+            }
+        )
     run.write_epochs(rows)
     best = max(rows, key=lambda r: r["val_score"] if higher_is_better else -r["val_score"])
     numbers = summarize(dw, da, batches_per_epoch)
-    run.write_summary({
-        "model": model, "dataset": dataset, "optimizer": optimizer, "weight_decay": wd, "lr": lr,
-        "best_score": best["val_score"], "best_epoch": best["epoch"], "stop_epoch": epochs,
-        "score_name": "accuracy" if higher_is_better else "perplexity",
-        "higher_is_better": higher_is_better, "batches_per_epoch": batches_per_epoch,
-        "status": status, **numbers,
-    })  # fmt: skip
+    run.write_summary(
+        {
+            "model": model,
+            "dataset": dataset,
+            "optimizer": optimizer,
+            "weight_decay": wd,
+            "lr": lr,
+            "best_score": best["val_score"],
+            "best_epoch": best["epoch"],
+            "stop_epoch": epochs,
+            "score_name": "accuracy" if higher_is_better else "perplexity",
+            "higher_is_better": higher_is_better,
+            "batches_per_epoch": batches_per_epoch,
+            "status": status,
+            **numbers,
+        }
+    )
     return run
 
 
@@ -74,8 +120,11 @@ def test_load_runs_nested_folders_in_study_order(tmp_path):
 
     runs = load_runs([tmp_path])
     assert [(r["model"], r["dataset"]) for r in runs] == [
-        ("mlp", "adult"), ("mlp", "har"), ("mlp", "digits"), ("lenet5", "mnist"),
-    ]  # fmt: skip
+        ("mlp", "adult"),
+        ("mlp", "har"),
+        ("mlp", "digits"),
+        ("lenet5", "mnist"),
+    ]
     assert runs[0]["path"] == str(tmp_path / "b" / "deeper" / "run")
     assert runs[0]["config"]["optimizer"] == "sgd"
 
@@ -99,10 +148,26 @@ def test_load_runs_says_when_a_path_holds_no_run(tmp_path):
 @pytest.fixture
 def three_runs(tmp_path):
     make_run(tmp_path / "r1", "mlp", "breast-cancer", lr=1e-2, wd=1e-4)
-    make_run(tmp_path / "r2", "resnet34", "tinyimagenet", lr=1e-3, wd=5e-3, epochs=4,
-             config_extra={"momentum": 0.9, "nesterov": True})  # fmt: skip
-    make_run(tmp_path / "r3", "gpt2", "wikitext", optimizer="adamw", lr=3e-4, wd=1e-2, epochs=3,
-             tau_w=60.0, higher_is_better=False)  # fmt: skip
+    make_run(
+        tmp_path / "r2",
+        "resnet34",
+        "tinyimagenet",
+        lr=1e-3,
+        wd=5e-3,
+        epochs=4,
+        config_extra={"momentum": 0.9, "nesterov": True},
+    )
+    make_run(
+        tmp_path / "r3",
+        "gpt2",
+        "wikitext",
+        optimizer="adamw",
+        lr=3e-4,
+        wd=1e-2,
+        epochs=3,
+        tau_w=60.0,
+        higher_is_better=False,
+    )
     return load_runs([tmp_path])
 
 
@@ -112,8 +177,22 @@ def test_study_table_rows(three_runs):
     assert rows[0]["dataset"] == "Breast Cancer" and rows[1]["dataset"] == "TinyImageNet"
     assert [r["optimizer"] for r in rows] == ["SGD", "SGD, Nesterov 0.9", "AdamW"]
     # Issue 18 added two keys after these: the run's directory name and its validity flags.
-    assert list(rows[0])[:14] == ["model", "dataset", "optimizer", "wd", "lr", "seed", "status", "best_score",
-                                  "stop_epoch", "auc_w", "auc_p", "rho", "rho_global", "rho_layerwise"]  # fmt: skip
+    assert list(rows[0])[:14] == [
+        "model",
+        "dataset",
+        "optimizer",
+        "wd",
+        "lr",
+        "seed",
+        "status",
+        "best_score",
+        "stop_epoch",
+        "auc_w",
+        "auc_p",
+        "rho",
+        "rho_global",
+        "rho_layerwise",
+    ]
     assert list(rows[0])[14:] == ["run", "flags"] and [r["run"] for r in rows] == ["r1", "r2", "r3"]
     for row, run in zip(rows, three_runs):
         assert row["lr"] == run["lr"] and row["wd"] == run["weight_decay"]
@@ -127,9 +206,21 @@ def test_format_markdown(three_runs):
     text = format_table(rows)
     lines = text.splitlines()
     assert [c.strip() for c in lines[0].strip("|").split("|")] == [
-        "model", "dataset", "optimizer", "WD", "LR", "seed", "status", "best val score", "stop epoch", "AUC_W", "AUC_P",
-        "rho", "rho global", "rho layerwise",
-    ]  # fmt: skip
+        "model",
+        "dataset",
+        "optimizer",
+        "WD",
+        "LR",
+        "seed",
+        "status",
+        "best val score",
+        "stop epoch",
+        "AUC_W",
+        "AUC_P",
+        "rho",
+        "rho global",
+        "rho layerwise",
+    ]
     assert set(lines[1]) <= set("|-:") and lines[1].endswith(":|")  # numbers right-aligned
     assert len(lines) == 2 + len(rows)
     first = [c.strip() for c in lines[2].strip("|").split("|")]
@@ -146,8 +237,22 @@ def test_format_csv_parses_back(three_runs):
     rows[2]["rho"] = math.nan  # a missing number is an empty cell
     parsed = list(csv.DictReader(io.StringIO(format_table(rows, "csv"))))
     assert len(parsed) == 3
-    assert list(parsed[0]) == ["model", "dataset", "optimizer", "wd", "lr", "seed", "status", "best_score",
-                               "stop_epoch", "auc_w", "auc_p", "rho", "rho_global", "rho_layerwise"]  # fmt: skip
+    assert list(parsed[0]) == [
+        "model",
+        "dataset",
+        "optimizer",
+        "wd",
+        "lr",
+        "seed",
+        "status",
+        "best_score",
+        "stop_epoch",
+        "auc_w",
+        "auc_p",
+        "rho",
+        "rho_global",
+        "rho_layerwise",
+    ]
     assert parsed[1]["optimizer"] == "SGD, Nesterov 0.9"  # quoted, the comma survives
     assert float(parsed[1]["wd"]) == 5e-3 and float(parsed[1]["lr"]) == 1e-3
     assert float(parsed[0]["rho"]) == pytest.approx(rows[0]["rho"], abs=0.005)

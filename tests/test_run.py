@@ -26,16 +26,32 @@ from regimes.experiment import get_preset, train_run
 from regimes.records import RunDirectory
 
 EPOCHS = 6
-COMPARED = ("window", "steps", "batches_per_epoch", "auc_w", "auc_p", "rho", "rho_global", "rho_layerwise",
-            "stabilization_w", "stabilization_p", "settled_w_online", "settled_p_online", "stop_epoch")  # fmt: skip
+COMPARED = (
+    "window",
+    "steps",
+    "batches_per_epoch",
+    "auc_w",
+    "auc_p",
+    "rho",
+    "rho_global",
+    "rho_layerwise",
+    "stabilization_w",
+    "stabilization_p",
+    "settled_w_online",
+    "settled_p_online",
+    "stop_epoch",
+)
 
 
 def scripted(k: np.ndarray) -> dict[str, np.ndarray]:
     """The curves measured at optimizer step k (k = 1, 2, ...): both decay, the pattern first, with a
     wiggle so that no window is flat; the detector settles both within the run."""
     wiggle = 0.02 * np.sin(1.7 * k)
-    return {"dw": np.exp(-k / 12) + 0.1 + wiggle, "dw_layerwise": np.exp(-k / 10) + 0.2 + wiggle,
-            "da": np.exp(-k / 4) + 0.05 + wiggle}  # fmt: skip
+    return {
+        "dw": np.exp(-k / 12) + 0.1 + wiggle,
+        "dw_layerwise": np.exp(-k / 10) + 0.2 + wiggle,
+        "da": np.exp(-k / 4) + 0.05 + wiggle,
+    }
 
 
 class ScriptedTracker(regimes.Tracker):
@@ -121,8 +137,16 @@ def through_lightning(out, every: int, n: int, batch_size: int) -> dict:
 
     train = data(n)
     callback = RegimesCallback(train.tensors[0][:6], out=out, every=every)
-    trainer = L.Trainer(max_epochs=EPOCHS, accelerator="cpu", devices=1, logger=False, enable_checkpointing=False,
-                        enable_progress_bar=False, enable_model_summary=False, callbacks=[callback])  # fmt: skip
+    trainer = L.Trainer(
+        max_epochs=EPOCHS,
+        accelerator="cpu",
+        devices=1,
+        logger=False,
+        enable_checkpointing=False,
+        enable_progress_bar=False,
+        enable_model_summary=False,
+        callbacks=[callback],
+    )
     trainer.fit(Module(), torch.utils.data.DataLoader(train, batch_size=batch_size))
     return dict(callback.summary)
 
@@ -136,7 +160,11 @@ class HostModel(nn.Module):
 
     def forward(self, x, labels=None):
         logits = self.net(x)
-        return {"logits": logits} if labels is None else {"loss": nn.functional.cross_entropy(logits, labels), "logits": logits}
+        return (
+            {"logits": logits}
+            if labels is None
+            else {"loss": nn.functional.cross_entropy(logits, labels), "logits": logits}
+        )
 
 
 def through_trainer(out, every: int, n: int, batch_size: int) -> dict:
@@ -146,9 +174,17 @@ def through_trainer(out, every: int, n: int, batch_size: int) -> dict:
     train = data(n)
     rows = [{"x": x, "labels": y} for x, y in zip(*train.tensors)]
     callback = RegimesCallback({"x": train.tensors[0][:6]}, out=out, every=every)
-    args = transformers.TrainingArguments(output_dir=str(out.parent / "trainer"), per_device_train_batch_size=batch_size,
-                                          num_train_epochs=EPOCHS, learning_rate=1e-2, report_to=[], save_strategy="no",
-                                          use_cpu=True, disable_tqdm=True, logging_strategy="no")  # fmt: skip
+    args = transformers.TrainingArguments(
+        output_dir=str(out.parent / "trainer"),
+        per_device_train_batch_size=batch_size,
+        num_train_epochs=EPOCHS,
+        learning_rate=1e-2,
+        report_to=[],
+        save_strategy="no",
+        use_cpu=True,
+        disable_tqdm=True,
+        logging_strategy="no",
+    )
     trainer = transformers.Trainer(model=HostModel(), args=args, train_dataset=rows)
     callback.attach(trainer)
     trainer.train()
@@ -164,8 +200,16 @@ def through_accelerate(out, every: int, n: int, batch_size: int) -> dict:
     optimizer = torch.optim.SGD(model.parameters(), lr=1e-2)
     loader = torch.utils.data.DataLoader(train, batch_size=batch_size)
     model, optimizer, loader = accelerator.prepare(model, optimizer, loader)
-    tracking = RegimesTracking(accelerator, model, train.tensors[0][:6], out=out, every=every, epochs=EPOCHS,
-                               optimizer=optimizer, batch_size=batch_size)  # fmt: skip
+    tracking = RegimesTracking(
+        accelerator,
+        model,
+        train.tensors[0][:6],
+        out=out,
+        every=every,
+        epochs=EPOCHS,
+        optimizer=optimizer,
+        batch_size=batch_size,
+    )
     for epoch in range(1, EPOCHS + 1):
         for x, y in loader:
             loss = nn.functional.cross_entropy(model(x), y)
@@ -177,8 +221,12 @@ def through_accelerate(out, every: int, n: int, batch_size: int) -> dict:
     return dict(tracking.finish())
 
 
-HOSTS = {"plain loop": through_plain_loop, "lightning": through_lightning, "trainer": through_trainer,
-         "accelerate": through_accelerate}  # fmt: skip
+HOSTS = {
+    "plain loop": through_plain_loop,
+    "lightning": through_lightning,
+    "trainer": through_trainer,
+    "accelerate": through_accelerate,
+}
 
 
 @pytest.mark.slow
@@ -243,8 +291,12 @@ def plain_loop(out, epochs: int, *, resume_from: dict | None = None, stop_after:
             tracker.step()
         run.end_epoch(epoch, {"train_loss": loss, "val_score": 1.0 / epoch})
         # What a user's checkpoint holds; torch.save / torch.load(weights_only=True) round trip.
-        checkpoint = {"epoch": epoch, "model": model.state_dict(), "optimizer": optimizer.state_dict(),
-                      "regimes": run.state_dict()}  # fmt: skip
+        checkpoint = {
+            "epoch": epoch,
+            "model": model.state_dict(),
+            "optimizer": optimizer.state_dict(),
+            "regimes": run.state_dict(),
+        }
         if epoch == stop_after:
             run.abort(KeyboardInterrupt())
             return checkpoint
@@ -267,8 +319,22 @@ def test_a_plain_loop_writes_the_runner_s_run_directory_and_resumes_to_the_same_
         np.testing.assert_array_equal(cut.read_steps()[column], values, err_msg=column)
     assert cut.read_epochs() == whole.read_epochs()
     summary, resumed = dict(whole.read_summary()), dict(cut.read_summary())
-    for key in ("rho", "rho_global", "auc_w", "auc_p", "window", "steps", "batches_per_epoch", "best_score",
-                "stabilization_w", "stabilization_p", "settled_w_online", "settled_p_online", "stop_epoch", "status"):  # fmt: skip
+    for key in (
+        "rho",
+        "rho_global",
+        "auc_w",
+        "auc_p",
+        "window",
+        "steps",
+        "batches_per_epoch",
+        "best_score",
+        "stabilization_w",
+        "stabilization_p",
+        "settled_w_online",
+        "settled_p_online",
+        "stop_epoch",
+        "status",
+    ):
         assert resumed[key] == summary[key], key
     assert summary["status"] == "finished" and summary["optimizer"] == "sgd" and summary["lr"] == 5e-2
     assert whole.figure_path.is_file() and summary["integration"] == "loop"
@@ -296,8 +362,13 @@ def test_the_plain_loop_example_gives_a_report_row(tmp_path):
 
     pytest.importorskip("sklearn")
     example = Path(__file__).parents[1] / "examples" / "plain_loop.py"
-    done = subprocess.run([sys.executable, str(example), str(tmp_path / "run")], capture_output=True, text=True,
-                          timeout=300, env={**__import__("os").environ, "OMP_NUM_THREADS": "1"})  # fmt: skip
+    done = subprocess.run(
+        [sys.executable, str(example), str(tmp_path / "run")],
+        capture_output=True,
+        text=True,
+        timeout=300,
+        env={**__import__("os").environ, "OMP_NUM_THREADS": "1"},
+    )
     assert done.returncode == 0, done.stderr
     summary = RunDirectory(tmp_path / "run").read_summary()
     assert f"rho {summary['rho']:.2f}" in done.stdout
@@ -360,7 +431,10 @@ def test_an_overflowing_learning_rate_ends_the_run_as_diverged(tmp_path, monkeyp
 
     monkeypatch.setenv("REGIMES_DATA", str(tmp_path / "data"))
     out = tmp_path / "run"
-    assert main(["run", "mlp-breast-cancer", "--quiet", "--set", "lr=1e308", "--set", "max_epochs=3", "--out", str(out)]) == 3
+    assert (
+        main(["run", "mlp-breast-cancer", "--quiet", "--set", "lr=1e308", "--set", "max_epochs=3", "--out", str(out)])
+        == 3
+    )
     summary = RunDirectory(out).read_summary()
     assert summary["status"] == "diverged" and summary["stop_epoch"] == 1 and summary["steps"] == 0
 

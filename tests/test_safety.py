@@ -57,8 +57,11 @@ def errors(capsys) -> str:
 
 def snapshot(path: Path) -> dict[str, bytes]:
     """Every file under `path` (but the lock, which only holds a PID), by relative name."""
-    return {str(p.relative_to(path)): p.read_bytes() for p in sorted(path.rglob("*"))
-            if p.is_file() and p.name != RunDirectory.LOCK}  # fmt: skip
+    return {
+        str(p.relative_to(path)): p.read_bytes()
+        for p in sorted(path.rglob("*"))
+        if p.is_file() and p.name != RunDirectory.LOCK
+    }
 
 
 # -------------------------------------------------------------------- one writer per run directory
@@ -106,8 +109,14 @@ def _env() -> dict:
 
 
 def _regimes(*args, cwd=None) -> subprocess.CompletedProcess:
-    return subprocess.run([sys.executable, "-m", "regimes", *map(str, args)], capture_output=True, text=True,
-                          env=_env(), cwd=cwd, timeout=300)  # fmt: skip
+    return subprocess.run(
+        [sys.executable, "-m", "regimes", *map(str, args)],
+        capture_output=True,
+        text=True,
+        env=_env(),
+        cwd=cwd,
+        timeout=300,
+    )
 
 
 @pytest.fixture
@@ -120,8 +129,13 @@ def start_gated(tmp_path):
     def start(*args) -> tuple[subprocess.Popen, Path]:
         script, gate = tmp_path / "gated.py", tmp_path / "gate"
         script.write_text(GATED)
-        process = subprocess.Popen([sys.executable, str(script), str(gate), *map(str, args)], env=_env(),
-                                   stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)  # fmt: skip
+        process = subprocess.Popen(
+            [sys.executable, str(script), str(gate), *map(str, args)],
+            env=_env(),
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+            text=True,
+        )
         started.append(process)
         deadline = time.time() + 240
         while not gate.with_suffix(".ready").exists():
@@ -233,7 +247,22 @@ def test_a_mistake_leaves_no_directory_and_the_corrected_command_runs(mistake, t
 
 def test_a_sweep_with_a_misspelt_name_leaves_no_directory(tmp_path, capsys):
     for typo in ("model_args.hiddn=[8]", "model=mlpp", "dataset=breast-cancr", "task=clasification"):
-        assert main(["sweep", "mlp-breast-cancer", "--out", str(tmp_path / "sweep"), "--grid", "small", "--set", typo, "--quiet"]) == 2
+        assert (
+            main(
+                [
+                    "sweep",
+                    "mlp-breast-cancer",
+                    "--out",
+                    str(tmp_path / "sweep"),
+                    "--grid",
+                    "small",
+                    "--set",
+                    typo,
+                    "--quiet",
+                ]
+            )
+            == 2
+        )
         assert "did you mean" in errors(capsys)
         assert list(tmp_path.iterdir()) == []
 
@@ -309,7 +338,9 @@ def test_ctrl_c_inside_the_probe_ends_like_any_ctrl_c(tmp_path):
     resumed = train_run(config, tmp_path / "cut", device="cpu", resume=True)
     for key in ("rho", "auc_w", "auc_p", "best_score", "stop_epoch", "steps"):
         assert resumed[key] == whole[key], key
-    pd.testing.assert_frame_equal(pd.read_parquet(tmp_path / "whole" / "steps"), pd.read_parquet(tmp_path / "cut" / "steps"))
+    pd.testing.assert_frame_equal(
+        pd.read_parquet(tmp_path / "whole" / "steps"), pd.read_parquet(tmp_path / "cut" / "steps")
+    )
 
 
 def test_ctrl_c_inside_the_probe_in_the_cli(tmp_path, monkeypatch, capsys):
@@ -352,8 +383,10 @@ def _unwritable_folder(tmp_path) -> Path:
     pytest.skip("no folder here refuses writes")
 
 
-@pytest.mark.parametrize("device, says", [(_no_cuda_device(), "--device cpu|has .* CUDA device"), ("gpu", "use cpu, cuda"),
-                                          ("mps", "MPS .* not available")])  # fmt: skip
+@pytest.mark.parametrize(
+    "device, says",
+    [(_no_cuda_device(), "--device cpu|has .* CUDA device"), ("gpu", "use cpu, cuda"), ("mps", "MPS .* not available")],
+)
 def test_devices_that_are_not_here(device, says, tmp_path, capsys):
     if device == "mps" and torch.backends.mps.is_available():
         pytest.skip("MPS is available here")
@@ -493,16 +526,32 @@ TIMED_LOOKUP = textwrap.dedent(
 )
 
 
-@pytest.mark.parametrize("setting", [{"HF_HUB_OFFLINE": "1"}, {"HF_ENDPOINT": "http://127.0.0.1:9"}],
-                         ids=["HF_HUB_OFFLINE=1", "hub unreachable"])  # fmt: skip
+@pytest.mark.parametrize(
+    "setting",
+    [{"HF_HUB_OFFLINE": "1"}, {"HF_ENDPOINT": "http://127.0.0.1:9"}],
+    ids=["HF_HUB_OFFLINE=1", "hub unreachable"],
+)
 def test_a_missing_data_set_fails_fast_offline(setting, tmp_path):
     pytest.importorskip("datasets")
-    quiet = ("HF_HUB_OFFLINE", "HF_DATASETS_OFFLINE", "TRANSFORMERS_OFFLINE", "HF_ENDPOINT",
-             "HTTPS_PROXY", "https_proxy", "ALL_PROXY", "all_proxy")  # fmt: skip
+    quiet = (
+        "HF_HUB_OFFLINE",
+        "HF_DATASETS_OFFLINE",
+        "TRANSFORMERS_OFFLINE",
+        "HF_ENDPOINT",
+        "HTTPS_PROXY",
+        "https_proxy",
+        "ALL_PROXY",
+        "all_proxy",
+    )
     env = {**{k: v for k, v in _env().items() if k not in quiet}, **setting}
     # 127.0.0.1:9 has nothing listening: the hub cannot be reached, as with no network at all.
-    done = subprocess.run([sys.executable, "-c", TIMED_LOOKUP, str(tmp_path / "empty")], capture_output=True,
-                          text=True, env=env, timeout=300)  # fmt: skip
+    done = subprocess.run(
+        [sys.executable, "-c", TIMED_LOOKUP, str(tmp_path / "empty")],
+        capture_output=True,
+        text=True,
+        env=env,
+        timeout=300,
+    )
     seconds, message = done.stdout.split("\n", 1)
     assert "Data set 'adult' was not found" in message, done.stdout + done.stderr
     assert float(seconds) < 2.0, message

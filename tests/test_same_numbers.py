@@ -40,8 +40,20 @@ from regimes.records import RunDirectory
 GOLDEN = Path(__file__).parent / "golden"
 RECORD = bool(os.environ.get("REGIMES_RECORD_GOLDEN"))
 EXACT = bool(os.environ.get("REGIMES_GOLDEN_EXACT"))  # the golden files were recorded on this machine
-COUNTS = {"steps", "window", "batches_per_epoch", "probe_size", "sites", "stop_epoch", "max_epochs", "train_size",
-          "val_size", "status", "seed", "threads"}  # fmt: skip
+COUNTS = {
+    "steps",
+    "window",
+    "batches_per_epoch",
+    "probe_size",
+    "sites",
+    "stop_epoch",
+    "max_epochs",
+    "train_size",
+    "val_size",
+    "status",
+    "seed",
+    "threads",
+}
 OFFLINE = ["mlp-breast-cancer", "mlp-digits", "lenet5-digits", "mlp-mnist1d"]
 EPOCHS = {"mlp-breast-cancer": 30, "mlp-digits": 4, "lenet5-digits": 2, "mlp-mnist1d": 4}
 # Summary keys that depend on the machine or the clock, not on the numbers.
@@ -81,11 +93,21 @@ def _check(name: str, steps: dict, summary: dict) -> None:
     first = expected["epoch"] == expected["epoch"][0]  # the first epoch: before rounding can have grown
     for column in expected.files:
         if column.startswith("dw"):
-            np.testing.assert_allclose(steps[column][first], expected[column][first], rtol=2e-2, atol=1e-12,
-                                       err_msg=f"{name}: steps column {column}")  # fmt: skip
+            np.testing.assert_allclose(
+                steps[column][first],
+                expected[column][first],
+                rtol=2e-2,
+                atol=1e-12,
+                err_msg=f"{name}: steps column {column}",
+            )
         elif column.startswith("da"):
-            np.testing.assert_allclose(steps[column][first], expected[column][first], rtol=0, atol=2e-3,
-                                       err_msg=f"{name}: steps column {column}")  # fmt: skip
+            np.testing.assert_allclose(
+                steps[column][first],
+                expected[column][first],
+                rtol=0,
+                atol=2e-3,
+                err_msg=f"{name}: steps column {column}",
+            )
     _close(name, now, recorded)
 
 

@@ -51,8 +51,13 @@ def test_a_hostile_checkpoint_is_refused_and_runs_nothing(tmp_path, protocol):
 def test_a_plain_state_checkpoint_loads(tmp_path):
     run = RunDirectory(tmp_path / "run")
     run.path.mkdir()
-    state = {"epoch": 3, "weights": torch.arange(4.0), "rng": {"python": [3, [1, 2, 3], None], "name": "MT19937"},
-             "numbers": [0.5, 2], "nested": {"a": (1, 2)}}  # fmt: skip
+    state = {
+        "epoch": 3,
+        "weights": torch.arange(4.0),
+        "rng": {"python": [3, [1, 2, 3], None], "name": "MT19937"},
+        "numbers": [0.5, 2],
+        "nested": {"a": (1, 2)},
+    }
     run.write_checkpoint(state)
     loaded = run.read_checkpoint()
     assert loaded["epoch"] == 3 and torch.equal(loaded["weights"], torch.arange(4.0))
@@ -104,8 +109,10 @@ def test_a_linked_lock_does_not_make_a_writer_overwrite_its_target(tmp_path):
     assert target.read_text() == "keep me"
 
 
-@pytest.mark.parametrize("name", [RunDirectory.SUMMARY, RunDirectory.CONFIG, RunDirectory.EPOCHS,
-                                  RunDirectory.CHECKPOINT, RunDirectory.ERROR])  # fmt: skip
+@pytest.mark.parametrize(
+    "name",
+    [RunDirectory.SUMMARY, RunDirectory.CONFIG, RunDirectory.EPOCHS, RunDirectory.CHECKPOINT, RunDirectory.ERROR],
+)
 def test_no_file_of_a_run_is_written_through_a_link(tmp_path, name):
     target = tmp_path / "precious.txt"
     target.write_text("keep me")
@@ -302,8 +309,19 @@ def _hostile_runs(root: Path) -> list[str]:
     summary = run("sites-numbers").summary_path
     summary.write_text(json.dumps({**json.loads(summary.read_text()), "sites": [1, 2]}))
     geometry = run("geometry-text")
-    geometry.write_geometry([{"epoch": 1, "iteration": 40, "distance_median": "far", "certified_median": 0.1,
-                              "step_over_radius": 1.0, "no_flip_guaranteed": 0.5, "no_flip_observed": 0.5}])  # fmt: skip
+    geometry.write_geometry(
+        [
+            {
+                "epoch": 1,
+                "iteration": 40,
+                "distance_median": "far",
+                "certified_median": 0.1,
+                "step_over_radius": 1.0,
+                "no_flip_guaranteed": 0.5,
+                "no_flip_observed": 0.5,
+            }
+        ]
+    )
     import pyarrow as pa
     import pyarrow.parquet as pq
 
@@ -361,10 +379,15 @@ def test_a_summary_claiming_a_sweeps_members_does_not_reach_the_aggregate(tmp_pa
 
 @pytest.mark.parametrize(
     "summary, every, measured",
-    [({"steps": 100, "window": 10}, None, True), ({"steps": 19, "window": 10}, None, False),
-     ({"steps": 100, "window": 10}, 5, True), ({"steps": 99, "window": 10}, 5, False),
-     ({"steps": 99, "window": 10, "track_every": 5}, None, False), ({"window": 10}, None, None)],
-)  # fmt: skip
+    [
+        ({"steps": 100, "window": 10}, None, True),
+        ({"steps": 19, "window": 10}, None, False),
+        ({"steps": 100, "window": 10}, 5, True),
+        ({"steps": 99, "window": 10}, 5, False),
+        ({"steps": 99, "window": 10, "track_every": 5}, None, False),
+        ({"window": 10}, None, None),
+    ],
+)
 def test_validity_measured_is_two_measurements_per_window(summary, every, measured):
     from regimes.records import validity
 
@@ -374,15 +397,17 @@ def test_validity_measured_is_two_measurements_per_window(summary, every, measur
 
 @pytest.mark.parametrize(
     "summary, majority, learned",
-    [({"higher_is_better": True, "best_score": 0.61}, 0.56, True),
-     ({"higher_is_better": True, "best_score": 0.60}, 0.56, False),
-     ({"higher_is_better": True, "best_score": 0.9, "majority_score": 0.88}, None, False),
-     ({"higher_is_better": True, "best_score": None}, 0.5, False),
-     ({"higher_is_better": True, "best_score": 0.9}, None, None),
-     ({"higher_is_better": False, "best_score": 90.0, "first_score": 100.0}, None, True),
-     ({"higher_is_better": False, "best_score": 91.0, "first_score": 100.0}, None, False),
-     ({"higher_is_better": False, "best_score": 91.0}, None, None)],
-)  # fmt: skip
+    [
+        ({"higher_is_better": True, "best_score": 0.61}, 0.56, True),
+        ({"higher_is_better": True, "best_score": 0.60}, 0.56, False),
+        ({"higher_is_better": True, "best_score": 0.9, "majority_score": 0.88}, None, False),
+        ({"higher_is_better": True, "best_score": None}, 0.5, False),
+        ({"higher_is_better": True, "best_score": 0.9}, None, None),
+        ({"higher_is_better": False, "best_score": 90.0, "first_score": 100.0}, None, True),
+        ({"higher_is_better": False, "best_score": 91.0, "first_score": 100.0}, None, False),
+        ({"higher_is_better": False, "best_score": 91.0}, None, None),
+    ],
+)
 def test_validity_learned_beats_the_majority_or_the_first_score(summary, majority, learned):
     from regimes.records import validity
 
@@ -398,8 +423,13 @@ def test_validity_frozen_and_the_summary_fields_round_trip(tmp_path):
     run.path.mkdir()
     run.write_summary(RunSummary(majority_score=0.63, first_score=0.7, measured=True, learned=False, frozen=False))
     back = run.read_summary()
-    assert (back.majority_score, back.first_score, back.measured, back.learned, back.frozen) == (0.63, 0.7, True,
-                                                                                                 False, False)
+    assert (back.majority_score, back.first_score, back.measured, back.learned, back.frozen) == (
+        0.63,
+        0.7,
+        True,
+        False,
+        False,
+    )
     assert validity(back)["flags"] == ["not learned"]  # no numbers to decide: the run's own word
 
 
@@ -472,7 +502,14 @@ def test_a_sweeps_row_uses_one_aggregate_for_every_rho(tmp_path):
 def test_validity_keeps_the_runs_own_word_unless_told_the_numbers():
     from regimes.records import validity
 
-    written = {"steps": 100, "window": 10, "measured": False, "higher_is_better": True, "best_score": 0.9,
-               "majority_score": 0.5, "learned": False}  # fmt: skip
+    written = {
+        "steps": 100,
+        "window": 10,
+        "measured": False,
+        "higher_is_better": True,
+        "best_score": 0.9,
+        "majority_score": 0.5,
+        "learned": False,
+    }
     assert validity(written)["measured"] is False and validity(written)["learned"] is False
     assert validity(written, every=1)["measured"] is True and validity(written, majority_score=0.5)["learned"] is True

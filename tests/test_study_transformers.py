@@ -74,10 +74,13 @@ def write_squad(root, rng, n_paragraphs=(8, 4)):
             context = " ".join(_sentences(rng, 4))
             words = context.split()
             qas = [
-                {"id": str(rng.integers(1e9)), "question": f"what is word {k}?",
-                 "answers": [{"text": " ".join(words[k : k + 2]), "answer_start": 0}] * 2}
+                {
+                    "id": str(rng.integers(1e9)),
+                    "question": f"what is word {k}?",
+                    "answers": [{"text": " ".join(words[k : k + 2]), "answer_start": 0}] * 2,
+                }
                 for k in range(3)
-            ]  # fmt: skip
+            ]
             data.append({"title": "t", "paragraphs": [{"context": context, "qas": qas}]})
         (folder / name).write_text(json.dumps({"version": "1.1", "data": data}))
 
@@ -94,7 +97,10 @@ def write_cifar100(root, rng, n_train=40, n_test=16):
     folder = root / "cifar-100-python"
     folder.mkdir(parents=True)
     for name, n in (("train", n_train), ("test", n_test)):
-        batch = {b"data": rng.integers(0, 256, (n, 3072), dtype=np.uint8), b"fine_labels": list(rng.integers(0, 100, n))}
+        batch = {
+            b"data": rng.integers(0, 256, (n, 3072), dtype=np.uint8),
+            b"fine_labels": list(rng.integers(0, 100, n)),
+        }
         with open(folder / name, "wb") as file:
             pickle.dump(batch, file, protocol=2)
 
@@ -135,7 +141,9 @@ def write_food101(root, rng, per_class=(12, 4)):
         for name in FOOD_CLASSES:
             for _ in range(n):
                 image_id = f"{name}/{rng.integers(1e7)}"
-                _jpeg(folder / "images" / f"{image_id}.jpg", rng, (int(rng.integers(30, 50)), int(rng.integers(30, 50))))
+                _jpeg(
+                    folder / "images" / f"{image_id}.jpg", rng, (int(rng.integers(30, 50)), int(rng.integers(30, 50)))
+                )
                 listings[listing].append(image_id)
     for listing, ids in listings.items():
         (folder / "meta" / listing).write_text("\n".join(ids) + "\n")
@@ -146,7 +154,15 @@ def data_root(tmp_path_factory):
     pytest.importorskip("PIL")
     root = tmp_path_factory.mktemp("data")
     rng = np.random.default_rng(0)
-    for write in (write_sst2, write_ag_news, write_squad, write_wikitext, write_cifar100, write_tinyimagenet, write_food101):
+    for write in (
+        write_sst2,
+        write_ag_news,
+        write_squad,
+        write_wikitext,
+        write_cifar100,
+        write_tinyimagenet,
+        write_food101,
+    ):
         write(root, rng)
     return root
 
@@ -166,14 +182,30 @@ TINY = {
     "roberta-ag-news": (dict(TEXT, max_length=32), dict(vocab_size=300, max_length=32), 2),
     "t5-squad": (dict(TEXT, head_size=8), dict(vocab_size=300, max_length=48, target_length=8), 4),
     "gpt2-wikitext": (dict(TEXT, max_length=16), dict(vocab_size=300, max_length=16), 2),
-    "vitb16-cifar100": (dict(VISION, patch_size=8, hidden_size=16, num_layers=2, num_heads=2, intermediate_size=32), {}, 2),
-    "swin-food101": (dict(VISION, patch_size=2, embed_dim=8, depths=[1, 1], num_heads=[1, 2], window_size=4), dict(image_size=24), 2),
-    "pvt-tinyimagenet": (
-        dict(VISION, depths=[1, 1], hidden_sizes=[8, 16], num_heads=[1, 2], mlp_ratios=[2, 2],
-             sequence_reduction_ratios=[2, 1], patch_sizes=[4, 2]),
-        {}, 2,
+    "vitb16-cifar100": (
+        dict(VISION, patch_size=8, hidden_size=16, num_layers=2, num_heads=2, intermediate_size=32),
+        {},
+        2,
     ),
-}  # fmt: skip
+    "swin-food101": (
+        dict(VISION, patch_size=2, embed_dim=8, depths=[1, 1], num_heads=[1, 2], window_size=4),
+        dict(image_size=24),
+        2,
+    ),
+    "pvt-tinyimagenet": (
+        dict(
+            VISION,
+            depths=[1, 1],
+            hidden_sizes=[8, 16],
+            num_heads=[1, 2],
+            mlp_ratios=[2, 2],
+            sequence_reduction_ratios=[2, 1],
+            patch_sizes=[4, 2],
+        ),
+        {},
+        2,
+    ),
+}
 
 # The study's rows (SPEC section 4): optimizer, weight decay, lr, max epochs.
 STUDY_ROWS = {
@@ -212,9 +244,12 @@ def test_preset_runs_end_to_end_at_a_tiny_size(preset, data_root, tmp_path):
     # CPU's first bf16 depthwise convolutions take seconds to set up.
     precision = "bf16" if config.max_epochs == 50 else "fp32"
     config = config.replace(
-        model_args={**config.model_args, **model_changes}, data_args={**config.data_args, **data_changes},
-        max_epochs=1, batch_size=8, precision=precision,
-    )  # fmt: skip
+        model_args={**config.model_args, **model_changes},
+        data_args={**config.data_args, **data_changes},
+        max_epochs=1,
+        batch_size=8,
+        precision=precision,
+    )
     summary = train_run(config, tmp_path / "run", data_dir=data_root)
     epochs = pd.read_parquet(tmp_path / "run" / "epochs.parquet")
     steps = pd.read_parquet(tmp_path / "run" / "steps")
@@ -235,7 +270,9 @@ def test_preset_runs_end_to_end_at_a_tiny_size(preset, data_root, tmp_path):
         assert val_score == pytest.approx(math.exp(val_loss), rel=1e-6) and val_score > 1
     else:
         assert summary["higher_is_better"] is True and 0 <= val_score <= 1
-    assert summary["score_name"] == {"seq2seq": "token accuracy", "causal-lm": "perplexity"}.get(config.task, "accuracy")
+    assert summary["score_name"] == {"seq2seq": "token accuracy", "causal-lm": "perplexity"}.get(
+        config.task, "accuracy"
+    )
 
 
 # ---- tasks and probes -----------------------------------------------------------------------
@@ -303,7 +340,9 @@ def test_uint8_images_are_normalised_on_the_device(data_root):
     task.setup(splits)
     images, labels = task.batch(splits.train.tensors, torch.arange(4), "cpu")
     raw = splits.train.tensors[0][:4].float() / 255
-    expected = (raw - torch.tensor(splits.pixel_mean).view(1, 3, 1, 1)) / torch.tensor(splits.pixel_std).view(1, 3, 1, 1)
+    expected = (raw - torch.tensor(splits.pixel_mean).view(1, 3, 1, 1)) / torch.tensor(splits.pixel_std).view(
+        1, 3, 1, 1
+    )
     assert images.dtype == torch.float32
     torch.testing.assert_close(images, expected)
 
@@ -379,11 +418,15 @@ def test_training_the_tokenizer_is_deterministic():
 @pytest.mark.parametrize(
     "name, published",
     [
-        ("sst2", "SST-2"), ("ag_news", "ag_news_csv"), ("squad", "train-v1.1.json"),
-        ("wikitext2", "wikitext-2-raw"), ("wikitext103", "wikitext-103-raw"),
-        ("tinyimagenet", "tiny-imagenet-200"), ("food101", "food-101"),
+        ("sst2", "SST-2"),
+        ("ag_news", "ag_news_csv"),
+        ("squad", "train-v1.1.json"),
+        ("wikitext2", "wikitext-2-raw"),
+        ("wikitext103", "wikitext-103-raw"),
+        ("tinyimagenet", "tiny-imagenet-200"),
+        ("food101", "food-101"),
     ],
-)  # fmt: skip
+)
 def test_missing_data_says_where_it_looked_and_how_to_get_it(name, published, tmp_path):
     with pytest.raises(DataNotFoundError) as caught:
         load_dataset(name, data_dir=tmp_path)
@@ -396,6 +439,8 @@ def test_missing_data_says_where_it_looked_and_how_to_get_it(name, published, tm
 
 def test_a_vocabulary_larger_than_the_model_is_refused(data_root, tmp_path):
     config = get_preset("xlnet-sst2")
-    config = config.replace(model_args=dict(TEXT, num_classes=2, vocab_size=260), data_args=dict(vocab_size=300, max_length=16))
+    config = config.replace(
+        model_args=dict(TEXT, num_classes=2, vocab_size=260), data_args=dict(vocab_size=300, max_length=16)
+    )
     with pytest.raises(ValueError, match="vocab_size"):
         train_run(config, tmp_path / "run", data_dir=data_root)

@@ -94,8 +94,12 @@ def test_study_grids_follow_the_spec():
 
 def test_family_from_the_model_name():
     assert {m: family_of(m) for m in GRID_FAMILIES if GRID_FAMILIES[m] != "transformer"} == {
-        "mlp": "small", "lenet5": "small", "alexnet": "cnn", "resnet34": "cnn", "efficientnet_b0": "cnn",
-    }  # fmt: skip
+        "mlp": "small",
+        "lenet5": "small",
+        "alexnet": "cnn",
+        "resnet34": "cnn",
+        "efficientnet_b0": "cnn",
+    }
     assert family_of("gpt2") == family_of("vit") == "transformer"
     assert set(GRID_FAMILIES) == set(list_models())  # every registered model has its grid
     with pytest.raises(ValueError, match="no sweep grid for model 'vit_b16'"):
@@ -117,8 +121,10 @@ def test_trial_names_and_configs():
 
 def test_grid_file(tmp_path):
     path = tmp_path / "g.toml"
-    path.write_text('optimizer = ["sgd", {name = "nag", optimizer = "sgd", momentum = 0.9, nesterov = true}]\n'
-                    'lr = [1e-2, 3e-3]\nmax_epochs = 4\nsites = ["blocks.0.*"]\n')  # fmt: skip
+    path.write_text(
+        'optimizer = ["sgd", {name = "nag", optimizer = "sgd", momentum = 0.9, nesterov = true}]\n'
+        'lr = [1e-2, 3e-3]\nmax_epochs = 4\nsites = ["blocks.0.*"]\n'
+    )
     grid = load_grid(path)
     assert grid.fixed == {"max_epochs": 4, "sites": ["blocks.0.*"]} and list(grid.axes) == ["optimizer", "lr"]
     trials = grid.trials(base())
@@ -156,8 +162,14 @@ def _row(name, score, status="finished", higher=True):
 
 
 def test_select_follows_the_score_direction():
-    rows = [_row("a", 0.90), _row("b", 0.95), _row("c", 0.95), _row("d", 0.99, "diverged"), _row("e", 1.0, "failed"),
-            _row("f", math.nan)]  # fmt: skip
+    rows = [
+        _row("a", 0.90),
+        _row("b", 0.95),
+        _row("c", 0.95),
+        _row("d", 0.99, "diverged"),
+        _row("e", 1.0, "failed"),
+        _row("f", math.nan),
+    ]
     assert select(rows)["trial"] == "b"  # ties: first in grid order; only finished runs count
     perplexity = [_row("a", 40.0, higher=False), _row("b", 25.0, higher=False), _row("c", 30.0, higher=False)]
     assert select(perplexity)["trial"] == "b"
@@ -179,8 +191,10 @@ def test_bootstrap_interval_is_fixed_and_sensible():
 
 
 def test_seed_statistics():
-    runs = [{"status": "finished", "rho": r, "best_score": 0.9, "stop_epoch": e, "auc_w": 0.3, "auc_p": 0.3 / r}
-            for r, e in [(1.0, 10), (2.0, 11), (3.0, 13), (6.0, 14)]] + [{"status": "failed", "rho": 100.0}]  # fmt: skip
+    runs = [
+        {"status": "finished", "rho": r, "best_score": 0.9, "stop_epoch": e, "auc_w": 0.3, "auc_p": 0.3 / r}
+        for r, e in [(1.0, 10), (2.0, 11), (3.0, 13), (6.0, 14)]
+    ] + [{"status": "failed", "rho": 100.0}]
     stats = seed_statistics(runs)
     assert stats["seeds"] == 4 and stats["rhos"] == [1.0, 2.0, 3.0, 6.0]
     assert (stats["rho"], stats["rho_upper"], stats["rho_lower"]) == pytest.approx(aggregate([1.0, 2.0, 3.0, 6.0]))
@@ -292,16 +306,22 @@ def test_rerun_skips_finished_trials_and_resumes_unfinished(tmp_path, grid_file)
 
 @pytest.mark.filterwarnings("ignore:non-finite parameters")
 def test_failed_and_diverged_trials_are_recorded_and_the_sweep_goes_on(tmp_path):
-    grid = grid_from_dict({
-        "optimizer": ["sgd", {"name": "broken", "optimizer": "sgd", "sites": ["no-such-site*"]}],
-        "lr": [1e-2, 1e6],  # 1e6 diverges
-    })  # fmt: skip
+    grid = grid_from_dict(
+        {
+            "optimizer": ["sgd", {"name": "broken", "optimizer": "sgd", "sites": ["no-such-site*"]}],
+            "lr": [1e-2, 1e6],  # 1e6 diverges
+        }
+    )
     out = tmp_path / "sweep"
     spy = Spy()
     selected = run_sweep(base(max_epochs=1), grid, out, spy)
     trials = pd.read_csv(out / "trials.csv").set_index("trial")
-    assert trials.status.to_dict() == {"sgd-lr1e-2": "finished", "sgd-lr1e6": "diverged",
-                                       "broken-lr1e-2": "failed", "broken-lr1e6": "failed"}  # fmt: skip
+    assert trials.status.to_dict() == {
+        "sgd-lr1e-2": "finished",
+        "sgd-lr1e6": "diverged",
+        "broken-lr1e-2": "failed",
+        "broken-lr1e6": "failed",
+    }
     assert "no-such-site" in trials.error["broken-lr1e-2"]
     assert "no-such-site" in (out / "trials" / "broken-lr1e-2" / "error.txt").read_text()
     assert selected["trial"] == "sgd-lr1e-2" and selected["failed"] == ["broken-lr1e-2", "broken-lr1e6"]
@@ -325,8 +345,24 @@ def test_another_sweep_in_the_same_folder_is_refused(tmp_path, grid_file):
 def test_killing_the_sweep_loses_only_unfinished_epochs(tmp_path, grid_file):
     """A real `regimes sweep --workers 2`, killed (SIGKILL, whole process group) mid-trial, then rerun."""
     out = tmp_path / "sweep"
-    command = [sys.executable, "-m", "regimes", "sweep", "mlp-breast-cancer", "--grid", str(grid_file),
-               "--set", "max_epochs=20", "--set", "patience=20", "--workers", "2", "--out", str(out), "--quiet"]  # fmt: skip
+    command = [
+        sys.executable,
+        "-m",
+        "regimes",
+        "sweep",
+        "mlp-breast-cancer",
+        "--grid",
+        str(grid_file),
+        "--set",
+        "max_epochs=20",
+        "--set",
+        "patience=20",
+        "--workers",
+        "2",
+        "--out",
+        str(out),
+        "--quiet",
+    ]
     process = subprocess.Popen(command, start_new_session=True, stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
     deadline = time.time() + 60
     try:
@@ -346,8 +382,25 @@ def test_killing_the_sweep_loses_only_unfinished_epochs(tmp_path, grid_file):
 
             epoch = torch.load(run.checkpoint_path, weights_only=False)["epoch"]
             assert len(run.read_epochs()) >= epoch
-    rc = main(["sweep", "mlp-breast-cancer", "--grid", str(grid_file), "--set", "max_epochs=20", "--set", "patience=20",
-               "--workers", "1", "--threads", "1", "--out", str(out), "--quiet"])  # fmt: skip
+    rc = main(
+        [
+            "sweep",
+            "mlp-breast-cancer",
+            "--grid",
+            str(grid_file),
+            "--set",
+            "max_epochs=20",
+            "--set",
+            "patience=20",
+            "--workers",
+            "1",
+            "--threads",
+            "1",
+            "--out",
+            str(out),
+            "--quiet",
+        ]
+    )
     assert rc == 0
     trials = pd.read_parquet(out / "trials.parquet")
     assert (trials.status == "finished").all() and (trials.stop_epoch == 20).all()
@@ -364,8 +417,22 @@ def test_killing_the_sweep_loses_only_unfinished_epochs(tmp_path, grid_file):
 
 def test_cli_sweep_and_report(tmp_path, grid_file, capsys):
     out = tmp_path / "sweep"
-    argv = ["sweep", "mlp-breast-cancer", "--grid", str(grid_file), "--set", "max_epochs=1", "--seeds", "2",
-            "--workers", "1", "--threads", "1", "--out", str(out)]  # fmt: skip
+    argv = [
+        "sweep",
+        "mlp-breast-cancer",
+        "--grid",
+        str(grid_file),
+        "--set",
+        "max_epochs=1",
+        "--seeds",
+        "2",
+        "--workers",
+        "1",
+        "--threads",
+        "1",
+        "--out",
+        str(out),
+    ]
     assert main(argv) == 0
     printed = capsys.readouterr()
     assert "sgd-lr1e-2-wd1e-4" in printed.out + printed.err and "selected" in printed.out
@@ -421,8 +488,21 @@ def test_a_second_sweep_into_a_folder_being_written_is_refused_and_writes_nothin
     from regimes.records import SweepDirectory
 
     out = tmp_path / "sweep"
-    argv = ["sweep", "mlp-breast-cancer", "--grid", str(grid_file), "--out", str(out), "--quiet",
-            "--set", "max_epochs=1", "--workers", "1", "--threads", "1"]  # fmt: skip
+    argv = [
+        "sweep",
+        "mlp-breast-cancer",
+        "--grid",
+        str(grid_file),
+        "--out",
+        str(out),
+        "--quiet",
+        "--set",
+        "max_epochs=1",
+        "--workers",
+        "1",
+        "--threads",
+        "1",
+    ]
     with SweepDirectory(out).writer(wait=0):  # another `regimes sweep` holds it
         assert main(argv) == 2
     err = capsys.readouterr().err

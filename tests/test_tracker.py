@@ -121,8 +121,13 @@ def reference_patterns_recorder(model: Recorder, probe) -> list[torch.Tensor]:
 
 def reference_patterns_transformer(model: nn.TransformerEncoder, probe) -> list[torch.Tensor]:
     """The FFN pre-activations are linear1's outputs; with gradients on, no fused fast path runs."""
-    zs, handles = [], [layer.linear1.register_forward_hook(lambda m, a, out: zs.append(out.detach().clone()))
-                       for layer in model.layers]
+    zs, handles = (
+        [],
+        [
+            layer.linear1.register_forward_hook(lambda m, a, out: zs.append(out.detach().clone()))
+            for layer in model.layers
+        ],
+    )
     states = [(m, m.training) for m in model.modules()]
     model.eval()
     try:
@@ -178,8 +183,10 @@ def make_case(name):
         model = TokenModel()
         mask = torch.tensor([[1, 1, 1, 1, 1], [1, 1, 1, 0, 0], [1, 0, 0, 0, 0]])
         probe = {"input_ids": torch.randint(0, 50, (3, 5)), "attention_mask": mask}
-        data = lambda: ({"input_ids": torch.randint(0, 50, (8, 5)), "attention_mask": torch.ones(8, 5, dtype=torch.long)},
-                        torch.randint(0, 2, (8,)))
+        data = lambda: (
+            {"input_ids": torch.randint(0, 50, (8, 5)), "attention_mask": torch.ones(8, 5, dtype=torch.long)},
+            torch.randint(0, 2, (8,)),
+        )
         loss_fn = lambda out, y: F.cross_entropy(out, y)
     else:
         raise KeyError(name)
@@ -224,8 +231,11 @@ def bit_backend(request, monkeypatch):
 @pytest.mark.parametrize("optimizer", ["sgd", "adam"])
 def test_matches_reference(name, optimizer, bit_backend):
     model, probe, data, loss_fn = make_case(name)
-    opt = (torch.optim.SGD(model.parameters(), lr=0.5, momentum=0.9) if optimizer == "sgd"
-           else torch.optim.Adam(model.parameters(), lr=0.05))
+    opt = (
+        torch.optim.SGD(model.parameters(), lr=0.5, momentum=0.9)
+        if optimizer == "sgd"
+        else torch.optim.Adam(model.parameters(), lr=0.05)
+    )
     tracker = regimes.Tracker(model, probe)
     previous_patterns = reference_patterns(model, probe)
     previous_weights = snapshot(model)
@@ -377,6 +387,7 @@ def test_exception_inside_probe_removes_hooks_and_restores_state():
     assert model.training and model.fc.training
     assert torch.backends.mha.get_fastpath_enabled()
     from torch.overrides import _get_current_function_mode_stack
+
     assert _get_current_function_mode_stack() == []
     model.explode = False
     model(torch.randn(3, 4))  # still a working model
@@ -619,9 +630,11 @@ def test_decoder_sites_read_the_decoder_mask_even_at_equal_lengths():
     encoder_mask = torch.tensor([[1, 1, 1, 0], [1, 1, 1, 1]])
     decoder_mask = torch.tensor([[1, 0, 0, 0], [1, 1, 0, 0]])
     probe = {
-        "input_ids": torch.randint(0, 30, (2, 4)), "attention_mask": encoder_mask,
-        "decoder_input_ids": torch.randint(0, 30, (2, 4)), "decoder_attention_mask": decoder_mask,
-    }  # fmt: skip
+        "input_ids": torch.randint(0, 30, (2, 4)),
+        "attention_mask": encoder_mask,
+        "decoder_input_ids": torch.randint(0, 30, (2, 4)),
+        "decoder_attention_mask": decoder_mask,
+    }
     tracker = regimes.Tracker(model, probe)
     assert tracker.sites == ["encoder.1", "decoder.1"]
     units = {s.name: s.units for s in tracker.layout.sites}
@@ -698,7 +711,9 @@ def test_on_rule_is_the_same_in_numpy_and_torch(dtype, bit_backend):
 def test_a_quantity_whose_columns_collide_is_refused_naming_it():
     from regimes.quantities import FlipsSinceStart, WeightChange
 
-    with pytest.raises(regimes.tracker.QuantityCollisionError, match=r"quantity 3 \(FlipsSinceStart\).*'da0'.*quantity 2"):
+    with pytest.raises(
+        regimes.tracker.QuantityCollisionError, match=r"quantity 3 \(FlipsSinceStart\).*'da0'.*quantity 2"
+    ):
         regimes.Tracker(MLP(), torch.randn(4, 12), quantities=[FlipsSinceStart(), FlipsSinceStart()])
     with pytest.raises(ValueError, match=r"quantity 2 \(WeightChange\).*'dw'.*quantity 0 \(WeightChange, built in\)"):
         regimes.Tracker(MLP(), torch.randn(4, 12), quantities=[WeightChange()])
@@ -770,11 +785,15 @@ def test_state_saved_with_another_probe_is_refused_saying_what_differs():
     reordered = regimes.Tracker(model, probe.flip(0))
     with pytest.raises(ValueError, match="another probe"):
         reordered.load_state_dict(saved)
-    as_dict = regimes.Tracker(TokenModel(), {"input_ids": torch.zeros(2, 5, dtype=torch.long),
-                                             "attention_mask": torch.ones(2, 5, dtype=torch.long)})
+    as_dict = regimes.Tracker(
+        TokenModel(),
+        {"input_ids": torch.zeros(2, 5, dtype=torch.long), "attention_mask": torch.ones(2, 5, dtype=torch.long)},
+    )
     state = as_dict.state_dict()
-    shorter = regimes.Tracker(as_dict.module, {"input_ids": torch.zeros(2, 5, dtype=torch.long),
-                                               "attention_mask": torch.tensor([[1] * 5, [1, 1, 1, 0, 0]])})
+    shorter = regimes.Tracker(
+        as_dict.module,
+        {"input_ids": torch.zeros(2, 5, dtype=torch.long), "attention_mask": torch.tensor([[1] * 5, [1, 1, 1, 0, 0]])},
+    )
     with pytest.raises(ValueError, match="another probe.*other values"):
         shorter.load_state_dict(state)
     regimes.Tracker(model, probe).load_state_dict(saved)  # the same probe loads
@@ -784,7 +803,9 @@ def test_state_saved_with_another_model_is_refused_saying_what_differs():
     probe = torch.randn(4, 12)
     saved = regimes.Tracker(MLP(), probe).state_dict()
     wrong = dict(saved, site_shapes=[[4, 32], [4, 17]])
-    with pytest.raises(regimes.tracker.TrackerStateMismatchError, match=r"site 'act2' has output shape \[4, 17\] saved"):
+    with pytest.raises(
+        regimes.tracker.TrackerStateMismatchError, match=r"site 'act2' has output shape \[4, 17\] saved"
+    ):
         regimes.Tracker(MLP(), probe).load_state_dict(wrong)
 
 

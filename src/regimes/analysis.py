@@ -187,9 +187,7 @@ def summarize(delta_w, delta_a, batches_per_epoch: int, tau: float = 0.1) -> dic
     delta_w = _as_curve(delta_w, "delta_w")
     delta_a = _as_curve(delta_a, "delta_a")
     if delta_w.shape != delta_a.shape:
-        raise ValueError(
-            f"delta_w and delta_a must have the same length, got {delta_w.size} and {delta_a.size}"
-        )
+        raise ValueError(f"delta_w and delta_a must have the same length, got {delta_w.size} and {delta_a.size}")
     if delta_w.size == 0:
         raise ValueError("summarize needs at least one recorded step; call tracker.step() after optimizer.step()")
     window = min(smoothing_window(batches_per_epoch), delta_w.size)
@@ -239,8 +237,11 @@ def summarize_run(curves: dict, batches_per_epoch: int, weight_change: str = "la
         "global": summarize(curves["dw"], curves["da"], batches_per_epoch, tau),
         "layerwise": summarize(curves["dw_layerwise"], curves["da"], batches_per_epoch, tau),
     }
-    out = {**readings[weight_change], "rho_global": readings["global"]["rho"],
-           "rho_layerwise": readings["layerwise"]["rho"]}  # fmt: skip
+    out = {
+        **readings[weight_change],
+        "rho_global": readings["global"]["rho"],
+        "rho_layerwise": readings["layerwise"]["rho"],
+    }
     for w in WEIGHT_CHANGES:
         out[f"auc_w_{w}"] = readings[w]["auc_w"]
         out[f"stabilization_w_{w}"] = readings[w]["stabilization_w"]

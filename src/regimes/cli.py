@@ -30,7 +30,9 @@ def _config_for(args):
     from regimes.experiment import apply_overrides, get_preset, list_presets, load_toml
 
     target = args.preset
-    is_file = target.endswith(".toml") or Path(target).is_file() or (Path(target).is_dir() and target not in list_presets())
+    is_file = (
+        target.endswith(".toml") or Path(target).is_file() or (Path(target).is_dir() and target not in list_presets())
+    )
     config = load_toml(target) if is_file else get_preset(target)
     overrides = list(args.set or [])
     if args.seed is not None:
@@ -82,9 +84,12 @@ def _print_result(summary: dict, out: Path) -> None:
         ("stop epoch", stopped),
         ("AUC_W / AUC_P", f"{_fmt(summary['auc_w'], '.3f')} / {_fmt(summary['auc_p'], '.3f')}"),
         ("rho", rho),
-        ("rho, units pooled", f"{_fmt(summary.get('rho_units'), '.2f')} (weight change: global "
-                              f"{_fmt(summary.get('rho_global_units'), '.2f')}, layerwise "
-                              f"{_fmt(summary.get('rho_layerwise_units'), '.2f')}; `regimes explain` says why)"),
+        (
+            "rho, units pooled",
+            f"{_fmt(summary.get('rho_units'), '.2f')} (weight change: global "
+            f"{_fmt(summary.get('rho_global_units'), '.2f')}, layerwise "
+            f"{_fmt(summary.get('rho_layerwise_units'), '.2f')}; `regimes explain` says why)",
+        ),
         ("settled (w / a)", f"{_settled(summary['stabilization_w'])} / {_settled(summary['stabilization_p'])}"),
     ]
     geometry = RunDirectory(out).read_geometry()
@@ -92,12 +97,22 @@ def _print_result(summary: dict, out: Path) -> None:
         from regimes.runs import geometry_numbers
 
         g = geometry_numbers(geometry)
-        rows.append(("geometry", f"region distance {_fmt(g['distance_median'], '.3g')}, certified radius "
-                                 f"{_fmt(g['certified_median'], '.3g')}, largest step / radius "
-                                 f"{_fmt(g['step_over_radius'], '.3g')} (medians over epochs)"))  # fmt: skip
-        rows.append(("no flip (next epoch)", f"guaranteed {_fmt(g['no_flip_guaranteed'], '.2f')}, observed "
-                                             f"{_fmt(g['no_flip_observed'], '.2f')} of the probe (means over epochs; "
-                                             f"`regimes geometry {out}`)"))  # fmt: skip
+        rows.append(
+            (
+                "geometry",
+                f"region distance {_fmt(g['distance_median'], '.3g')}, certified radius "
+                f"{_fmt(g['certified_median'], '.3g')}, largest step / radius "
+                f"{_fmt(g['step_over_radius'], '.3g')} (medians over epochs)",
+            )
+        )
+        rows.append(
+            (
+                "no flip (next epoch)",
+                f"guaranteed {_fmt(g['no_flip_guaranteed'], '.2f')}, observed "
+                f"{_fmt(g['no_flip_observed'], '.2f')} of the probe (means over epochs; "
+                f"`regimes geometry {out}`)",
+            )
+        )
     _print_pairs(rows)
 
 
@@ -112,8 +127,16 @@ def cmd_run(args) -> int:
 
     if args.resume:
         out = Path(args.resume)
-        changes = [flag for flag, given in (("a preset or config", args.preset), ("--set", args.set),
-                                            ("--seed", args.seed is not None), ("--force", args.force)) if given]  # fmt: skip
+        changes = [
+            flag
+            for flag, given in (
+                ("a preset or config", args.preset),
+                ("--set", args.set),
+                ("--seed", args.seed is not None),
+                ("--force", args.force),
+            )
+            if given
+        ]
         if changes:
             raise UsageError(
                 f"--resume continues the run as its {RunDirectory.CONFIG} says, so {' and '.join(changes)} cannot go with "
@@ -125,7 +148,9 @@ def cmd_run(args) -> int:
         config = load_toml(run.config_path)
     else:
         if not args.preset:
-            raise UsageError("name a preset or a TOML config (`regimes presets` lists the presets), or pass --resume DIR")
+            raise UsageError(
+                "name a preset or a TOML config (`regimes presets` lists the presets), or pass --resume DIR"
+            )
         config = _config_for(args)
         name = config.preset or Path(args.preset).stem
         check_path_name("config file name", name)  # it names the default run folder
@@ -134,13 +159,23 @@ def cmd_run(args) -> int:
 
     try:
         with _sigterm_as_interrupt():
-            summary = train_run(config, out, device=args.device, data_dir=args.data_dir, resume=bool(args.resume),
-                                force=args.force, callbacks=[] if args.quiet else [ProgressBar()],
-                                log=args.log or ())  # fmt: skip
+            summary = train_run(
+                config,
+                out,
+                device=args.device,
+                data_dir=args.data_dir,
+                resume=bool(args.resume),
+                force=args.force,
+                callbacks=[] if args.quiet else [ProgressBar()],
+                log=args.log or (),
+            )
     except KeyboardInterrupt:
         if RunDirectory(out).has_config():
-            print(f"\ninterrupted: the records up to the last finished epoch are in {out}; "
-                  f"continue with `regimes run --resume {out}`", file=sys.stderr)  # fmt: skip
+            print(
+                f"\ninterrupted: the records up to the last finished epoch are in {out}; "
+                f"continue with `regimes run --resume {out}`",
+                file=sys.stderr,
+            )
         else:
             print("\ninterrupted before the run started: nothing was written", file=sys.stderr)
         return 130
@@ -171,13 +206,17 @@ def _run_seeds(args) -> int:
     if args.resume or args.seeds < 1:
         raise UsageError("--seeds takes a number >= 1 and a preset or config (rerun the same command to resume)")
     config = _config_for(args)
-    out = Path(args.out or Path("runs") / f"{config.preset or Path(args.preset).stem}-seeds{config.seed}-{config.seed + args.seeds - 1}")
+    out = Path(
+        args.out
+        or Path("runs") / f"{config.preset or Path(args.preset).stem}-seeds{config.seed}-{config.seed + args.seeds - 1}"
+    )
     grid = grid_from_dict({"seed": [config.seed]}, name="seeds")
     engine = LocalEngine(workers=1, threads=args.threads, device=args.device, data_dir=args.data_dir)
     with _sigterm_as_interrupt():
         try:
-            selected = run_sweep(config, grid, out, engine, seeds=args.seeds, force=args.force,
-                                 events=_SweepProgress(args.quiet))  # fmt: skip
+            selected = run_sweep(
+                config, grid, out, engine, seeds=args.seeds, force=args.force, events=_SweepProgress(args.quiet)
+            )
         except KeyboardInterrupt:
             print(f"\ninterrupted: every finished epoch is kept in {out}; the same command continues", file=sys.stderr)
             return 130
@@ -258,12 +297,16 @@ def cmd_geometry(args) -> int:
     if args.epoch is not None and args.epoch != last:
         row = next((r for r in recorded if r["epoch"] == args.epoch), None)
         if row is None and recorded:
-            raise UsageError(f"epoch {args.epoch}: the run recorded geometry for epochs "
-                             f"{recorded[0]['epoch']}-{recorded[-1]['epoch']}")  # fmt: skip
+            raise UsageError(
+                f"epoch {args.epoch}: the run recorded geometry for epochs "
+                f"{recorded[0]['epoch']}-{recorded[-1]['epoch']}"
+            )
         if row is None:
             weights = f"the checkpoint holds epoch {last}'s weights only" if checkpoint else "the run has no checkpoint"
-            raise UsageError(f"epoch {args.epoch}: {weights}, and the run recorded no geometry: train it with "
-                             "`--set geometry=true` to record every epoch")  # fmt: skip
+            raise UsageError(
+                f"epoch {args.epoch}: {weights}, and the run recorded no geometry: train it with "
+                "`--set geometry=true` to record every epoch"
+            )
         _print_pairs([(k, _geometry_value(v)) for k, v in row.items()])
         return 0
     if checkpoint is None:
@@ -297,17 +340,26 @@ def _print_probe_geometry(found: dict) -> None:
     for i in range(n):
         site = found["nearest_site"][i]
         where = f"{site} unit {found['nearest_unit'][i]}" if site is not None else "none"
-        print(f"{i:>6}  {found['distance'][i]:>10.4g}  {where:<28}  {found['certified'][i]:>10.4g}  "
-              f"{found['empirical'][i]:>10.4g}")  # fmt: skip
+        print(
+            f"{i:>6}  {found['distance'][i]:>10.4g}  {where:<28}  {found['certified'][i]:>10.4g}  "
+            f"{found['empirical'][i]:>10.4g}"
+        )
     spread = {k: percentiles(found[k], k) for k in ("distance", "certified", "empirical")}
     for name in ("p10", "median", "p90"):
         distance, certified, empirical = (spread[k][f"{k}_{name}"] for k in ("distance", "certified", "empirical"))
         print(f"{name:>6}  {distance:>10.4g}  {'':<28}  {certified:>10.4g}  {empirical:>10.4g}")
 
 
-GEOMETRY_TABLE = (("epoch", "d"), ("distance_median", ".3g"), ("certified_median", ".3g"), ("step_max", ".3g"),
-                  ("displacement_max", ".3g"), ("no_flip_guaranteed", ".2f"), ("no_flip_observed", ".2f"),
-                  ("statistics_change", ".2g"))  # fmt: skip
+GEOMETRY_TABLE = (
+    ("epoch", "d"),
+    ("distance_median", ".3g"),
+    ("certified_median", ".3g"),
+    ("step_max", ".3g"),
+    ("displacement_max", ".3g"),
+    ("no_flip_guaranteed", ".2f"),
+    ("no_flip_observed", ".2f"),
+    ("statistics_change", ".2g"),
+)
 
 
 def _print_geometry_table(rows: list[dict]) -> None:
@@ -331,16 +383,27 @@ def cmd_sweep(args) -> int:
     swept = set(grid.axes) | {k for v in grid.axes.get("optimizer", []) if isinstance(v, dict) for k in v}
     overridden = [text.split("=", 1)[0].strip().split(".")[0] for text in args.set or []]
     if clash := [k for k in overridden if k in swept]:
-        raise UsageError(f"--set {clash[0]} changes a key the grid sweeps over; use a grid file (--grid FILE) to change its values")
+        raise UsageError(
+            f"--set {clash[0]} changes a key the grid sweeps over; use a grid file (--grid FILE) to change its values"
+        )
     if fixed := {k: v for k, v in grid.fixed.items() if k in overridden}:  # --set wins over the grid's fixed values
         grid.fixed = {k: v for k, v in grid.fixed.items() if k not in fixed}
     out = Path(args.out or Path("sweeps") / (base.preset or Path(args.preset).stem))
-    engine = make_engine(args.engine, workers=args.workers, threads=args.threads, device=args.device,
-                         data_dir=args.data_dir, address=args.address, gpus_per_trial=args.gpus_per_trial)  # fmt: skip
+    engine = make_engine(
+        args.engine,
+        workers=args.workers,
+        threads=args.threads,
+        device=args.device,
+        data_dir=args.data_dir,
+        address=args.address,
+        gpus_per_trial=args.gpus_per_trial,
+    )
     progress = _SweepProgress(args.quiet)
     if not args.quiet:
-        print(f"sweep {base.preset or args.preset}: {len(grid)} trials of the {grid.name} grid"
-              f"{f', then {args.seeds} seeds' if args.seeds else ''}, into {out} ({engine!r})")  # fmt: skip
+        print(
+            f"sweep {base.preset or args.preset}: {len(grid)} trials of the {grid.name} grid"
+            f"{f', then {args.seeds} seeds' if args.seeds else ''}, into {out} ({engine!r})"
+        )
 
     def stop(signum, frame):
         raise KeyboardInterrupt
@@ -350,8 +413,10 @@ def cmd_sweep(args) -> int:
         selected = run_sweep(base, grid, out, engine, seeds=args.seeds, force=args.force, events=progress)
     except KeyboardInterrupt:
         progress.close()
-        print(f"\ninterrupted: every finished epoch is kept in {out}; the same command continues the sweep",
-              file=sys.stderr)  # fmt: skip
+        print(
+            f"\ninterrupted: every finished epoch is kept in {out}; the same command continues the sweep",
+            file=sys.stderr,
+        )
         return 130
     finally:
         signal.signal(signal.SIGTERM, previous)
@@ -377,8 +442,9 @@ class _SweepProgress:
         if kind == "phase":
             self.close()
             skipped = f" ({info['done']} already done)" if info["done"] else ""
-            self.bar = tqdm(total=info["total"], initial=info["done"], desc=info["name"] + skipped,
-                            unit="trial", dynamic_ncols=True)  # fmt: skip
+            self.bar = tqdm(
+                total=info["total"], initial=info["done"], desc=info["name"] + skipped, unit="trial", dynamic_ncols=True
+            )
         elif kind == "result":
             from regimes.records import RunDirectory
             from regimes.runs import best_validation
@@ -406,9 +472,11 @@ def _trial_line(row: dict, best: tuple[float, int] | None = None) -> str:
     stopping = row.get("best_score")
     if best is not None and stopping is not None and math.isfinite(stopping) and not math.isclose(stopping, score):
         reference = f" (early stopping's reference {stopping:.4f})"
-    return (f"  {row['trial']:<28} {row['status']:<9} best {row.get('score_name') or 'score'} {_fmt(score, '.4f')}"
-            f" at epoch {_fmt(epoch, 'd')}{reference}, stopped at epoch {_fmt(row.get('stop_epoch'), 'd')}"
-            f"  rho {_fmt(row['rho'], '.2f')}  {_fmt(row['seconds'], '.1f')} s training (start-up not counted)")  # fmt: skip
+    return (
+        f"  {row['trial']:<28} {row['status']:<9} best {row.get('score_name') or 'score'} {_fmt(score, '.4f')}"
+        f" at epoch {_fmt(epoch, 'd')}{reference}, stopped at epoch {_fmt(row.get('stop_epoch'), 'd')}"
+        f"  rho {_fmt(row['rho'], '.2f')}  {_fmt(row['seconds'], '.1f')} s training (start-up not counted)"
+    )
 
 
 def _print_sweep(selected: dict, out: Path) -> None:
@@ -421,20 +489,29 @@ def _print_sweep(selected: dict, out: Path) -> None:
         print(f"no trial finished; see {sweep.table_path(sweep.TRIALS, 'csv')}", file=sys.stderr)
         return
     row, winner = selected["row"], read_run(sweep.run(selected["path"]).path)
-    print(f"selected  {selected['trial']}: best {row['score_name']} {winner['best_score']:.4f} at epoch {winner['best_epoch']}, "
-          f"stopped at epoch {row['stop_epoch']}, rho {row['rho']:.2f}  ({sweep.selected_path})")  # fmt: skip
+    print(
+        f"selected  {selected['trial']}: best {row['score_name']} {winner['best_score']:.4f} at epoch {winner['best_epoch']}, "
+        f"stopped at epoch {row['stop_epoch']}, rho {row['rho']:.2f}  ({sweep.selected_path})"
+    )
     config = selected["config"]
-    print(f"          optimizer {config['optimizer']}, lr {short_scientific(config['lr'])}, "
-          f"weight decay {short_scientific(config['weight_decay'])}")  # fmt: skip
+    print(
+        f"          optimizer {config['optimizer']}, lr {short_scientific(config['lr'])}, "
+        f"weight decay {short_scientific(config['weight_decay'])}"
+    )
     if selected.get("failed"):
         print(f"          {len(selected['failed'])} trial(s) did not finish: {', '.join(selected['failed'])}")
     if selected.get("seeds"):
         seeds = read_sweep(out)  # what `regimes report` shows for this sweep
-        interval = (f", 95% interval [{seeds['rho_low']:.2f}, {seeds['rho_high']:.2f}]"
-                    if math.isfinite(seeds["rho_low"]) else "")  # fmt: skip
-        print(f"seeds     {seeds['seeds']} finished (seeds {seeds['seed']}): rho {seeds['rho']:.2f}{interval} "
-              f"(+{seeds['rho_upper']:.2f} / -{seeds['rho_lower']:.2f}), "
-              f"mean best {row['score_name']} {seeds['best_score']:.4f}")  # fmt: skip
+        interval = (
+            f", 95% interval [{seeds['rho_low']:.2f}, {seeds['rho_high']:.2f}]"
+            if math.isfinite(seeds["rho_low"])
+            else ""
+        )
+        print(
+            f"seeds     {seeds['seeds']} finished (seeds {seeds['seed']}): rho {seeds['rho']:.2f}{interval} "
+            f"(+{seeds['rho_upper']:.2f} / -{seeds['rho_lower']:.2f}), "
+            f"mean best {row['score_name']} {seeds['best_score']:.4f}"
+        )
     wall = selected.get("wall_seconds") or {}
     if wall:
         phases = ", ".join(f"{name} {seconds:.1f} s" for name, seconds in wall.items())
@@ -457,7 +534,9 @@ def cmd_explain(args) -> int:
 
 
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="regimes", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = argparse.ArgumentParser(
+        prog="regimes", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
     commands = parser.add_subparsers(dest="command", required=True)
 
     run = commands.add_parser("run", help="train one run of a preset or a TOML config")
@@ -465,16 +544,28 @@ def build_parser() -> argparse.ArgumentParser:
     run.add_argument("--seed", type=int, help="the run's seed (default: the config's, 0)")
     run.add_argument("--out", help="run directory (default: runs/<preset>-seed<seed>)")
     run.add_argument("--device", help="cpu, cuda, cuda:1, mps (default: cuda if present, else cpu)")
-    run.add_argument("--set", action="append", metavar="KEY=VALUE", help="override a config value (TOML syntax), repeatable")
+    run.add_argument(
+        "--set", action="append", metavar="KEY=VALUE", help="override a config value (TOML syntax), repeatable"
+    )
     run.add_argument("--data-dir", help="where the data sets are (default: $REGIMES_DATA, then ~/.cache/regimes)")
     run.add_argument("--resume", metavar="DIR", help="continue an interrupted run from its last finished epoch")
     run.add_argument("--force", action="store_true", help="replace a different run already in --out")
     run.add_argument("--quiet", action="store_true", help="no progress bar, no result table")
-    run.add_argument("--log", action="append", metavar="LOGGER",
-                     help="also send the curves, as they are measured, to tensorboard, mlflow or wandb (repeatable)")
-    run.add_argument("--threads", type=int, metavar="N", help="torch threads (numbers depend on it; recorded in the summary)")
-    run.add_argument("--seeds", type=int, metavar="N",
-                     help="run seeds 0..N-1 (from --seed) of this config: rho's mean and 95%% interval, as a sweep's seeds")
+    run.add_argument(
+        "--log",
+        action="append",
+        metavar="LOGGER",
+        help="also send the curves, as they are measured, to tensorboard, mlflow or wandb (repeatable)",
+    )
+    run.add_argument(
+        "--threads", type=int, metavar="N", help="torch threads (numbers depend on it; recorded in the summary)"
+    )
+    run.add_argument(
+        "--seeds",
+        type=int,
+        metavar="N",
+        help="run seeds 0..N-1 (from --seed) of this config: rho's mean and 95%% interval, as a sweep's seeds",
+    )
     run.set_defaults(func=cmd_run)
 
     presets = commands.add_parser("presets", help="list the presets")
@@ -488,14 +579,21 @@ def build_parser() -> argparse.ArgumentParser:
     report.add_argument("dirs", nargs="+", help="run directories, or folders holding them")
     report.add_argument("--format", choices=["markdown", "csv", "latex"], default="markdown")
     report.add_argument("--figure", help="also draw the grid figure to this file (.png, .svg, .pdf)")
-    report.add_argument("--strict", action="store_true", help="stop at a run that cannot be read (default: name it and skip it)")
-    report.add_argument("--all", action="store_true",
-                        help="count runs flagged not measured, not learned or frozen in the mean (default: leave them out)")
+    report.add_argument(
+        "--strict", action="store_true", help="stop at a run that cannot be read (default: name it and skip it)"
+    )
+    report.add_argument(
+        "--all",
+        action="store_true",
+        help="count runs flagged not measured, not learned or frozen in the mean (default: leave them out)",
+    )
     report.set_defaults(func=cmd_report)
 
     geometry = commands.add_parser("geometry", help="region distances and stability radii of a saved run's probe")
     geometry.add_argument("run", help="a run directory (`regimes run` writes one)")
-    geometry.add_argument("--epoch", type=int, help="an epoch the run recorded with geometry = true (default: the checkpoint's)")
+    geometry.add_argument(
+        "--epoch", type=int, help="an epoch the run recorded with geometry = true (default: the checkpoint's)"
+    )
     geometry.add_argument("--device", help="cpu, cuda, ... (default: cuda if present, else cpu)")
     geometry.add_argument("--data-dir", help="where the data sets are (default: $REGIMES_DATA, then ~/.cache/regimes)")
     geometry.add_argument("--threads", type=int, metavar="N", help="torch threads")
@@ -509,19 +607,39 @@ def build_parser() -> argparse.ArgumentParser:
 
     sweep = commands.add_parser("sweep", help="the study's sweep: a grid, the best config, several seeds")
     sweep.add_argument("preset", help="a preset name (`regimes presets`) or a TOML config file: the base config")
-    sweep.add_argument("--grid", help="a family (small, cnn, transformer) or a TOML grid file (default: the model's family)")
-    sweep.add_argument("--seeds", type=int, default=0, metavar="N", help="rerun the selected config with N seeds (rho's interval)")
-    sweep.add_argument("--engine", choices=["local", "ray"], default="local", help="local worker processes (default) or Ray Tune")
-    sweep.add_argument("--workers", type=int, help="local: parallel trials (default: one per GPU, or cores / threads on CPU)")
-    sweep.add_argument("--threads", type=int, help="torch threads (ray: CPUs) per trial (default: 1, or cores / --workers)")
+    sweep.add_argument(
+        "--grid", help="a family (small, cnn, transformer) or a TOML grid file (default: the model's family)"
+    )
+    sweep.add_argument(
+        "--seeds", type=int, default=0, metavar="N", help="rerun the selected config with N seeds (rho's interval)"
+    )
+    sweep.add_argument(
+        "--engine", choices=["local", "ray"], default="local", help="local worker processes (default) or Ray Tune"
+    )
+    sweep.add_argument(
+        "--workers", type=int, help="local: parallel trials (default: one per GPU, or cores / threads on CPU)"
+    )
+    sweep.add_argument(
+        "--threads", type=int, help="torch threads (ray: CPUs) per trial (default: 1, or cores / --workers)"
+    )
     sweep.add_argument("--address", help="ray: the cluster (auto, or an address; default: start Ray here)")
-    sweep.add_argument("--gpus-per-trial", type=float, help="ray: GPUs per trial, a fraction shares one (default: 1 with --device cuda)")
+    sweep.add_argument(
+        "--gpus-per-trial",
+        type=float,
+        help="ray: GPUs per trial, a fraction shares one (default: 1 with --device cuda)",
+    )
     sweep.add_argument("--out", help="sweep directory (default: sweeps/<preset>)")
     sweep.add_argument("--seed", type=int, help="the base seed (the grid's trials; seeds count up from it)")
-    sweep.add_argument("--device", help="cpu, cuda, ... (default: cuda if present, else cpu; cuda spreads workers over every GPU)")
-    sweep.add_argument("--set", action="append", metavar="KEY=VALUE", help="change the base config (TOML syntax), repeatable")
+    sweep.add_argument(
+        "--device", help="cpu, cuda, ... (default: cuda if present, else cpu; cuda spreads workers over every GPU)"
+    )
+    sweep.add_argument(
+        "--set", action="append", metavar="KEY=VALUE", help="change the base config (TOML syntax), repeatable"
+    )
     sweep.add_argument("--data-dir", help="where the data sets are (default: $REGIMES_DATA, then ~/.cache/regimes)")
-    sweep.add_argument("--force", action="store_true", help="start again in an --out that holds another sweep (removes its runs)")
+    sweep.add_argument(
+        "--force", action="store_true", help="start again in an --out that holds another sweep (removes its runs)"
+    )
     sweep.add_argument("--quiet", action="store_true", help="no progress, no result lines")
     sweep.set_defaults(func=cmd_sweep)
     return parser
@@ -543,13 +661,26 @@ def main(argv=None) -> int:
     except BrokenPipeError:  # the reader stopped reading (`| head`): not an error
         os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())  # no second error at exit
         return 0
-    except (RegimesError, ConfigError, DataNotFoundError, EngineError, FileExistsError, FileNotFoundError,
-            MissingExtraError, NotADirectoryError, ProbeError, RunDirectoryError, ValueError) as error:  # fmt: skip
+    except (
+        RegimesError,
+        ConfigError,
+        DataNotFoundError,
+        EngineError,
+        FileExistsError,
+        FileNotFoundError,
+        MissingExtraError,
+        NotADirectoryError,
+        ProbeError,
+        RunDirectoryError,
+        ValueError,
+    ) as error:
         return _one_line(str(error))
     except OSError as error:
         if not isinstance(error, PermissionError) and error.errno not in _REFUSED_BY_THE_FILE_SYSTEM:
             raise
-        return _one_line(f"cannot write {error.filename or 'a file'}: {error.strerror}; choose a place you can write to")
+        return _one_line(
+            f"cannot write {error.filename or 'a file'}: {error.strerror}; choose a place you can write to"
+        )
 
 
 def _one_line(message: str) -> int:

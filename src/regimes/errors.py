@@ -20,8 +20,15 @@ so `except ValueError` keeps working.
 
 from __future__ import annotations
 
-__all__ = ["RegimesError", "UsageError", "UnsupportedError", "DamagedInputError", "RunExistsError", "NoRunError",
-           "MissingInputError"]
+__all__ = [
+    "RegimesError",
+    "UsageError",
+    "UnsupportedError",
+    "DamagedInputError",
+    "RunExistsError",
+    "NoRunError",
+    "MissingInputError",
+]
 
 
 class RegimesError(Exception):

@@ -125,8 +125,13 @@ def _sites(steps: dict, sites: list[str], per_epoch: int, tau: float) -> list[di
     rows = []
     for site, area in zip(sites, areas):
         curve = analysis.normalized_curve(steps[f"da:{site}"], per_epoch)
-        row = {"site": site, "column": f"da:{site}", "share": float(area / total) if total > 0 else None,
-               "auc": analysis.auc(curve), "t_tau": analysis.stabilization(curve, tau)}  # fmt: skip
+        row = {
+            "site": site,
+            "column": f"da:{site}",
+            "share": float(area / total) if total > 0 else None,
+            "auc": analysis.auc(curve),
+            "t_tau": analysis.stabilization(curve, tau),
+        }
         for kind in ("on", "dead", "always_on"):
             column = steps.get(f"{kind}:{site}")
             row[kind] = _last_epoch_mean(steps, column)
@@ -145,9 +150,15 @@ def _tensors(directory, per_epoch: int, tau: float) -> list[dict]:
         curves[name] = table["dw"][rows][np.argsort(table["iteration"][rows], kind="stable")]
     areas = np.array([np.nansum(curves[n]) for n in names])
     total = areas.sum()
-    rows = [{"tensor": n, "column": f"dw:{n}", "share": float(a / total) if total > 0 else None,
-             "t_tau": analysis.stabilization(analysis.normalized_curve(curves[n], per_epoch), tau)}
-            for n, a in zip(names, areas)]  # fmt: skip
+    rows = [
+        {
+            "tensor": n,
+            "column": f"dw:{n}",
+            "share": float(a / total) if total > 0 else None,
+            "t_tau": analysis.stabilization(analysis.normalized_curve(curves[n], per_epoch), tau),
+        }
+        for n, a in zip(names, areas)
+    ]
     return sorted(rows, key=lambda r: -(r["share"] or 0))
 
 
@@ -173,7 +184,8 @@ def _neurons(steps: dict, sites: list[str]) -> dict | None:
     fall = 1 - pooled_late / pooled_early if pooled_early > 0 else None
     fall_live = 1 - live_late / live_early if live_early > 0 and math.isfinite(live_late) else None
     return {
-        "first_epoch": int(epoch.min()), "last_epoch": int(epoch.max()),
+        "first_epoch": int(epoch.min()),
+        "last_epoch": int(epoch.max()),
         "dead_units": [mean(steps["dead_units"], first), mean(steps["dead_units"], last)],
         "always_on_units": [mean(steps["always_on_units"], first), mean(steps["always_on_units"], last)],
         "on": [mean(steps["on"], first), mean(steps["on"], last)],
@@ -182,7 +194,7 @@ def _neurons(steps: dict, sites: list[str]) -> dict | None:
         "fall": fall,  # how much da_units fell from the first epoch to the last
         "fall_live": fall_live,  # the same counting only the units of live neurons
         "calm_from_frozen": (fall - fall_live) / fall if fall and fall_live is not None else None,
-    }  # fmt: skip
+    }
 
 
 def _plateau(steps: dict, weight_change: str, per_epoch: int, tau: float) -> dict:
@@ -191,9 +203,14 @@ def _plateau(steps: dict, weight_change: str, per_epoch: int, tau: float) -> dic
     risen = np.flatnonzero((w_hat >= PLATEAU_LEVEL) | (a_hat >= PLATEAU_LEVEL))
     end = int(risen[0]) if risen.size else len(w_hat)
     on_plateau = len(w_hat) > 0 and end / len(w_hat) >= PLATEAU_FRACTION and end < len(w_hat)
-    out = {"on_plateau": bool(on_plateau), "end": end, "end_fraction": end / len(w_hat) if len(w_hat) else None,
-           "end_iteration": int(steps["iteration"][end]) if end < len(steps["iteration"]) else None,
-           "rho_after": None, "columns": [analysis.READING_CURVES[weight_change], "da"]}  # fmt: skip
+    out = {
+        "on_plateau": bool(on_plateau),
+        "end": end,
+        "end_fraction": end / len(w_hat) if len(w_hat) else None,
+        "end_iteration": int(steps["iteration"][end]) if end < len(steps["iteration"]) else None,
+        "rho_after": None,
+        "columns": [analysis.READING_CURVES[weight_change], "da"],
+    }
     if on_plateau:  # smoothed index `end` starts at raw measurement `end` ('valid' mode)
         out["rho_after"] = analysis.summarize(dw[end:], da[end:], per_epoch, tau)["rho"]
     return out
@@ -205,9 +222,15 @@ def _learned(summary: dict, epochs: list[dict]) -> dict:
     higher = summary.get("higher_is_better") is not False
     best = best_validation(epochs, higher)
     scores = [r.get("val_score") for r in epochs if _finite(r.get("val_score"))]
-    out = {"score_name": summary.get("score_name"), "best": best[0] if best else None,
-           "best_epoch": best[1] if best else None, "first": scores[0] if scores else None,
-           "majority": None, "learned": summary.get("learned"), "basis": None}  # fmt: skip
+    out = {
+        "score_name": summary.get("score_name"),
+        "best": best[0] if best else None,
+        "best_epoch": best[1] if best else None,
+        "first": scores[0] if scores else None,
+        "majority": None,
+        "learned": summary.get("learned"),
+        "basis": None,
+    }
     majority = next((summary[k] for k in _MAJORITY_KEYS if _finite(summary.get(k))), None)
     if best is None:
         out["basis"] = "no validation score recorded"
@@ -221,8 +244,10 @@ def _learned(summary: dict, epochs: list[dict]) -> dict:
         out["basis"] = "best val_score at least 10% below the first epoch's"
     else:
         change = best[0] - out["first"] if out["first"] is not None else None
-        out["basis"] = (f"no majority-class accuracy recorded; the best is {_f(change, '+.4f')} on the first "
-                        "epoch's, which alone does not say it learned")  # fmt: skip
+        out["basis"] = (
+            f"no majority-class accuracy recorded; the best is {_f(change, '+.4f')} on the first "
+            "epoch's, which alone does not say it learned"
+        )
     return out
 
 
@@ -231,29 +256,37 @@ def _learned(summary: dict, epochs: list[dict]) -> dict:
 
 def render(numbers: dict) -> str:
     """`explain`'s numbers in words, each with the column it comes from."""
-    lines = [f"run {numbers['run']}: {numbers['measurements']} measurements, "
-             f"{numbers['measurements_per_epoch']} per epoch, window {numbers['window']}, tau {numbers['tau']}"]  # fmt: skip
+    lines = [
+        f"run {numbers['run']}: {numbers['measurements']} measurements, "
+        f"{numbers['measurements_per_epoch']} per epoch, window {numbers['window']}, tau {numbers['tau']}"
+    ]
     w, p = numbers["headline"]
     readings = numbers["readings"]
     lines.append("")
     lines.append("The four readings (rho = AUC_W / AUC_P; t_tau of each curve):")
     for key, r in readings.items():
         mark = "  <- headline" if key == f"{w}/{p}" else ""
-        lines.append(f"  {key:<17} rho {_f(r['rho'], '.3f')}  AUC_W {_f(r['auc_w'], '.3f')} ({r['columns'][0]})  "
-                     f"AUC_P {_f(r['auc_p'], '.3f')} ({r['columns'][1]})  t_tau w {_f(r['stabilization_w'], '.2f')} "
-                     f"p {_f(r['stabilization_p'], '.2f')}{mark}")  # fmt: skip
+        lines.append(
+            f"  {key:<17} rho {_f(r['rho'], '.3f')}  AUC_W {_f(r['auc_w'], '.3f')} ({r['columns'][0]})  "
+            f"AUC_P {_f(r['auc_p'], '.3f')} ({r['columns'][1]})  t_tau w {_f(r['stabilization_w'], '.2f')} "
+            f"p {_f(r['stabilization_p'], '.2f')}{mark}"
+        )
     if len(readings) < 4:
         lines.append("  (da_units not recorded: a run from before the pooled reading)")
     if numbers["disagreement"] is not None:
         lines.append(f"  they disagree by a factor {numbers['disagreement']:.2f} (largest rho / smallest)")
     lines.append("")
-    lines.append(f"Which sites carry the pattern curve (share of the area under da = mean of da:<site>; "
-                 f"{_order_words(numbers['order'])}):")  # fmt: skip
+    lines.append(
+        f"Which sites carry the pattern curve (share of the area under da = mean of da:<site>; "
+        f"{_order_words(numbers['order'])}):"
+    )
     for s in numbers["sites"]:
         neurons = ""
         if s["dead"] is not None:
-            neurons = (f"  last epoch: on {_f(s['on'], '.3f')}, dead {_f(s['dead'], '.3f')}, "
-                       f"always on {_f(s['always_on'], '.3f')} (on:, dead:, always_on:{s['site']})")  # fmt: skip
+            neurons = (
+                f"  last epoch: on {_f(s['on'], '.3f')}, dead {_f(s['dead'], '.3f')}, "
+                f"always on {_f(s['always_on'], '.3f')} (on:, dead:, always_on:{s['site']})"
+            )
         lines.append(f"  {s['column']:<28} share {_f(s['share'], '.3f')}  t_tau {_f(s['t_tau'], '.2f')}{neurons}")
     if numbers["tensors"]:
         lines.append("Which tensors carry the weight curve (share of the area under the dw:<tensor> columns):")
@@ -266,35 +299,53 @@ def render(numbers: dict) -> str:
     if n is None:
         lines.append("Neurons: not recorded (a run from before NeuronStats).")
     else:
-        lines.append(f"Neurons (epoch {n['first_epoch']} -> epoch {n['last_epoch']}, means over each epoch's measurements):")
-        lines.append(f"  units in dead neurons      {_f(n['dead_units'][0], '.3f')} -> {_f(n['dead_units'][1], '.3f')}  (dead_units)")
-        lines.append(f"  units in always-on neurons {_f(n['always_on_units'][0], '.3f')} -> "
-                     f"{_f(n['always_on_units'][1], '.3f')}  (always_on_units)")  # fmt: skip
-        lines.append(f"  units on                   {_f(n['on'][0], '.3f')} -> {_f(n['on'][1], '.3f')}  (on, mean over sites)")
+        lines.append(
+            f"Neurons (epoch {n['first_epoch']} -> epoch {n['last_epoch']}, means over each epoch's measurements):"
+        )
+        lines.append(
+            f"  units in dead neurons      {_f(n['dead_units'][0], '.3f')} -> {_f(n['dead_units'][1], '.3f')}  (dead_units)"
+        )
+        lines.append(
+            f"  units in always-on neurons {_f(n['always_on_units'][0], '.3f')} -> "
+            f"{_f(n['always_on_units'][1], '.3f')}  (always_on_units)"
+        )
+        lines.append(
+            f"  units on                   {_f(n['on'][0], '.3f')} -> {_f(n['on'][1], '.3f')}  (on, mean over sites)"
+        )
         calm, fall = n["calm_from_frozen"], n["fall"]
         if not _finite(fall) or fall <= 0:
-            lines.append(f"  da_units did not fall: {_f(n['da_units'][0], '.4f')} -> {_f(n['da_units'][1], '.4f')} "
-                         "(da_units, means over the first and the last epoch)")  # fmt: skip
+            lines.append(
+                f"  da_units did not fall: {_f(n['da_units'][0], '.4f')} -> {_f(n['da_units'][1], '.4f')} "
+                "(da_units, means over the first and the last epoch)"
+            )
         else:
             share = "none of it" if not _finite(calm) or calm <= 0 else f"{_pct(calm)} of it"
-            lines.append(f"  da_units fell by {_pct(fall)}; counting only live neurons' units "
-                         f"(da_units / (1 - dead_units - always_on_units)) by {_pct(n['fall_live'])}: "
-                         f"{share} is neurons that can no longer flip")  # fmt: skip
+            lines.append(
+                f"  da_units fell by {_pct(fall)}; counting only live neurons' units "
+                f"(da_units / (1 - dead_units - always_on_units)) by {_pct(n['fall_live'])}: "
+                f"{share} is neurons that can no longer flip"
+            )
     pl = numbers["plateau"]
     lines.append("")
     if pl["on_plateau"]:
-        lines.append(f"Plateau: yes, both normalised curves ({', '.join(pl['columns'])}) stayed below "
-                     f"{PLATEAU_LEVEL} for the first {pl['end_fraction']:.2f} of the run (to iteration "
-                     f"{pl['end_iteration']}); rho from there {_f(pl['rho_after'], '.3f')} beside "
-                     f"{_f(readings.get(f'{w}/{p}', {}).get('rho'), '.3f')} over the whole run")  # fmt: skip
+        lines.append(
+            f"Plateau: yes, both normalised curves ({', '.join(pl['columns'])}) stayed below "
+            f"{PLATEAU_LEVEL} for the first {pl['end_fraction']:.2f} of the run (to iteration "
+            f"{pl['end_iteration']}); rho from there {_f(pl['rho_after'], '.3f')} beside "
+            f"{_f(readings.get(f'{w}/{p}', {}).get('rho'), '.3f')} over the whole run"
+        )
     else:
-        lines.append(f"Plateau: no (a normalised curve of {', '.join(pl['columns'])} reached {PLATEAU_LEVEL} "
-                     f"within the first {PLATEAU_FRACTION} of the run)")  # fmt: skip
+        lines.append(
+            f"Plateau: no (a normalised curve of {', '.join(pl['columns'])} reached {PLATEAU_LEVEL} "
+            f"within the first {PLATEAU_FRACTION} of the run)"
+        )
     le = numbers["learned"]
     verdict = {True: "yes", False: "NO", None: "not judged"}[le["learned"]]
-    lines.append(f"Learned: {verdict}: best val_score {_f(le['best'], '.4f')} (epoch {le['best_epoch']}), first "
-                 f"epoch's {_f(le['first'], '.4f')}, majority-class {_f(le['majority'], '.4f')} (epochs table; "
-                 f"{le['basis']})")  # fmt: skip
+    lines.append(
+        f"Learned: {verdict}: best val_score {_f(le['best'], '.4f')} (epoch {le['best_epoch']}), first "
+        f"epoch's {_f(le['first'], '.4f')}, majority-class {_f(le['majority'], '.4f')} (epochs table; "
+        f"{le['basis']})"
+    )
     return "\n".join(lines)
 
 
@@ -379,5 +430,3 @@ def _f(value, spec: str) -> str:
 
 def _pct(value) -> str:
     return f"{100 * value:.0f}%" if _finite(value) else "-"
-
-

@@ -102,9 +102,14 @@ class WandbLogger:
     def log_metrics(self, metrics: Mapping[str, float], step: int) -> None:
         if self.run is None:
             self.folder.mkdir(parents=True, exist_ok=True)
-            self.run = self.wandb.init(project="regimes", name=self.folder.name, dir=str(self.folder),
-                                       mode=os.environ.get("WANDB_MODE", "offline"), config=self.config,
-                                       reinit="create_new")  # fmt: skip
+            self.run = self.wandb.init(
+                project="regimes",
+                name=self.folder.name,
+                dir=str(self.folder),
+                mode=os.environ.get("WANDB_MODE", "offline"),
+                config=self.config,
+                reinit="create_new",
+            )
         self.run.log(dict(metrics), step=step)
 
     def flush(self) -> None:

@@ -92,9 +92,13 @@ class NeuronStats(Quantity):
         dead = counts[:, :, 1] / self.neurons
         always = counts[:, :, 2] / self.neurons
         units = layout.units.sum()
-        out = {"on": on.mean(1), "dead": dead.mean(1), "always_on": always.mean(1),
-               "dead_units": counts[:, :, 1] @ self.units_per_neuron / units,
-               "always_on_units": counts[:, :, 2] @ self.units_per_neuron / units}  # fmt: skip
+        out = {
+            "on": on.mean(1),
+            "dead": dead.mean(1),
+            "always_on": always.mean(1),
+            "dead_units": counts[:, :, 1] @ self.units_per_neuron / units,
+            "always_on_units": counts[:, :, 2] @ self.units_per_neuron / units,
+        }
         for j, name in enumerate(self.tracker.sites):
             out[f"on:{name}"], out[f"dead:{name}"], out[f"always_on:{name}"] = on[:, j], dead[:, j], always[:, j]
         return out

@@ -46,9 +46,7 @@ def _pyplot():
     """pyplot, on the Agg backend when there is no display to show a window on."""
     import matplotlib
 
-    headless = sys.platform.startswith("linux") and not (
-        os.environ.get("DISPLAY") or os.environ.get("WAYLAND_DISPLAY")
-    )
+    headless = sys.platform.startswith("linux") and not (os.environ.get("DISPLAY") or os.environ.get("WAYLAND_DISPLAY"))
     if headless and "MPLBACKEND" not in os.environ and "matplotlib.pyplot" not in sys.modules:
         matplotlib.use("Agg")
     import matplotlib.pyplot as plt
@@ -76,7 +74,9 @@ def _resolve(run, batches_per_epoch: int | None = None) -> tuple[dict, dict, lis
 
     if isinstance(run, Tracker):
         if batches_per_epoch is None:
-            raise UsageError("plot_run(tracker) needs batches_per_epoch= (optimizer steps per epoch): it sets the window")
+            raise UsageError(
+                "plot_run(tracker) needs batches_per_epoch= (optimizer steps per epoch): it sets the window"
+            )
         steps = {"iteration": run.iterations, "dw": run.delta_w, "da": run.delta_a}
         info = {"batches_per_epoch": batches_per_epoch}
         return info, info, [], steps
@@ -154,9 +154,17 @@ def plot_run(run, ax=None, legend: bool = True, label: str | None = None, batche
     if best:
         ax.axvline(best, color="0.5", linestyle=":", linewidth=1.0, label=_BEST_EPOCH)
         left = best > 0.8 * ax.get_xlim()[1]  # the number on the side with room for it
-        ax.annotate(str(best), xy=(best, 1.0), xycoords=("data", "axes fraction"), xytext=(-2 if left else 2, -2),
-                    textcoords="offset points", ha="right" if left else "left", va="top", fontsize="x-small",
-                    color="0.35")  # fmt: skip
+        ax.annotate(
+            str(best),
+            xy=(best, 1.0),
+            xycoords=("data", "axes fraction"),
+            xytext=(-2 if left else 2, -2),
+            textcoords="offset points",
+            ha="right" if left else "left",
+            va="top",
+            fontsize="x-small",
+            color="0.35",
+        )
 
     higher = own.get("higher_is_better", info.get("higher_is_better")) is not False  # unknown: accuracy-like
     name = own.get("score_name") or info.get("score_name") or ("score" if higher else "perplexity")
@@ -168,15 +176,16 @@ def plot_run(run, ax=None, legend: bool = True, label: str | None = None, batche
     if legend:
         handles, labels = _legend_entries(ax)
         # Below the panel: inside it would cover curves on one axis or the other.
-        ax.legend(handles, labels, fontsize="x-small", loc="upper center", bbox_to_anchor=(0.5, -0.17),
-                  ncols=2, frameon=False)  # fmt: skip
+        ax.legend(
+            handles, labels, fontsize="x-small", loc="upper center", bbox_to_anchor=(0.5, -0.17), ncols=2, frameon=False
+        )
     if not epochs and len(steps.get("dw", [])) == 0:
         ax.text(0.5, 0.5, "no records yet", transform=ax.transAxes, ha="center", va="center")
     return fig, ax
 
 
 def _title(info: dict, own: dict, label: str | None) -> str:
-    """"MLP / Breast Cancer   rho = 1.13" (the rho of the curves drawn), then which run it is;
+    """ "MLP / Breast Cancer   rho = 1.13" (the rho of the curves drawn), then which run it is;
     a run that did not finish says so, and a sweep with seeds gives the seeds' mean rho."""
     head = f"{model_label(info.get('model') or '?')} / {dataset_label(info.get('dataset') or '?')}"
     rho = as_float(own.get("rho"))
@@ -280,7 +289,9 @@ def plot_grid(runs, path=None, ncols: int = 3):
     for run, ax, label in zip(runs, axes, _labels(runs)):
         plot_run(run, ax=ax, legend=False, label=label)
     handles, labels = _legend_entries(*axes)
-    columns = max(1, min(len(labels), int(_PANEL_SIZE[0] * ncols // _LEGEND_ENTRY_WIDTH)))  # rows of it rather than clipped
+    columns = max(
+        1, min(len(labels), int(_PANEL_SIZE[0] * ncols // _LEGEND_ENTRY_WIDTH))
+    )  # rows of it rather than clipped
     fig.legend(handles, labels, loc="outside lower center", ncols=columns, fontsize="small", frameon=False)
     if path is not None:
         _save(fig, path)
@@ -324,18 +335,38 @@ def plot_geometry(rows, axes=None):
         return np.array([np.nan if r.get(name) is None else r[name] for r in rows], dtype=np.float64)
 
     distance, radius, flips = axes
-    distance.fill_between(epoch, column("distance_p10"), column("distance_p90"), color="tab:purple", alpha=0.2,
-                          linewidth=0, label="10th-90th percentile")  # fmt: skip
+    distance.fill_between(
+        epoch,
+        column("distance_p10"),
+        column("distance_p90"),
+        color="tab:purple",
+        alpha=0.2,
+        linewidth=0,
+        label="10th-90th percentile",
+    )
     distance.plot(epoch, column("distance_median"), color="tab:purple", marker="o", markersize=2.5, label="median")
     # Log scales where there is something positive to show (inputs on a max-pool tie sit at 0).
     positive = np.nanmax(np.append(column("distance_p90"), 0.0)) > 0
     distance.set(yscale="log" if positive else "linear", xlabel="epoch", ylabel="input-space distance")
     distance.set_title("probe's distance to its region's boundary", fontsize="small")
 
-    radius.fill_between(epoch, column("certified_p10"), column("certified_p90"), color="tab:blue", alpha=0.2,
-                        linewidth=0, label="certified radius, 10th-90th pct.")  # fmt: skip
-    radius.plot(epoch, column("certified_median"), color="tab:blue", marker="o", markersize=2.5,
-                label="certified radius, median")  # fmt: skip
+    radius.fill_between(
+        epoch,
+        column("certified_p10"),
+        column("certified_p90"),
+        color="tab:blue",
+        alpha=0.2,
+        linewidth=0,
+        label="certified radius, 10th-90th pct.",
+    )
+    radius.plot(
+        epoch,
+        column("certified_median"),
+        color="tab:blue",
+        marker="o",
+        markersize=2.5,
+        label="certified radius, median",
+    )
     radius.plot(epoch, column("empirical_median"), color="tab:blue", linestyle="--", label="empirical radius, median")
     radius.plot(epoch, column("step_max"), color="tab:red", marker="^", markersize=3, label="next epoch: largest step")
     radius.plot(epoch, column("displacement_max"), color="tab:red", linestyle=":", label="next epoch: farthest move")
@@ -343,14 +374,27 @@ def plot_geometry(rows, axes=None):
     radius.set(yscale="log" if positive else "linear", xlabel="epoch", ylabel="parameter-space distance (L2)")
     radius.set_title("stability radius vs the next epoch's steps", fontsize="small")
 
-    flips.plot(epoch, column("no_flip_guaranteed"), color="tab:blue", marker="o", markersize=2.5,
-               label="guaranteed (radius > farthest move)")  # fmt: skip
+    flips.plot(
+        epoch,
+        column("no_flip_guaranteed"),
+        color="tab:blue",
+        marker="o",
+        markersize=2.5,
+        label="guaranteed (radius > farthest move)",
+    )
     flips.plot(epoch, column("no_flip_observed"), color="tab:red", marker="s", markersize=2.5, label="observed")
     flips.set(ylim=(-0.03, 1.03), xlabel="epoch", ylabel="fraction of probe samples")
     flips.set_title("no flip in the next epoch", fontsize="small")
     if np.nanmax(np.append(column("statistics_change"), 0.0)) > 0:
-        flips.text(0.02, 0.5, "BatchNorm statistics move too:\nthe guarantee covers the\nparameters' share only",
-                   transform=flips.transAxes, fontsize="x-small", color="0.35", va="center")  # fmt: skip
+        flips.text(
+            0.02,
+            0.5,
+            "BatchNorm statistics move too:\nthe guarantee covers the\nparameters' share only",
+            transform=flips.transAxes,
+            fontsize="x-small",
+            color="0.35",
+            va="center",
+        )
     for ax in axes:
         ax.legend(fontsize="xx-small", frameon=False)
         ax.tick_params(labelsize="x-small")

@@ -138,8 +138,9 @@ class Probe:
         if self._site_targets is None:
             self._buffer = self.layout.new_buffer(self.device)
             self._buffer.zero_()  # gaps between sites must read as off; they are never written
-            self._site_targets = {key: (site, self.layout.site_bits(self._buffer, site))
-                                  for key, site in self._by_call.items()}  # fmt: skip
+            self._site_targets = {
+                key: (site, self.layout.site_bits(self._buffer, site)) for key, site in self._by_call.items()
+            }
         return self._site_targets
 
     def fingerprint(self) -> dict:
@@ -181,7 +182,9 @@ class Probe:
             [(name, tuple(shape), self._valid_positions(shape, decoder="decoder" in name)) for _, shape, name in kept],
             self.device,
         )
-        by_call: dict[tuple[str, int], SiteLayout] = {(call.base, call.index): site for (call, _, _), site in zip(kept, layout.sites)}
+        by_call: dict[tuple[str, int], SiteLayout] = {
+            (call.base, call.index): site for (call, _, _), site in zip(kept, layout.sites)
+        }
         modules = [call.module for call, _, _ in kept]
         # Module hooks alone suffice (and skip per-op dispatch) when every site is a module call.
         site_modules = list(dict.fromkeys(modules)) if all(m is not None for m in modules) else None

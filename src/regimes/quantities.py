@@ -21,8 +21,15 @@ import torch
 from regimes.errors import UsageError
 
 __all__ = [
-    "Quantity", "Step", "WeightChange", "PatternChange", "UpdateNorm", "FlipsSinceStart", "WeightSnapshot", "ShardedSums",
-]  # fmt: skip
+    "Quantity",
+    "Step",
+    "WeightChange",
+    "PatternChange",
+    "UpdateNorm",
+    "FlipsSinceStart",
+    "WeightSnapshot",
+    "ShardedSums",
+]
 
 
 class WeightSnapshot:
@@ -61,8 +68,10 @@ class WeightSnapshot:
         saved = [tuple(w.shape) for w in state["previous_weights"]]
         mine = [tuple(w.shape) for w in self.previous]
         if state["parameter_names"] != self.names or saved != mine:
-            differ = next((f"{n}: {a} saved, {b} here" for n, a, b in zip(self.names, saved, mine) if a != b),
-                          f"{len(saved)} parameter tensors saved, {len(mine)} here")  # fmt: skip
+            differ = next(
+                (f"{n}: {a} saved, {b} here" for n, a, b in zip(self.names, saved, mine) if a != b),
+                f"{len(saved)} parameter tensors saved, {len(mine)} here",
+            )
             sharded = " (under sharding, each process loads the state its own process saved)" if self.sharding else ""
             raise UsageError(
                 f"the saved tracker state is for other parameters than this model's ({differ}): build the "
@@ -108,7 +117,9 @@ class ShardedSums:
         if not groups:
             return None
         if any(g is not groups[0] for g in groups):
-            raise NotImplementedError("parameters sharded over different process groups: the weight change sums over one")
+            raise NotImplementedError(
+                "parameters sharded over different process groups: the weight change sums over one"
+            )
         return cls(groups[0], sharded)
 
     def reduce(self, per_tensor: torch.Tensor) -> torch.Tensor:

@@ -135,11 +135,13 @@ def study_table(runs) -> list[dict]:
         rows[-1]["run"] = Path(str(run.get("sweep") or run.get("path") or "")).name or None  # the directory's name
         rows[-1]["flags"] = list((run.get("validity") or validity(run))["flags"])
         if run.get("seeds"):  # a sweep rerun with several seeds
-            rows[-1].update(rho_low=as_float(run.get("rho_low")), rho_high=as_float(run.get("rho_high")),
-                            seeds=int(run["seeds"]))  # fmt: skip
+            rows[-1].update(
+                rho_low=as_float(run.get("rho_low")), rho_high=as_float(run.get("rho_high")), seeds=int(run["seeds"])
+            )
         if run.get("members"):
-            rows[-1]["members"] = [{**m, "flags": list((m.get("validity") or {}).get("flags", ()))}
-                                   for m in run["members"]]  # fmt: skip
+            rows[-1]["members"] = [
+                {**m, "flags": list((m.get("validity") or {}).get("flags", ()))} for m in run["members"]
+            ]
         if "no_flip_observed" in run:
             rows[-1].update({key: as_float(run.get(key)) for key, _, _ in GEOMETRY_COLUMNS})
         if run.get("rho_units") is not None:
@@ -170,8 +172,10 @@ def format_table(rows, fmt: str = "markdown") -> str:
     columns += GEOMETRY_COLUMNS if any("no_flip_observed" in row for row in rows) else ()
     if _ambiguous(rows):  # rows that the other columns do not tell apart: name their directories
         columns += (RUN_COLUMN,)
-    cells = [[_cell(row.get(key), key, fmt) if key != "rho_ci" else _interval(row, fmt) for key, _, _ in columns]
-             for row in rows]  # fmt: skip
+    cells = [
+        [_cell(row.get(key), key, fmt) if key != "rho_ci" else _interval(row, fmt) for key, _, _ in columns]
+        for row in rows
+    ]
     if fmt == "csv":
         out = io.StringIO()
         writer = csv.writer(out, lineterminator="\n")
@@ -274,9 +278,17 @@ def _score(x: float) -> str:
 
 def _latex_escape(text: str) -> str:
     special = {
-        "\\": r"\textbackslash{}", "&": r"\&", "%": r"\%", "$": r"\$", "#": r"\#",
-        "_": r"\_", "{": r"\{", "}": r"\}", "~": r"\textasciitilde{}", "^": r"\textasciicircum{}",
-    }  # fmt: skip
+        "\\": r"\textbackslash{}",
+        "&": r"\&",
+        "%": r"\%",
+        "$": r"\$",
+        "#": r"\#",
+        "_": r"\_",
+        "{": r"\{",
+        "}": r"\}",
+        "~": r"\textasciitilde{}",
+        "^": r"\textasciicircum{}",
+    }
     return "".join(special.get(c, c) for c in text)
 
 
@@ -325,8 +337,10 @@ def _group_line(rows, fmt: str, unreadable: int, include_flagged: bool) -> str:
     if left_out:
         reasons = ", ".join(f"{left_out[k]} {k}" for k in _LEFT_OUT if k in left_out)
         flagged = " and not flagged" if any(k in left_out for k in _FLAGS) else ""
-        note = (f"; left out {left_out.total()} of {len(rhos) + left_out.total()}: {reasons} "
-                f"(only finished runs with a finite rho{flagged} count)")  # fmt: skip
+        note = (
+            f"; left out {left_out.total()} of {len(rhos) + left_out.total()}: {reasons} "
+            f"(only finished runs with a finite rho{flagged} count)"
+        )
     rho = "$\\rho$" if fmt == "latex" else "rho"
     if not rhos:
         return f"mean {rho}: no run finished with a finite rho{note}"
@@ -338,8 +352,12 @@ def _group_line(rows, fmt: str, unreadable: int, include_flagged: bool) -> str:
 
 # Why a run is left out of the aggregate, in the order the line lists them.
 _FLAGS = ("not measured", "not learned", "frozen")
-_LEFT_OUT = (*map(str, (Status.RUNNING, Status.INTERRUPTED, Status.DIVERGED, Status.FAILED)), "without a finite rho",
-             *_FLAGS, "unreadable")  # fmt: skip
+_LEFT_OUT = (
+    *map(str, (Status.RUNNING, Status.INTERRUPTED, Status.DIVERGED, Status.FAILED)),
+    "without a finite rho",
+    *_FLAGS,
+    "unreadable",
+)
 
 
 def _left_out_because(run, include_flagged: bool = False) -> str | None:

@@ -121,11 +121,28 @@ class Run:
             (False when the caller holds it already, as the runner does).
     """
 
-    def __init__(self, out, *, config: Mapping | None = None, host: str = "loop", force: bool = False,
-                 resume: bool = False, weight_change: str = "layerwise", batches_per_epoch: int | None = None,
-                 detect: bool = True, tau: float = 0.1, freeze="off", score: str | None = None,
-                 higher_is_better: bool = True, describe: Mapping | None = None, contributors: Iterable = (),
-                 loggers: Iterable = (), log_sites: bool = False, writes: bool = True, lock: bool = True) -> None:  # fmt: skip
+    def __init__(
+        self,
+        out,
+        *,
+        config: Mapping | None = None,
+        host: str = "loop",
+        force: bool = False,
+        resume: bool = False,
+        weight_change: str = "layerwise",
+        batches_per_epoch: int | None = None,
+        detect: bool = True,
+        tau: float = 0.1,
+        freeze="off",
+        score: str | None = None,
+        higher_is_better: bool = True,
+        describe: Mapping | None = None,
+        contributors: Iterable = (),
+        loggers: Iterable = (),
+        log_sites: bool = False,
+        writes: bool = True,
+        lock: bool = True,
+    ) -> None:
         if weight_change not in ("layerwise", "global"):
             raise UsageError(f'weight_change must be "layerwise" or "global", got {weight_change!r}')
         if not (isinstance(tau, (int, float)) and not isinstance(tau, bool) and 0 < tau <= 1):
@@ -160,8 +177,9 @@ class Run:
 
     # -- the tracker -----------------------------------------------------------------------
 
-    def watch(self, model: torch.nn.Module, probe, *, optimizer: torch.optim.Optimizer | None = None,
-              **tracker_options) -> Tracker:  # fmt: skip
+    def watch(
+        self, model: torch.nn.Module, probe, *, optimizer: torch.optim.Optimizer | None = None, **tracker_options
+    ) -> Tracker:
         """Build the run's `regimes.Tracker` on `model` and `probe` (`tracker_options`: sites,
         every, activation, quantities, ...), with what the run's freeze needs. `optimizer`: the
         training's, whose name, lr, weight decay and momentum the summary then records."""
@@ -269,14 +287,16 @@ class Run:
             return
         # The per-tensor table first: a crash between the two leaves it ahead, and a resume
         # truncates both to the checkpoint.
-        self.directory.append_tensor_steps(iterations, self.epoch, tracker.parameter_names,
-                                           np.column_stack([new[t] for t in tensors]))  # fmt: skip
+        self.directory.append_tensor_steps(
+            iterations, self.epoch, tracker.parameter_names, np.column_stack([new[t] for t in tensors])
+        )
         records = {"iteration": iterations, "epoch": np.full(len(iterations), self.epoch, dtype=np.int64)}
         records.update({name: new[name] for name in columns})
         self.directory.append_steps(records)
 
-    def end_epoch(self, epoch: int, metrics: Mapping | None = None, *, last: bool = False,
-                  status: Status | None = None) -> list[tuple[RegimeEvent, int | None]]:  # fmt: skip
+    def end_epoch(
+        self, epoch: int, metrics: Mapping | None = None, *, last: bool = False, status: Status | None = None
+    ) -> list[tuple[RegimeEvent, int | None]]:
         """The end of `epoch` (1, 2, ...): write its records, feed the detector the steps it has
         not heard, freeze if due (never when `last`: no epoch is left to train frozen), merge
         `metrics` (scalars) into the epoch's row, write the epoch table and a summary (status
@@ -335,7 +355,9 @@ class Run:
         iterations = self.every * np.arange(1, len(curves["da"]) + 1)  # measurement k is at step k * every
         if self.detector is None:  # the first epoch's end, or a resumed run: replay what was heard
             self.detector = RegimeChangeDetector(measurements_per_epoch(self.batches_per_epoch, self.every), self.tau)
-            for dw, da in zip(curves[self.weight_column][iterations <= self.heard], curves["da"][iterations <= self.heard]):
+            for dw, da in zip(
+                curves[self.weight_column][iterations <= self.heard], curves["da"][iterations <= self.heard]
+            ):
                 self.detector.update(float(dw), float(da))  # its events were told before the checkpoint
         unheard = iterations > self.heard
         events = []
@@ -448,19 +470,23 @@ class Run:
         scored = best is not None or any("val_score" in r for r in self.epochs)
         fields = {
             "higher_is_better": self.higher_is_better if scored else None,
-            "best_score": best[0] if best else None, "best_epoch": best[1] if best else None,
+            "best_score": best[0] if best else None,
+            "best_epoch": best[1] if best else None,
             "stop_epoch": len(self.epochs) or None,
             **study_fields(numbers),
-            "settled_w_online": self.settled[0], "settled_p_online": self.settled[1],
+            "settled_w_online": self.settled[0],
+            "settled_p_online": self.settled[1],
             "freeze_iteration": self.freeze_iteration,
             "batches_per_epoch": self.batches_per_epoch,
             "steps": int(tracker.iteration) if tracker is not None else None,
             "sites": list(tracker.sites) if tracker is not None else None,
             "probe_size": tracker.probe_size if tracker is not None else None,
             "device": str(tracker.device) if tracker is not None else None,
-            "status": status, "seconds": self._seconds_before + time.time() - self._started,
-            "versions": software_versions(), "threads": torch.get_num_threads(),
-        }  # fmt: skip
+            "status": status,
+            "seconds": self._seconds_before + time.time() - self._started,
+            "versions": software_versions(),
+            "threads": torch.get_num_threads(),
+        }
         fields.update(self.describe)
         for contributor in self.contributors:
             fields.update(contributor.summary_fields())
@@ -578,11 +604,18 @@ def optimizer_fields(optimizer) -> dict:
     """The summary's optimizer fields from a torch optimizer (its first parameter group)."""
     optimizer = innermost_optimizer(optimizer)
     group = optimizer.param_groups[0]
-    fields = {"optimizer": type(optimizer).__name__.lower(), "lr": group.get("lr"),
-              "weight_decay": group.get("weight_decay"), "momentum": group.get("momentum"),
-              "nesterov": group.get("nesterov")}  # fmt: skip
-    return {k: (float(v) if isinstance(v, (int, float)) and not isinstance(v, bool) else v)
-            for k, v in fields.items() if v is not None}  # fmt: skip
+    fields = {
+        "optimizer": type(optimizer).__name__.lower(),
+        "lr": group.get("lr"),
+        "weight_decay": group.get("weight_decay"),
+        "momentum": group.get("momentum"),
+        "nesterov": group.get("nesterov"),
+    }
+    return {
+        k: (float(v) if isinstance(v, (int, float)) and not isinstance(v, bool) else v)
+        for k, v in fields.items()
+        if v is not None
+    }
 
 
 def _is_scalar(value) -> bool:

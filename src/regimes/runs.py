@@ -29,9 +29,19 @@ from regimes.records import RunDirectory, RunSummary, Status, SweepDirectory, fi
 from regimes.study import optimizer_label, row_rank
 
 __all__ = [
-    "load_runs", "read_run", "read_sweep", "seed_statistics", "as_float", "best_validation", "describe_stop",
-    "config_value", "optimizer_text", "seed_text", "UnreadableRunError", "UnreadableRunWarning",
-]  # fmt: skip
+    "load_runs",
+    "read_run",
+    "read_sweep",
+    "seed_statistics",
+    "as_float",
+    "best_validation",
+    "describe_stop",
+    "config_value",
+    "optimizer_text",
+    "seed_text",
+    "UnreadableRunError",
+    "UnreadableRunWarning",
+]
 
 # A sweep row whose runs did not all finish takes the first of these that one of them has.
 _UNFINISHED = (Status.RUNNING, Status.INTERRUPTED, Status.FAILED, Status.DIVERGED)
@@ -104,13 +114,24 @@ def read_run(path) -> dict:
         for row in rows:
             for key in _GEOMETRY_READ:
                 if row.get(key) is not None and not _is_number(row[key]):
-                    raise DamagedInputError(f"{directory.geometry_path}: column {key!r} holds {row[key]!r}, not a number")
+                    raise DamagedInputError(
+                        f"{directory.geometry_path}: column {key!r} holds {row[key]!r}, not a number"
+                    )
         run.update(geometry_numbers(rows))
     run["path"] = str(path)
     run["config"] = config
-    first = summary.first_score if summary.first_score is not None else next(
-        (row.get("val_score") for row in sorted(epochs, key=lambda r: r.get("epoch") or 0)
-         if _is_number(row.get("val_score"))), None)  # the first evaluation, for `validity`
+    first = (
+        summary.first_score
+        if summary.first_score is not None
+        else next(
+            (
+                row.get("val_score")
+                for row in sorted(epochs, key=lambda r: r.get("epoch") or 0)
+                if _is_number(row.get("val_score"))
+            ),
+            None,
+        )
+    )  # the first evaluation, for `validity`
     every = config.get("track_every") if _is_number(config.get("track_every")) else None
     run["validity"] = validity(summary, first_score=first, every=every)
     return run
@@ -118,8 +139,24 @@ def read_run(path) -> dict:
 
 _GEOMETRY_READ = ("distance_median", "certified_median", "step_over_radius", "no_flip_guaranteed", "no_flip_observed")
 # A row's keys that reading the run (or its sweep) sets; a summary holding them is not believed.
-_DERIVED = frozenset({"path", "config", "sweep", "trials", "members", "seeds", "rho_low", "rho_high", "rho_upper",
-                      "rho_lower", "rhos", "directory", "validity", *_GEOMETRY_READ})  # fmt: skip
+_DERIVED = frozenset(
+    {
+        "path",
+        "config",
+        "sweep",
+        "trials",
+        "members",
+        "seeds",
+        "rho_low",
+        "rho_high",
+        "rho_upper",
+        "rho_lower",
+        "rhos",
+        "directory",
+        "validity",
+        *_GEOMETRY_READ,
+    }
+)
 
 
 def _is_number(value) -> bool:
@@ -172,9 +209,13 @@ def read_sweep(path) -> dict:
         run = read_run(sweep.run(selected["path"]).path)
     else:  # no trial finished (or the grid is still running): the sweep's model and data set, no numbers
         base = description.get("base")
-        run = {"model": _text(description.get("model")), "dataset": _text(description.get("dataset")),
-               "status": Status.FAILED if selected else Status.RUNNING, "path": str(path),
-               "config": base if isinstance(base, Mapping) else {}}  # fmt: skip
+        run = {
+            "model": _text(description.get("model")),
+            "dataset": _text(description.get("dataset")),
+            "status": Status.FAILED if selected else Status.RUNNING,
+            "path": str(path),
+            "config": base if isinstance(base, Mapping) else {},
+        }
     run["sweep"] = str(path)
     run["trials"] = selected.get("trials") if _is_number(selected.get("trials")) else None
     seeds = selected.get("seeds") or {}
@@ -187,8 +228,10 @@ def read_sweep(path) -> dict:
         statuses = [Status(r.get("status") or Status.RUNNING) for r in rows]
         run["status"] = next((s for s in _UNFINISHED if s in statuses), Status.FINISHED)
         run["seed"] = seed_text([r.get("seed") for r in rows if r.get("status") == Status.FINISHED])
-        run["members"] = [{"seed": r.get("seed"), "status": s, "rho": r.get("rho"), "validity": r["validity"]}
-                          for r, s in zip(rows, statuses)]  # fmt: skip
+        run["members"] = [
+            {"seed": r.get("seed"), "status": s, "rho": r.get("rho"), "validity": r["validity"]}
+            for r, s in zip(rows, statuses)
+        ]
         flags = [f for r in rows for f in r["validity"]["flags"]]
         run["validity"] = {**run["validity"], "flags": list(dict.fromkeys(flags))}  # any seed's flags
     return run
@@ -231,8 +274,10 @@ def describe_stop(*, status, stop_epoch, max_epochs, epochs=(), stopper=None, sc
     higher = stopper.higher_is_better
     beat = f"beat {stopper.best_score:.4f}" if higher else f"go below {stopper.best_score:.4f}"
     by = f" by more than {stopper.min_delta:g}" if stopper.min_delta else ""
-    text = (f"early at epoch {stop_epoch} of {max_epochs}: for {stopper.patience} epochs val {score_name} did not "
-            f"{beat} (early stopping's reference, epoch {stopper.best_epoch}){by}")  # fmt: skip
+    text = (
+        f"early at epoch {stop_epoch} of {max_epochs}: for {stopper.patience} epochs val {score_name} did not "
+        f"{beat} (early stopping's reference, epoch {stopper.best_epoch}){by}"
+    )
     best = best_validation(epochs, higher)
     if best is not None and best[1] != stopper.best_epoch:
         text += f"; best {best[0]:.4f} at epoch {best[1]}"

@@ -33,8 +33,12 @@ __all__ = ["Activation", "ACTIVATIONS", "unwrap_model", "select_sites", "capture
 
 
 def _positive(value: torch.Tensor, out: torch.Tensor) -> torch.Tensor:
-    if (bits.numpy_ok(value, out) and type(value) is torch.Tensor and value.dtype in _NUMPY_FLOATS
-            and not value.requires_grad):
+    if (
+        bits.numpy_ok(value, out)
+        and type(value) is torch.Tensor
+        and value.dtype in _NUMPY_FLOATS
+        and not value.requires_grad
+    ):
         # The same comparison (NaN is off) in NumPy, on the same memory: torch's CPU kernel
         # for float -> bool takes ten times longer, and on a CNN it was most of a probe's cost.
         np.greater(value.numpy(), 0, out=out.numpy())
@@ -64,15 +68,18 @@ class Activation:
     reads_input: bool = False
 
 
-ACTIVATIONS: Registry[Activation] = Registry("activation", {
-    "relu": Activation(
-        "relu",
-        (nn.ReLU,),
-        frozenset({F.relu, F.relu_, torch.relu, torch.relu_, torch.Tensor.relu, torch.Tensor.relu_}),
-    ),
-    "gelu": Activation("gelu", (nn.GELU,), frozenset({F.gelu}), reads_input=True),
-    "silu": Activation("silu", (nn.SiLU,), frozenset({F.silu}), reads_input=True),
-})
+ACTIVATIONS: Registry[Activation] = Registry(
+    "activation",
+    {
+        "relu": Activation(
+            "relu",
+            (nn.ReLU,),
+            frozenset({F.relu, F.relu_, torch.relu, torch.relu_, torch.Tensor.relu, torch.Tensor.relu_}),
+        ),
+        "gelu": Activation("gelu", (nn.GELU,), frozenset({F.gelu}), reads_input=True),
+        "silu": Activation("silu", (nn.SiLU,), frozenset({F.silu}), reads_input=True),
+    },
+)
 
 
 def unwrap_model(model: nn.Module) -> nn.Module:
@@ -138,7 +145,9 @@ class _FunctionalActivations(TorchFunctionMode):
     """Sees every activation function call, whatever called it: its output, or with
     `reads_input` its input before the call (which an in-place call would overwrite)."""
 
-    def __init__(self, functions: frozenset, on_call: Callable[[object, torch.Tensor], None], reads_input: bool = False):
+    def __init__(
+        self, functions: frozenset, on_call: Callable[[object, torch.Tensor], None], reads_input: bool = False
+    ):
         super().__init__()
         self.functions = functions
         self.on_call = on_call
@@ -230,8 +239,9 @@ class capture:
                 for module in self.module_names:
                     self.handles.append(module.register_forward_pre_hook(self.stack.push))
                     self.handles.append(module.register_forward_hook(self.stack.pop, always_call=True))
-                self.mode = _FunctionalActivations(self.activation.functions, self._on_function,
-                                                   self.activation.reads_input)  # fmt: skip
+                self.mode = _FunctionalActivations(
+                    self.activation.functions, self._on_function, self.activation.reads_input
+                )
                 self.mode.__enter__()
         except BaseException:
             self.__exit__(None, None, None)

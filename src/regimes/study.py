@@ -13,40 +13,90 @@ from __future__ import annotations
 
 from regimes.errors import UsageError
 
-__all__ = ["MODEL_LABELS", "DATASET_LABELS", "OPTIMIZER_LABELS", "STUDY_ROWS", "GRID_FAMILIES",
-           "model_label", "dataset_label", "optimizer_label", "grid_family", "row_rank"]  # fmt: skip
+__all__ = [
+    "MODEL_LABELS",
+    "DATASET_LABELS",
+    "OPTIMIZER_LABELS",
+    "STUDY_ROWS",
+    "GRID_FAMILIES",
+    "model_label",
+    "dataset_label",
+    "optimizer_label",
+    "grid_family",
+    "row_rank",
+]
 
 MODEL_LABELS = {
-    "mlp": "MLP", "lenet5": "LeNet5", "alexnet": "AlexNet", "resnet34": "ResNet34",
-    "efficientnet_b0": "EfficientNetB0", "xlnet": "XLNet", "roberta": "RoBERTa", "t5": "T5",
-    "gpt2": "GPT-2", "vit": "ViT-B16", "swin": "Swin", "pvt": "PyramidViT",
-}  # fmt: skip
+    "mlp": "MLP",
+    "lenet5": "LeNet5",
+    "alexnet": "AlexNet",
+    "resnet34": "ResNet34",
+    "efficientnet_b0": "EfficientNetB0",
+    "xlnet": "XLNet",
+    "roberta": "RoBERTa",
+    "t5": "T5",
+    "gpt2": "GPT-2",
+    "vit": "ViT-B16",
+    "swin": "Swin",
+    "pvt": "PyramidViT",
+}
 DATASET_LABELS = {
-    "adult": "Adult", "breast-cancer": "Breast Cancer", "har": "HAR", "mnist": "MNIST",
-    "cifar10": "CIFAR10", "cifar100": "CIFAR100", "tinyimagenet": "TinyImageNet",
-    "sst2": "SST-2", "ag_news": "AG News", "squad": "SQuAD", "wikitext2": "WikiText",
-    "wikitext103": "WikiText-103", "food101": "Food-101", "digits": "Digits", "mnist1d": "MNIST-1D",
+    "adult": "Adult",
+    "breast-cancer": "Breast Cancer",
+    "har": "HAR",
+    "mnist": "MNIST",
+    "cifar10": "CIFAR10",
+    "cifar100": "CIFAR100",
+    "tinyimagenet": "TinyImageNet",
+    "sst2": "SST-2",
+    "ag_news": "AG News",
+    "squad": "SQuAD",
+    "wikitext2": "WikiText",
+    "wikitext103": "WikiText-103",
+    "food101": "Food-101",
+    "digits": "Digits",
+    "mnist1d": "MNIST-1D",
     "fashion-mnist": "Fashion-MNIST",
-}  # fmt: skip
+}
 OPTIMIZER_LABELS = {"sgd": "SGD", "adam": "Adam", "adamw": "AdamW"}
 
 # The rows of the study's table, in its order.
 STUDY_ROWS = [
-    ("mlp", "adult"), ("mlp", "breast-cancer"), ("mlp", "har"), ("mlp", "mnist"),
-    ("lenet5", "mnist"), ("lenet5", "cifar10"), ("alexnet", "cifar100"),
-    ("resnet34", "cifar100"), ("resnet34", "tinyimagenet"),
-    ("efficientnet_b0", "cifar100"), ("efficientnet_b0", "tinyimagenet"),
-    ("xlnet", "sst2"), ("roberta", "ag_news"), ("t5", "squad"), ("gpt2", "wikitext2"),
-    ("vit", "cifar100"), ("swin", "food101"), ("pvt", "tinyimagenet"),
-]  # fmt: skip
+    ("mlp", "adult"),
+    ("mlp", "breast-cancer"),
+    ("mlp", "har"),
+    ("mlp", "mnist"),
+    ("lenet5", "mnist"),
+    ("lenet5", "cifar10"),
+    ("alexnet", "cifar100"),
+    ("resnet34", "cifar100"),
+    ("resnet34", "tinyimagenet"),
+    ("efficientnet_b0", "cifar100"),
+    ("efficientnet_b0", "tinyimagenet"),
+    ("xlnet", "sst2"),
+    ("roberta", "ag_news"),
+    ("t5", "squad"),
+    ("gpt2", "wikitext2"),
+    ("vit", "cifar100"),
+    ("swin", "food101"),
+    ("pvt", "tinyimagenet"),
+]
 
 # The study's sweep grid of each model (regimes.experiment.grids.STUDY_GRIDS).
 GRID_FAMILIES = {
-    "mlp": "small", "lenet5": "small",
-    "alexnet": "cnn", "resnet34": "cnn", "efficientnet_b0": "cnn",
-    "xlnet": "transformer", "roberta": "transformer", "t5": "transformer", "gpt2": "transformer",
-    "vit": "transformer", "swin": "transformer", "pvt": "transformer",
-}  # fmt: skip
+    "mlp": "small",
+    "lenet5": "small",
+    "alexnet": "cnn",
+    "resnet34": "cnn",
+    "efficientnet_b0": "cnn",
+    "xlnet": "transformer",
+    "roberta": "transformer",
+    "t5": "transformer",
+    "gpt2": "transformer",
+    "vit": "transformer",
+    "swin": "transformer",
+    "pvt": "transformer",
+}
 
 
 def model_label(name) -> str:

@@ -88,9 +88,10 @@ class Tracker:
         self.sync_every = sync_every
         named = [(n, p) for n, p in self.module.named_parameters() if p.requires_grad]
         if not named:
-            raise UsageError("the model has no trainable parameter (requires_grad=True): there is no weight change to measure")
-        self.probe = Probe(self.module, probe, rule, sites=sites,
-                           attention_mask=attention_mask, autocast=autocast)  # fmt: skip
+            raise UsageError(
+                "the model has no trainable parameter (requires_grad=True): there is no weight change to measure"
+            )
+        self.probe = Probe(self.module, probe, rule, sites=sites, attention_mask=attention_mask, autocast=autocast)
         self.weights = WeightSnapshot(named)
         self.iteration = 0
         self.last_pattern = self.probe.pattern(self.iteration)  # iteration 0
@@ -225,7 +226,9 @@ class Tracker:
     def delta_w_tensors(self) -> np.ndarray:
         """Mean absolute weight change per parameter tensor, columns as `parameter_names`: (T, P)."""
         self._read_back()
-        return np.column_stack([self.history.column(f"dw:{n}") for n in self.parameter_names]).reshape(len(self.history), -1)
+        return np.column_stack([self.history.column(f"dw:{n}") for n in self.parameter_names]).reshape(
+            len(self.history), -1
+        )
 
     @property
     def iterations(self) -> np.ndarray:
@@ -289,7 +292,9 @@ class Tracker:
             )
         mine = [list(s.shape) for s in self.layout.sites]
         if "site_shapes" in state and [list(s) for s in state["site_shapes"]] != mine:
-            site, a, b = next((n, list(a), b) for n, a, b in zip(self.sites, state["site_shapes"], mine) if list(a) != b)
+            site, a, b = next(
+                (n, list(a), b) for n, a, b in zip(self.sites, state["site_shapes"], mine) if list(a) != b
+            )
             raise TrackerStateMismatchError(
                 f"the saved tracker state is for another model: site {site!r} has output shape {a} saved and "
                 f"{b} here: build the tracker on the same model as the run that saved it"

@@ -55,9 +55,15 @@ def _image_splits(name, train, val, num_classes, mean, std, source) -> Splits:
     (x_train, y_train), (x_val, y_val) = train, val
     as_tensors = lambda x, y: (torch.from_numpy(x), torch.as_tensor(np.asarray(y), dtype=torch.int64))  # noqa: E731
     return Splits(
-        name, TensorDataset(*as_tensors(x_train, y_train)), TensorDataset(*as_tensors(x_val, y_val)),
-        tuple(x_train.shape[1:]), num_classes, source, pixel_mean=mean, pixel_std=std,
-    )  # fmt: skip
+        name,
+        TensorDataset(*as_tensors(x_train, y_train)),
+        TensorDataset(*as_tensors(x_val, y_val)),
+        tuple(x_train.shape[1:]),
+        num_classes,
+        source,
+        pixel_mean=mean,
+        pixel_std=std,
+    )
 
 
 def _hub_split(table, size: int, label_column: str = "label"):

@@ -77,9 +77,7 @@ def describe_dataset(name: str) -> str:
     return DATASETS.get(name).description
 
 
-def load_dataset(
-    name: str, data_dir: str | os.PathLike | None = None, split_seed: int = 0, **options
-) -> Splits:
+def load_dataset(name: str, data_dir: str | os.PathLike | None = None, split_seed: int = 0, **options) -> Splits:
     """Load a registered data set as train and validation tensors.
 
     Where the data set has an official test split (adult, har, mnist, cifar10,

@@ -50,8 +50,10 @@ def find_local(
     file also counts as present when only its gzipped version (``.gz``) is there.
     """
     searched: list[Path] = []
-    roots = [[root / name, *(root / name / f for f in folders), *(root / f for f in folders)]
-             for root in search_roots(data_dir)]  # fmt: skip
+    roots = [
+        [root / name, *(root / name / f for f in folders), *(root / f for f in folders)]
+        for root in search_roots(data_dir)
+    ]
     for candidates in [*roots, [Path(d) for d in system_dirs]]:
         for directory in candidates:
             if directory in searched:
@@ -79,8 +81,10 @@ def load_from_hub(hub_id: str, convert: Callable[[object], T], config: str | Non
         return None, f"Hugging Face hub id {hub_id!r} was not tried: {error}."
     if not hub_offline() and (unreachable := hub_unreachable()) is not None:
         # `datasets` would retry for half a minute; offline mode reads only its own cache.
-        return None, (f"Hugging Face hub id {hub_id!r} was not tried: the hub cannot be reached ({unreachable}). "
-                      "With HF_HUB_OFFLINE=1, a copy in the `datasets` cache is used.")  # fmt: skip
+        return None, (
+            f"Hugging Face hub id {hub_id!r} was not tried: the hub cannot be reached ({unreachable}). "
+            "With HF_HUB_OFFLINE=1, a copy in the `datasets` cache is used."
+        )
     try:
         name = hub_id if config is None else f"{hub_id} ({config})"
         table = datasets.load_dataset(hub_id) if config is None else datasets.load_dataset(hub_id, config)
@@ -103,7 +107,9 @@ def hub_unreachable(timeout: float = 1.5) -> str | None:
     import threading
     from urllib.parse import urlsplit
 
-    proxy = next((os.environ[k] for k in ("HTTPS_PROXY", "https_proxy", "ALL_PROXY", "all_proxy") if os.environ.get(k)), None)
+    proxy = next(
+        (os.environ[k] for k in ("HTTPS_PROXY", "https_proxy", "ALL_PROXY", "all_proxy") if os.environ.get(k)), None
+    )
     url = urlsplit(proxy or os.environ.get("HF_ENDPOINT") or "https://huggingface.co")
     if not url.hostname:
         return None  # an address we cannot read: let the library try it
@@ -162,7 +168,6 @@ def _not_found_message(name, searched, required, hub_note, how_to_get) -> str:
     lines += [
         hub_note,
         f"To get it: {how_to_get}",
-        f"Put it under a directory named by --data-dir (data_dir=...) or ${DATA_ENV_VAR}, "
-        "or under ~/.cache/regimes.",
+        f"Put it under a directory named by --data-dir (data_dir=...) or ${DATA_ENV_VAR}, or under ~/.cache/regimes.",
     ]
     return "\n".join(lines)

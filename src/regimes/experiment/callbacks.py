@@ -125,8 +125,14 @@ class EarlyStopping(Callback):
             if run.epoch < run.config.max_epochs:
                 from regimes.runs import describe_stop
 
-                run.stop_reason = describe_stop(status=run.status, stop_epoch=run.epoch, max_epochs=run.config.max_epochs,
-                                                epochs=run.epochs, stopper=self, score_name=run.task.score_name)  # fmt: skip
+                run.stop_reason = describe_stop(
+                    status=run.status,
+                    stop_epoch=run.epoch,
+                    max_epochs=run.config.max_epochs,
+                    epochs=run.epochs,
+                    stopper=self,
+                    score_name=run.task.score_name,
+                )
 
     def summary_fields(self) -> dict:
         return {"stopping_score": self.best_score, "stopping_epoch": self.best_epoch}
@@ -169,8 +175,13 @@ class ProgressBar(Callback):
         from tqdm.auto import tqdm
 
         config = run.config
-        self.bar_ = tqdm(total=config.max_epochs, initial=run.epoch, desc=config.preset or config.model,
-                         unit="epoch", dynamic_ncols=True)  # fmt: skip
+        self.bar_ = tqdm(
+            total=config.max_epochs,
+            initial=run.epoch,
+            desc=config.preset or config.model,
+            unit="epoch",
+            dynamic_ncols=True,
+        )
         self.last_ = run.tracker.iteration
 
     def on_epoch_end(self, run, row, **kwargs) -> None:
@@ -179,9 +190,12 @@ class ProgressBar(Callback):
             self.last_ = int(last["iteration"][-1])
         self.bar_.n = run.epoch
         self.bar_.set_postfix(
-            loss=f"{row['train_loss']:.4f}", train=f"{row['train_score']:.4f}", val=f"{row['val_score']:.4f}",
-            dw=f"{last['dw'][-1]:.2e}" if len(last["dw"]) else "-", da=f"{last['da'][-1]:.4f}" if len(last["da"]) else "-",
-        )  # fmt: skip
+            loss=f"{row['train_loss']:.4f}",
+            train=f"{row['train_score']:.4f}",
+            val=f"{row['val_score']:.4f}",
+            dw=f"{last['dw'][-1]:.2e}" if len(last["dw"]) else "-",
+            da=f"{last['da'][-1]:.4f}" if len(last["da"]) else "-",
+        )
         self.bar_.refresh()
 
     def on_train_end(self, run, **kwargs) -> None:

@@ -83,8 +83,15 @@ class RunConfig:
     def validate(self) -> None:
         for f in dataclasses.fields(self):
             value = getattr(self, f.name)
-            expected = {"str": str, "int": int, "float": (int, float), "bool": bool, "dict": dict, "list": list,
-                        "str | int": (str, int)}[f.type]  # fmt: skip
+            expected = {
+                "str": str,
+                "int": int,
+                "float": (int, float),
+                "bool": bool,
+                "dict": dict,
+                "list": list,
+                "str | int": (str, int),
+            }[f.type]
             if isinstance(value, bool) and f.type in ("int", "float") or not isinstance(value, expected):
                 raise ConfigError(f"{f.name} must be a {f.type}, got {value!r} ({type(value).__name__})")
         for name, value in _numbers(self.to_dict()):
@@ -103,13 +110,13 @@ class RunConfig:
             )
         if not (self.freeze in FREEZES or type(self.freeze) is int and self.freeze >= 1):
             raise ConfigError(
-                f"freeze must be \"off\", \"auto\" or an epoch number >= 1 (freeze after that epoch), "
+                f'freeze must be "off", "auto" or an epoch number >= 1 (freeze after that epoch), '
                 f"got {self.freeze!r}{suggestion(self.freeze, FREEZES) if isinstance(self.freeze, str) else ''}"
             )
         if self.geometry and self.freeze != "off":
             raise ConfigError(
                 "geometry and freeze cannot go together: the frozen gates make the model's pattern a copy's, which "
-                "the radii do not describe; set geometry = false or freeze = \"off\""
+                'the radii do not describe; set geometry = false or freeze = "off"'
             )
         if self.precision not in PRECISIONS:
             raise ConfigError(
@@ -164,8 +171,13 @@ def check_path_name(key: str, name, *, empty: bool = False) -> None:
     if empty and name == "":
         return
     text = str(name)
-    if (not text or text in (".", "..") or text[0] in ".-" or any(c in text for c in "/\\:")
-            or any(ord(c) < 32 or ord(c) == 127 for c in text)):  # fmt: skip
+    if (
+        not text
+        or text in (".", "..")
+        or text[0] in ".-"
+        or any(c in text for c in "/\\:")
+        or any(ord(c) < 32 or ord(c) == 127 for c in text)
+    ):
         raise ConfigError(
             f"{key} {text!r} cannot name a folder: a name holds no '/', '\\', ':' or control character, "
             "and does not start with '.' or '-'"
@@ -292,4 +304,3 @@ def apply_overrides(config: RunConfig, overrides: list[str]) -> RunConfig:
         else:
             data[key] = value
     return RunConfig.from_dict(data)
-

@@ -106,7 +106,9 @@ class DataParallel:
 
     def reduce_epoch(self, loss_sum: torch.Tensor, correct: torch.Tensor, seen: int):
         """The epoch's training loss sum, correct count and seen count over all processes (one all-reduce)."""
-        totals = torch.stack([torch.as_tensor(v, device=self.device).detach().double() for v in (loss_sum, correct, seen)])
+        totals = torch.stack(
+            [torch.as_tensor(v, device=self.device).detach().double() for v in (loss_sum, correct, seen)]
+        )
         dist.all_reduce(totals)
         return totals[0], totals[1], int(totals[2].item())
 

@@ -123,8 +123,9 @@ class LocalEngine:
             devices = context.Queue()
             for device in self.devices:
                 devices.put(device)
-            self._pool = ProcessPoolExecutor(self.workers, mp_context=context, initializer=_init_worker,
-                                             initargs=(self.threads, devices))  # fmt: skip
+            self._pool = ProcessPoolExecutor(
+                self.workers, mp_context=context, initializer=_init_worker, initargs=(self.threads, devices)
+            )
         return self._pool
 
     def close(self, cancel: bool = False) -> None:
@@ -185,8 +186,14 @@ class RayEngine:
     Every trial's row also comes back to this process, so the tables are complete anyway.
     """
 
-    def __init__(self, address: str | None = None, cpus: float | None = None, gpus: float = 0.0,
-                 device: str | None = None, data_dir=None):  # fmt: skip
+    def __init__(
+        self,
+        address: str | None = None,
+        cpus: float | None = None,
+        gpus: float = 0.0,
+        device: str | None = None,
+        data_dir=None,
+    ):
         _import_ray()  # fail before anything starts
         self.address = address
         self.cpus = cpus or 1
@@ -219,21 +226,22 @@ class RayEngine:
                 reported.add(name)
                 on_result(by_name[name], {"status": Status.FAILED, "error": "the Ray trial failed (see the Ray logs)"})
 
-        trainable = tune.with_parameters(_ray_trial, jobs=by_name, device=self.device, data_dir=self.data_dir,
-                                         threads=max(1, int(self.cpus)))  # fmt: skip
+        trainable = tune.with_parameters(
+            _ray_trial, jobs=by_name, device=self.device, data_dir=self.data_dir, threads=max(1, int(self.cpus))
+        )
         storage = os.path.abspath(os.path.join(os.path.dirname(os.path.dirname(jobs[0].out)), ".ray"))
         tuner = tune.Tuner(
             tune.with_resources(trainable, {"cpu": self.cpus, "gpu": self.gpus}),
             param_space={"job": tune.grid_search(list(by_name))},
             tune_config=tune.TuneConfig(trial_dirname_creator=lambda trial: trial.config["job"].replace("/", "-")),
-            run_config=tune.RunConfig(name=jobs[0].name.split("/")[0], storage_path=storage, verbose=0,
-                                      callbacks=[Report()]),  # fmt: skip
+            run_config=tune.RunConfig(
+                name=jobs[0].name.split("/")[0], storage_path=storage, verbose=0, callbacks=[Report()]
+            ),
         )
         tuner.fit()
         for name in by_name:  # results Tune holds but did not pass through the callback
             if name not in reported:
                 on_result(by_name[name], {"status": Status.FAILED, "error": "Ray returned no result"})
-
 
     def close(self, cancel: bool = False) -> None:
         if self._started_ray:  # a cluster we only connected to stays up
@@ -281,7 +289,14 @@ def _ray_engine(*, workers, threads, device, data_dir, address, gpus_per_trial) 
 ENGINES = Registry("engine", entries={"local": _local_engine, "ray": _ray_engine})
 
 
-def make_engine(name: str, *, workers=None, threads=None, device=None, data_dir=None, address=None,
-                gpus_per_trial=None) -> LocalEngine | RayEngine:  # fmt: skip
-    return ENGINES.get(name)(workers=workers, threads=threads, device=device, data_dir=data_dir, address=address,
-                             gpus_per_trial=gpus_per_trial)  # fmt: skip
+def make_engine(
+    name: str, *, workers=None, threads=None, device=None, data_dir=None, address=None, gpus_per_trial=None
+) -> LocalEngine | RayEngine:
+    return ENGINES.get(name)(
+        workers=workers,
+        threads=threads,
+        device=device,
+        data_dir=data_dir,
+        address=address,
+        gpus_per_trial=gpus_per_trial,
+    )

@@ -20,8 +20,14 @@ def train_epoch(run: RunState) -> dict:
     config, model, task, device = run.config, run.model, run.task, run.device
     epoch_start = time.time()
     if _overflows(config.lr, model):  # torch refuses the first step: every weight would be infinite
-        return {"epoch": run.epoch, "train_loss": math.inf, "train_score": math.nan, "val_loss": math.nan,
-                "val_score": math.nan, "seconds": time.time() - epoch_start}  # fmt: skip
+        return {
+            "epoch": run.epoch,
+            "train_loss": math.inf,
+            "train_score": math.nan,
+            "val_loss": math.nan,
+            "val_score": math.nan,
+            "seconds": time.time() - epoch_start,
+        }
     train_tensors = run.splits.train.tensors
     model.train()
     loss_sum = torch.zeros((), device=device)
@@ -31,7 +37,10 @@ def train_epoch(run: RunState) -> dict:
     permutation = torch.randperm(n_train, generator=run.order)[: run.batches_per_epoch * config.batch_size]
     trained, batches = model, permutation.split(config.batch_size)
     if run.parallel is not None:  # DDP: this process's share of each global batch, through the wrapper
-        trained, batches = run.parallel.model, run.parallel.epoch_batches(permutation, config.batch_size, config.seed, run.epoch)
+        trained, batches = (
+            run.parallel.model,
+            run.parallel.epoch_batches(permutation, config.batch_size, config.seed, run.epoch),
+        )
     for indices in batches:
         batch = task.batch(train_tensors, indices, device)
         with run.autocast():
@@ -49,7 +58,9 @@ def train_epoch(run: RunState) -> dict:
         loss_sum, correct, seen = run.parallel.reduce_epoch(loss_sum, correct, seen)
     train_loss = loss_sum.item() / seen  # one host sync per epoch
     with run.autocast():
-        val_loss, val_score = evaluate(model, task, run.splits.val.tensors, device, task.eval_batch_size or config.batch_size)
+        val_loss, val_score = evaluate(
+            model, task, run.splits.val.tensors, device, task.eval_batch_size or config.batch_size
+        )
     return {
         "epoch": run.epoch,
         "train_loss": train_loss,

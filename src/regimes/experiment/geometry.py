@@ -47,8 +47,15 @@ from regimes.geometry.watch import AnchorWatch, percentiles, probe_geometry, pro
 
 __all__ = ["GeometryRecorder", "NEXT_EPOCH_COLUMNS", "geometry_row"]
 
-NEXT_EPOCH_COLUMNS = ("step_max", "displacement_max", "no_flip_guaranteed_step", "no_flip_guaranteed",
-                      "no_flip_observed", "step_over_radius", "statistics_change")  # fmt: skip
+NEXT_EPOCH_COLUMNS = (
+    "step_max",
+    "displacement_max",
+    "no_flip_guaranteed_step",
+    "no_flip_guaranteed",
+    "no_flip_observed",
+    "step_over_radius",
+    "statistics_change",
+)
 
 
 def geometry_row(per_sample: dict) -> dict:
@@ -74,8 +81,13 @@ def relative_change(before: list[torch.Tensor], after: list[torch.Tensor]) -> fl
     return moved / max(math.sqrt(sum(float(b.square().sum()) for b in before)), 1e-30)
 
 
-def next_epoch_columns(certified: np.ndarray, steps: np.ndarray, displacements: np.ndarray,
-                       flipped: np.ndarray, statistics_change: float = 0.0) -> dict:  # fmt: skip
+def next_epoch_columns(
+    certified: np.ndarray,
+    steps: np.ndarray,
+    displacements: np.ndarray,
+    flipped: np.ndarray,
+    statistics_change: float = 0.0,
+) -> dict:
     """What the next epoch's steps did, beside the radii `certified` (per sample) at its start."""
     if not len(steps):
         return dict.fromkeys(NEXT_EPOCH_COLUMNS)
@@ -124,7 +136,9 @@ class GeometryRecorder(Callback):
             self.read_ = int(new["iteration"][-1])
         flipped = self.watch_.flipped_since_anchor.cpu().numpy()
         moved = relative_change(self.statistics_, running_statistics(run.model))
-        self.rows_[-1].update(next_epoch_columns(self.certified_, new["update_norm"], new["displacement"], flipped, moved))
+        self.rows_[-1].update(
+            next_epoch_columns(self.certified_, new["update_norm"], new["displacement"], flipped, moved)
+        )
         self._measure(run)
         self.watch_.anchor()
         self.run_dir.write_geometry(self.rows_)
@@ -155,4 +169,8 @@ def checkpoint_geometry(run_dir, checkpoint: dict, *, device=None, data_dir=None
     run = setup_run(config, resolve_device(device), data_dir)
     run.model.load_state_dict(checkpoint["model"])
     per_sample = probe_geometry(run.model, probe_inputs(run.tracker), seed=config.seed)
-    return {"epoch": int(checkpoint["epoch"]), "iteration": int(checkpoint["run"]["tracker"]["iteration"]), **per_sample}
+    return {
+        "epoch": int(checkpoint["epoch"]),
+        "iteration": int(checkpoint["run"]["tracker"]["iteration"]),
+        **per_sample,
+    }

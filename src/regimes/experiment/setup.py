@@ -36,8 +36,9 @@ __all__ = ["setup_run", "resolve_device", "check_names", "make_optimizer", "seed
 def make_optimizer(config: RunConfig, model: torch.nn.Module) -> torch.optim.Optimizer:
     params = model.parameters()
     if config.optimizer == "sgd":
-        return torch.optim.SGD(params, lr=config.lr, weight_decay=config.weight_decay,
-                               momentum=config.momentum, nesterov=config.nesterov)  # fmt: skip
+        return torch.optim.SGD(
+            params, lr=config.lr, weight_decay=config.weight_decay, momentum=config.momentum, nesterov=config.nesterov
+        )
     if config.optimizer == "adam":
         return torch.optim.Adam(params, lr=config.lr, weight_decay=config.weight_decay)
     return torch.optim.AdamW(params, lr=config.lr, weight_decay=config.weight_decay)
@@ -100,13 +101,27 @@ def setup_run(config: RunConfig, device: torch.device, data_dir=None, parallel: 
     probe = task.probe(val_tensors, probe_indices, device)
     tracker = None
     if parallel is None or parallel.main:  # under DDP the first process alone tracks
-        tracker = regimes.Tracker(model, probe, every=config.track_every, sites=config.sites or model_sites(config.model),
-                                  autocast=torch.bfloat16 if config.precision == "bf16" else None,
-                                  activation=config.model_args.get("activation", "relu"),
-                                  quantities=_quantities(config))  # fmt: skip
-    return RunState(config, device, task, splits, model, optimizer, tracker,
-                    order=torch.Generator().manual_seed(config.seed),
-                    batches_per_epoch=batches_per_epoch(len(splits.train), config.batch_size), parallel=parallel)  # fmt: skip
+        tracker = regimes.Tracker(
+            model,
+            probe,
+            every=config.track_every,
+            sites=config.sites or model_sites(config.model),
+            autocast=torch.bfloat16 if config.precision == "bf16" else None,
+            activation=config.model_args.get("activation", "relu"),
+            quantities=_quantities(config),
+        )
+    return RunState(
+        config,
+        device,
+        task,
+        splits,
+        model,
+        optimizer,
+        tracker,
+        order=torch.Generator().manual_seed(config.seed),
+        batches_per_epoch=batches_per_epoch(len(splits.train), config.batch_size),
+        parallel=parallel,
+    )
 
 
 def _quantities(config: RunConfig) -> list:

@@ -32,10 +32,29 @@ __all__ = ["Job", "run_job", "plan_trials", "run_sweep", "select", "trial_row"]
 
 # The trials table: these columns, then one per swept config key.
 ROW_COLUMNS = (
-    "trial", "status", "seed", "optimizer", "momentum", "nesterov", "lr", "weight_decay",
-    "score_name", "higher_is_better", "best_score", "best_epoch", "stop_epoch", "max_epochs",
-    "auc_w", "auc_p", "rho", "stabilization_w", "stabilization_p", "seconds", "error", "path",
-)  # fmt: skip
+    "trial",
+    "status",
+    "seed",
+    "optimizer",
+    "momentum",
+    "nesterov",
+    "lr",
+    "weight_decay",
+    "score_name",
+    "higher_is_better",
+    "best_score",
+    "best_epoch",
+    "stop_epoch",
+    "max_epochs",
+    "auc_w",
+    "auc_p",
+    "rho",
+    "stabilization_w",
+    "stabilization_p",
+    "seconds",
+    "error",
+    "path",
+)
 
 
 @dataclass
@@ -77,10 +96,17 @@ def trial_row(job: Job, summary: dict, swept=()) -> dict:
     config = job.config
     row = {key: summary.get(key) for key in ROW_COLUMNS}
     row.update(
-        trial=job.short_name, seed=config.seed, optimizer=config.optimizer, momentum=config.momentum,
-        nesterov=config.nesterov, lr=config.lr, weight_decay=config.weight_decay,
-        max_epochs=config.max_epochs, path=job.name, status=Status(summary.get("status") or Status.RUNNING),
-    )  # fmt: skip
+        trial=job.short_name,
+        seed=config.seed,
+        optimizer=config.optimizer,
+        momentum=config.momentum,
+        nesterov=config.nesterov,
+        lr=config.lr,
+        weight_decay=config.weight_decay,
+        max_epochs=config.max_epochs,
+        path=job.name,
+        status=Status(summary.get("status") or Status.RUNNING),
+    )
     for key in swept:
         value = getattr(config, key)
         if key == "freeze":  # "off" / "auto" beside epoch numbers: one column type
@@ -141,10 +167,17 @@ def _sweep(base, grid, out, engine, seeds, force, events) -> dict:
         check_names(job.config)
     _check_runs_match(jobs, force)
     with directory.writer():  # one `regimes sweep` writes the sweep (each trial has its own lock too)
-        directory.start({
-            "preset": base.preset, "model": base.model, "dataset": base.dataset, "base": base.to_dict(),
-            "grid": {"name": grid.name, "axes": grid.axes, "fixed": grid.fixed}, "versions": software_versions(),
-        }, force=force)  # fmt: skip
+        directory.start(
+            {
+                "preset": base.preset,
+                "model": base.model,
+                "dataset": base.dataset,
+                "base": base.to_dict(),
+                "grid": {"name": grid.name, "axes": grid.axes, "fixed": grid.fixed},
+                "versions": software_versions(),
+            },
+            force=force,
+        )
         swept = _swept_keys(grid)
 
         started = time.perf_counter()
@@ -153,8 +186,15 @@ def _sweep(base, grid, out, engine, seeds, force, events) -> dict:
         directory.write_table(SweepDirectory.TRIALS, rows)
         best = select(rows)
         failed = [r["trial"] for r in rows if r["status"] not in DONE]
-        selected = {"preset": base.preset, "model": base.model, "dataset": base.dataset, "grid": grid.name,
-                    "trials": len(rows), "failed": failed, "wall_seconds": wall}  # fmt: skip
+        selected = {
+            "preset": base.preset,
+            "model": base.model,
+            "dataset": base.dataset,
+            "grid": grid.name,
+            "trials": len(rows),
+            "failed": failed,
+            "wall_seconds": wall,
+        }
         if best is None:
             selected.update(trial=None, status=Status.FAILED, error="no trial finished")
             directory.write_selected(selected)

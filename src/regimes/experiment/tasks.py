@@ -140,9 +140,11 @@ class Seq2Seq(Classification):
             targets, target_mask = _trim(targets, target_mask)
         decoder_input_ids = torch.cat([torch.full_like(targets[:, :1], PAD_ID), targets[:, :-1]], dim=1)
         inputs = {
-            "input_ids": input_ids, "attention_mask": attention_mask,
-            "decoder_input_ids": decoder_input_ids, "decoder_attention_mask": target_mask,
-        }  # fmt: skip
+            "input_ids": input_ids,
+            "attention_mask": attention_mask,
+            "decoder_input_ids": decoder_input_ids,
+            "decoder_attention_mask": target_mask,
+        }
         return {k: v.to(device) for k, v in inputs.items()}, targets.to(device)
 
     def batch(self, tensors, indices, device):

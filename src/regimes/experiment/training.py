@@ -30,8 +30,17 @@ from regimes.run import Run, warn_late_freeze
 __all__ = ["train_run"]
 
 
-def train_run(config: RunConfig, out, *, device: str | None = None, data_dir=None, resume: bool = False,
-              force: bool = False, callbacks: list[Callback] = (), log: Sequence[str] = ()) -> RunSummary:  # fmt: skip
+def train_run(
+    config: RunConfig,
+    out,
+    *,
+    device: str | None = None,
+    data_dir=None,
+    resume: bool = False,
+    force: bool = False,
+    callbacks: list[Callback] = (),
+    log: Sequence[str] = (),
+) -> RunSummary:
     """Train one run into the directory `out` and return its summary.
 
     `device`: None trains on CUDA if present, else on the CPU (`resolve_device`).
@@ -49,7 +58,7 @@ def train_run(config: RunConfig, out, *, device: str | None = None, data_dir=Non
     if config.freeze != "off" and DataParallel.requested():
         raise UnsupportedError(
             f"freeze = {config.freeze!r} under torchrun: the runner freezes the regime in one process; "
-            "train this run with one process (regimes run, without torchrun), or set freeze = \"off\""
+            'train this run with one process (regimes run, without torchrun), or set freeze = "off"'
         )
     parallel = DataParallel.from_environment(device)  # under torchrun: one process of a DDP run
     if parallel is not None and not parallel.main:
@@ -82,10 +91,20 @@ def train_run(config: RunConfig, out, *, device: str | None = None, data_dir=Non
         # The order is the order of work at an epoch's end: early stopping decides, the run writes
         # its records (and tells the detector's events), the geometry, then the checkpoint.
         state.callbacks = [stopper, EpochRecords(), *geometry, Checkpoint(run_dir), *callbacks]
-        state.run = Run(run_dir, config=config.to_dict(), host="runner", force=force, resume=checkpoint is not None,
-                        weight_change=config.weight_change, batches_per_epoch=state.batches_per_epoch,
-                        freeze=config.freeze, describe=_describe(state), contributors=state.callbacks,
-                        loggers=loggers, lock=False)  # fmt: skip
+        state.run = Run(
+            run_dir,
+            config=config.to_dict(),
+            host="runner",
+            force=force,
+            resume=checkpoint is not None,
+            weight_change=config.weight_change,
+            batches_per_epoch=state.batches_per_epoch,
+            freeze=config.freeze,
+            describe=_describe(state),
+            contributors=state.callbacks,
+            loggers=loggers,
+            lock=False,
+        )
         state.run.attach(state.tracker)
         try:
             if checkpoint is None:
@@ -137,15 +156,26 @@ def _describe(state: RunState) -> dict:
     """What the runner knows of its run for the summary, beyond what the run object records."""
     config = state.config
     return {
-        "preset": config.preset, "model": config.model, "dataset": config.dataset,
-        "optimizer": config.optimizer, "momentum": config.momentum, "nesterov": config.nesterov,
-        "weight_decay": config.weight_decay, "lr": config.lr, "batch_size": config.batch_size,
-        "precision": config.precision, "seed": config.seed,
-        "score_name": state.task.score_name, "higher_is_better": state.task.higher_is_better,
+        "preset": config.preset,
+        "model": config.model,
+        "dataset": config.dataset,
+        "optimizer": config.optimizer,
+        "momentum": config.momentum,
+        "nesterov": config.nesterov,
+        "weight_decay": config.weight_decay,
+        "lr": config.lr,
+        "batch_size": config.batch_size,
+        "precision": config.precision,
+        "seed": config.seed,
+        "score_name": state.task.score_name,
+        "higher_is_better": state.task.higher_is_better,
         "max_epochs": config.max_epochs,
-        "train_size": len(state.splits.train), "val_size": len(state.splits.val), "data_source": state.splits.source,
-        "device": str(state.device), "majority_score": _majority_score(state),
-    }  # fmt: skip
+        "train_size": len(state.splits.train),
+        "val_size": len(state.splits.val),
+        "data_source": state.splits.source,
+        "device": str(state.device),
+        "majority_score": _majority_score(state),
+    }
 
 
 def _majority_score(state: RunState) -> float | None:

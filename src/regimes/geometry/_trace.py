@@ -66,7 +66,10 @@ _OTHER_KINKS = frozenset(
     not_equal argmax argmin argsort fractional_max_pool2d fractional_max_pool3d""".split()
 )
 MAX_POOLS = frozenset(
-    f"{prefix}max_pool{n}d{suffix}" for prefix in ("", "adaptive_") for n in (1, 2, 3) for suffix in ("", "_with_indices")
+    f"{prefix}max_pool{n}d{suffix}"
+    for prefix in ("", "adaptive_")
+    for n in (1, 2, 3)
+    for suffix in ("", "_with_indices")
 )
 AVG_POOLS = frozenset(f"{prefix}avg_pool{n}d" for prefix in ("", "adaptive_") for n in (1, 2, 3))
 DROPOUTS = frozenset("dropout dropout1d dropout2d dropout3d alpha_dropout feature_alpha_dropout".split())
@@ -104,12 +107,39 @@ _CONSTANT = frozenset(
 )
 
 _DUNDER = {
-    "add": "add", "radd": "add", "iadd": "add", "sub": "sub", "isub": "sub", "rsub": "rsub",
-    "mul": "mul", "rmul": "mul", "imul": "mul", "truediv": "div", "itruediv": "div", "div": "div",
-    "rtruediv": "rdiv", "rdiv": "rdiv", "matmul": "matmul", "rmatmul": "matmul", "neg": "neg",
-    "pos": "positive", "getitem": "getitem", "setitem": "setitem", "pow": "pow", "rpow": "pow",
-    "ipow": "pow", "abs": "abs", "floordiv": "floor_divide", "rfloordiv": "floor_divide",
-    "mod": "remainder", "gt": "gt", "lt": "lt", "ge": "ge", "le": "le", "eq": "eq", "ne": "ne",
+    "add": "add",
+    "radd": "add",
+    "iadd": "add",
+    "sub": "sub",
+    "isub": "sub",
+    "rsub": "rsub",
+    "mul": "mul",
+    "rmul": "mul",
+    "imul": "mul",
+    "truediv": "div",
+    "itruediv": "div",
+    "div": "div",
+    "rtruediv": "rdiv",
+    "rdiv": "rdiv",
+    "matmul": "matmul",
+    "rmatmul": "matmul",
+    "neg": "neg",
+    "pos": "positive",
+    "getitem": "getitem",
+    "setitem": "setitem",
+    "pow": "pow",
+    "rpow": "pow",
+    "ipow": "pow",
+    "abs": "abs",
+    "floordiv": "floor_divide",
+    "rfloordiv": "floor_divide",
+    "mod": "remainder",
+    "gt": "gt",
+    "lt": "lt",
+    "ge": "ge",
+    "le": "le",
+    "eq": "eq",
+    "ne": "ne",
 }
 
 _names: dict = {}
@@ -256,8 +286,10 @@ def prepare(model: nn.Module, x: torch.Tensor) -> tuple[nn.Module, torch.Tensor]
     bad = (~torch.isfinite(x.detach().reshape(x.shape[0], -1))).any(dim=1).nonzero().flatten().tolist()
     if bad:
         shown = ", ".join(map(str, bad[:5])) + (f" and {len(bad) - 5} more" if len(bad) > 5 else "")
-        raise UsageError(f"x holds NaN or infinite values in sample {shown} of {x.shape[0]}: such an input has no "
-                         "linear region, affine map or stability radius; drop it or fix it")  # fmt: skip
+        raise UsageError(
+            f"x holds NaN or infinite values in sample {shown} of {x.shape[0]}: such an input has no "
+            "linear region, affine map or stability radius; drop it or fix it"
+        )
     module = unwrap_model(model)
     device, dtype = model_device_dtype(module, x)
     return module, x.detach().to(device=device, dtype=dtype)
@@ -591,7 +623,9 @@ class Tracer(TorchFunctionMode):
         if dependent:
             self._after("relu", "relu", func, (pre,), {}, out)
         elif self.builder is not None:
-            raise NotImplementedError(f"parameter_radius: {self.where()} applies a ReLU to a tensor that does not depend on the input")
+            raise NotImplementedError(
+                f"parameter_radius: {self.where()} applies a ReLU to a tensor that does not depend on the input"
+            )
         return out
 
     def _max_pool(self, func, short, args, kwargs, dependent):
@@ -603,12 +637,21 @@ class Tracer(TorchFunctionMode):
         spatial_in, spatial_out = tuple(x.shape[-n:]), tuple(values.shape[-n:])
         windows = pool_windows(short.replace("_with_indices", ""), bound, spatial_in, spatial_out, x.device)
         top = self.stack.top
-        pool_types = (nn.MaxPool1d, nn.MaxPool2d, nn.MaxPool3d, nn.AdaptiveMaxPool1d, nn.AdaptiveMaxPool2d, nn.AdaptiveMaxPool3d)
+        pool_types = (
+            nn.MaxPool1d,
+            nn.MaxPool2d,
+            nn.MaxPool3d,
+            nn.AdaptiveMaxPool1d,
+            nn.AdaptiveMaxPool2d,
+            nn.AdaptiveMaxPool3d,
+        )
         if isinstance(top, pool_types):
             base = self.stack.names.get(top, "") or short
         else:
             path = self.stack.names.get(top, "") if top is not None else ""
-            base = f"{path}.{short.replace('_with_indices', '')}()" if path else f"{short.replace('_with_indices', '')}()"
+            base = (
+                f"{path}.{short.replace('_with_indices', '')}()" if path else f"{short.replace('_with_indices', '')}()"
+            )
         index = sum(p.base == base for p in self.pools)
         self.pools.append(PoolRecord(base, index, x.detach(), n, windows))
         if dependent:
@@ -661,7 +704,9 @@ def trace(module: nn.Module, x: torch.Tensor, builder=None) -> Trace:
             "wrap the model to return the output you want to study."
         )
     if output.dim() == 0 or output.shape[0] != x.shape[0]:
-        raise UsageError(f"the model's output must have the batch first: input {tuple(x.shape)}, output {tuple(output.shape)}")
+        raise UsageError(
+            f"the model's output must have the batch first: input {tuple(x.shape)}, output {tuple(output.shape)}"
+        )
     _name_records(tracer.sites, lambda r: r.call.base, lambda r: r.call.index)
     _name_records(tracer.pools, lambda r: r.base, lambda r: r.index)
     return Trace(output.detach(), tracer.sites, tracer.pools, tracer.dependent_numel, tracer.steps)

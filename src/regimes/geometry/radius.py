@@ -101,7 +101,9 @@ class _Program:
 
     def _refuse_dependent(self, short, *tensors) -> None:
         if any(self.tracer.depends(t) for t in tensors):
-            raise NotImplementedError(f"parameter_radius: {self.tracer.where()} uses an input-dependent tensor as the weights of {short}")
+            raise NotImplementedError(
+                f"parameter_radius: {self.tracer.where()} uses an input-dependent tensor as the weights of {short}"
+            )
 
     # -- rules
     def _parameterised(self, short, func, args, kwargs, out, weight_owner=None):
@@ -320,10 +322,16 @@ class _Program:
         dependents = [t for t in flat_tensors((args, kwargs)) if tracer.depends(t)]
         slots = [tracer.slot(t) for t in dependents]
         if any(self._is_trainable(t) for t in flat_tensors((args, kwargs))):
-            raise NotImplementedError(f"parameter_radius: {tracer.where()} moves a trainable parameter into the data ({short})")
+            raise NotImplementedError(
+                f"parameter_radius: {tracer.where()} moves a trainable parameter into the data ({short})"
+            )
         inplace = op_name(func)[2]
         zero_value = short in ("pad", "masked_fill")
-        mode = bind(("input", "pad", "mode", "value"), args, kwargs, {"mode": "constant"}).get("mode") if short == "pad" else None
+        mode = (
+            bind(("input", "pad", "mode", "value"), args, kwargs, {"mode": "constant"}).get("mode")
+            if short == "pad"
+            else None
+        )
         outputs = [t for t in flat_tensors(out) if t.is_floating_point()]
 
         def substitute(obj, by_slot):
@@ -575,7 +583,10 @@ def _empirical(module, x, tr: Trace, certified, site, unit, n_random: int, seed:
     generator = torch.Generator(device=x.device).manual_seed(seed)
     with evaluating(module), torch.no_grad():
         for _ in range(n_random):
-            direction = {name: torch.randn(p.shape, generator=generator, device=p.device, dtype=p.dtype) for name, p in params.items()}
+            direction = {
+                name: torch.randn(p.shape, generator=generator, device=p.device, dtype=p.dtype)
+                for name, p in params.items()
+            }
             norm = math.sqrt(sum(float(d.pow(2).sum()) for d in direction.values()))
             by_id = {id(params[name]): d / norm for name, d in direction.items()}
             found = _first_flip(lambda t, by_id=by_id: _flips(module, x, t, by_id, pattern), start)

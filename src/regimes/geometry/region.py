@@ -79,7 +79,10 @@ def _jacobians(module: nn.Module, x: torch.Tensor, tr: Trace, with_sites: bool, 
     K = x.new_empty(batch, n_out, n_in)
     site_sq = [torch.zeros_like(site.z) for site in tr.sites] if with_sites else []
     winners = _pool_argmax(tr) if with_sites else []
-    pool_sq = [torch.zeros(w.shape + (p.windows.index.shape[1],), dtype=x.dtype, device=x.device) for w, p in zip(winners, tr.pools)]
+    pool_sq = [
+        torch.zeros(w.shape + (p.windows.index.shape[1],), dtype=x.dtype, device=x.device)
+        for w, p in zip(winners, tr.pools)
+    ]
 
     def forward(xb):  # one sample [*sample_shape] -> outputs flattened, and what the sites saw
         recorder = Recorder()
@@ -112,7 +115,9 @@ def _jacobians(module: nn.Module, x: torch.Tensor, tr: Trace, with_sites: bool, 
     return K, site_sq, pool_sq, winners
 
 
-def local_affine_map(model: nn.Module, x: torch.Tensor, *, chunk_size: int | None = None) -> tuple[torch.Tensor, torch.Tensor]:
+def local_affine_map(
+    model: nn.Module, x: torch.Tensor, *, chunk_size: int | None = None
+) -> tuple[torch.Tensor, torch.Tensor]:
     """The affine map the network computes near each input (Corollary 1): `f(x') = K x' + c`.
 
     Returns `K [B, n_out, n_in]` and `c [B, n_out]` over the flattened input and output of
@@ -160,7 +165,9 @@ def region_boundary(model: nn.Module, x: torch.Tensor, *, chunk_size: int | None
 
     if not segments:
         none = torch.full((batch,), -1, dtype=torch.long, device=x.device)
-        return RegionBoundary(torch.full((batch,), torch.inf, device=x.device), [None] * batch, none, none.clone(), torch.zeros_like(x))
+        return RegionBoundary(
+            torch.full((batch,), torch.inf, device=x.device), [None] * batch, none, none.clone(), torch.zeros_like(x)
+        )
     all_distances = torch.cat([d for _, _, d in segments], dim=1)  # [B, N]
     distance, flat = all_distances.min(dim=1)
     sizes = torch.tensor([d.shape[1] for _, _, d in segments], device=x.device)

@@ -42,7 +42,7 @@ from regimes.integrations.session import (
     is_dataset,
     model_inputs,
     settled_metric,
-)  # fmt: skip
+)
 
 accelerate = require("accelerate", "regimes.integrations.accelerate")
 
@@ -82,20 +82,49 @@ class RegimesTracking:
     `events_`: every (event, iteration) told so far, on the main process.
     """
 
-    def __init__(self, accelerator, model, probe, *, probe_size: int | None = None, probe_seed: int = 0,
-                 probe_inputs: Callable | None = None, collate: Callable | None = None, batch_size: int | None = None,
-                 out=None, config: Mapping | None = None, force: bool = False, log_every: int = 1,
-                 log_sites: bool = False, score: str | None = None, higher_is_better: bool = True,
-                 detect: bool = True, tau: float = 0.1, freeze="off", on_regime_change: Callable | None = None,
-                 epochs: int | None = None, optimizer=None, **tracker_options) -> None:  # fmt: skip
+    def __init__(
+        self,
+        accelerator,
+        model,
+        probe,
+        *,
+        probe_size: int | None = None,
+        probe_seed: int = 0,
+        probe_inputs: Callable | None = None,
+        collate: Callable | None = None,
+        batch_size: int | None = None,
+        out=None,
+        config: Mapping | None = None,
+        force: bool = False,
+        log_every: int = 1,
+        log_sites: bool = False,
+        score: str | None = None,
+        higher_is_better: bool = True,
+        detect: bool = True,
+        tau: float = 0.1,
+        freeze="off",
+        on_regime_change: Callable | None = None,
+        epochs: int | None = None,
+        optimizer=None,
+        **tracker_options,
+    ) -> None:
         if isinstance(log_every, bool) or not isinstance(log_every, int) or log_every < 1:
             raise UsageError(f"log_every must be a whole number >= 1, got {log_every!r}")
         self.accelerator, self.log_every = accelerator, log_every
         self.on_regime_change, self.epochs, self.events_ = on_regime_change, epochs, []
         root = accelerator.project_dir or "."
-        self.session = TrackingSession(out or f"{root}/regimes", host="accelerate", config=config, force=force,
-                                       log_sites=log_sites, score=score, higher_is_better=higher_is_better,
-                                       detect=detect, tau=tau, freeze=freeze)  # fmt: skip
+        self.session = TrackingSession(
+            out or f"{root}/regimes",
+            host="accelerate",
+            config=config,
+            force=force,
+            log_sites=log_sites,
+            score=score,
+            higher_is_better=higher_is_better,
+            detect=detect,
+            tau=tau,
+            freeze=freeze,
+        )
 
         def draw():
             if not is_dataset(probe):
@@ -106,8 +135,13 @@ class RegimesTracking:
         self.session.describe.update(batch_size=batch_size, max_epochs=epochs)
         # The tracker snapshots the weights now (iteration 0); the run directory waits for
         # the first step, so that accelerator.load_state can resume the tracker first.
-        self.tracker = self.session.start(accelerator.unwrap_model(model), draw, rank=accelerator.process_index,
-                                          optimizer=optimizer, **tracker_options)  # fmt: skip
+        self.tracker = self.session.start(
+            accelerator.unwrap_model(model),
+            draw,
+            rank=accelerator.process_index,
+            optimizer=optimizer,
+            **tracker_options,
+        )
         self._measured = 0
 
     def step(self) -> None:

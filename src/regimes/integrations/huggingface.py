@@ -67,7 +67,7 @@ from regimes.integrations.session import (
     model_inputs,
     settled_metric,
     warn_late_freeze,
-)  # fmt: skip
+)
 from regimes.records import atomic_write, load_state, plain_state
 
 transformers = require("transformers", "regimes.integrations.huggingface")
@@ -106,10 +106,24 @@ class RegimesCallback(transformers.TrainerCallback):
     `events_`: every (event, iteration) told so far, on the process that writes.
     """
 
-    def __init__(self, probe="eval", *, probe_size: int | None = None, probe_seed: int = 0,
-                 probe_inputs: Callable | None = None, out=None, config: Mapping | None = None, force: bool = False,
-                 log_sites: bool = False, score: str | None = None, higher_is_better: bool = True,
-                 detect: bool = True, tau: float = 0.1, freeze="off", **tracker_options) -> None:  # fmt: skip
+    def __init__(
+        self,
+        probe="eval",
+        *,
+        probe_size: int | None = None,
+        probe_seed: int = 0,
+        probe_inputs: Callable | None = None,
+        out=None,
+        config: Mapping | None = None,
+        force: bool = False,
+        log_sites: bool = False,
+        score: str | None = None,
+        higher_is_better: bool = True,
+        detect: bool = True,
+        tau: float = 0.1,
+        freeze="off",
+        **tracker_options,
+    ) -> None:
         self.probe, self.probe_size, self.probe_seed, self.probe_inputs = probe, probe_size, probe_seed, probe_inputs
         self.out, self.config, self.force = out, config, force
         self.log_sites, self.score, self.higher_is_better = log_sites, score, higher_is_better
@@ -137,22 +151,37 @@ class RegimesCallback(transformers.TrainerCallback):
 
     def on_train_begin(self, args, state, control, model=None, optimizer=None, train_dataloader=None, **kwargs):
         warn_late_freeze(self.freeze, state.num_train_epochs)
-        session = TrackingSession(self.out or default_out(args.output_dir), host="huggingface", config=self.config,
-                                  force=self.force, log_sites=self.log_sites, score=self.score,
-                                  higher_is_better=self.higher_is_better, detect=self.detect, tau=self.tau,
-                                  freeze=self.freeze)  # fmt: skip
-        session.describe.update(batch_size=args.per_device_train_batch_size * args.gradient_accumulation_steps
-                                * args.world_size, max_epochs=math.ceil(state.num_train_epochs or 0) or None,
-                                dataset=type(getattr(train_dataloader, "dataset", None)).__name__
-                                if train_dataloader is not None else None)  # fmt: skip
+        session = TrackingSession(
+            self.out or default_out(args.output_dir),
+            host="huggingface",
+            config=self.config,
+            force=self.force,
+            log_sites=self.log_sites,
+            score=self.score,
+            higher_is_better=self.higher_is_better,
+            detect=self.detect,
+            tau=self.tau,
+            freeze=self.freeze,
+        )
+        session.describe.update(
+            batch_size=args.per_device_train_batch_size * args.gradient_accumulation_steps * args.world_size,
+            max_epochs=math.ceil(state.num_train_epochs or 0) or None,
+            dataset=type(getattr(train_dataloader, "dataset", None)).__name__ if train_dataloader is not None else None,
+        )
         rank = args.process_index
         if state.global_step > 0:  # resumed: this process's state, saved in the checkpoint folder
             folder = _checkpoint_folder(args, state)
             saved = next((f for f in (folder / _state_file(rank, True), folder / STATE_FILE) if f.is_file()), None)
             if saved is not None and (rank == 0 or saved.name != STATE_FILE):
                 session.load_state_dict(load_state(saved))
-        self.tracker = session.start(model, lambda: self._draw(args, model, train_dataloader), step=state.global_step,
-                                     rank=rank, optimizer=optimizer, **self.tracker_options)  # fmt: skip
+        self.tracker = session.start(
+            model,
+            lambda: self._draw(args, model, train_dataloader),
+            step=state.global_step,
+            rank=rank,
+            optimizer=optimizer,
+            **self.tracker_options,
+        )
         session.open()
         self.session_ = session
         if self.tracker is not None:
@@ -216,8 +245,10 @@ class RegimesCallback(transformers.TrainerCallback):
             torch.save(plain_state(session.state_dict()), buffer)
             folder = _checkpoint_folder(args, state)
             folder.mkdir(parents=True, exist_ok=True)
-            atomic_write(folder / _state_file(args.process_index, session.tracker.weights.sharding is not None),
-                         buffer.getvalue())  # fmt: skip
+            atomic_write(
+                folder / _state_file(args.process_index, session.tracker.weights.sharding is not None),
+                buffer.getvalue(),
+            )
 
     def on_train_end(self, args, state, control, **kwargs):
         if self.session_ is not None:
@@ -242,9 +273,12 @@ class RegimesCallback(transformers.TrainerCallback):
                 )
             source, collate = self.trainer_.eval_dataset, self.trainer_.data_collator
             if source is None or isinstance(source, Mapping):
-                raise UsageError("probe='eval' needs one eval_dataset in the Trainer; pass the data set itself as the probe")
+                raise UsageError(
+                    "probe='eval' needs one eval_dataset in the Trainer; pass the data set itself as the probe"
+                )
         size = self.probe_size or default_probe_size(
-            args.per_device_train_batch_size * args.gradient_accumulation_steps * args.world_size)
+            args.per_device_train_batch_size * args.gradient_accumulation_steps * args.world_size
+        )
         rows = _ForwardColumns(source, model)
         return (self.probe_inputs or model_inputs)(draw_probe(rows, size, self.probe_seed, collate))
 

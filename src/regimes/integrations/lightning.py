@@ -51,7 +51,7 @@ from regimes.integrations.session import (
     model_inputs,
     settled_metric,
     warn_late_freeze,
-)  # fmt: skip
+)
 from regimes.run import default_out
 
 pl = require("lightning.pytorch", "regimes.integrations.lightning")
@@ -87,15 +87,33 @@ class RegimesCallback(pl.Callback):
     `events_`: every (event, iteration) told so far, on the process that writes.
     """
 
-    def __init__(self, probe="val", *, probe_size: int | None = None, probe_seed: int = 0,
-                 probe_inputs: Callable | None = None, out=None, config: Mapping | None = None, force: bool = False,
-                 log_every_n_steps: int | None = None, log_sites: bool = False, score: str | None = None,
-                 higher_is_better: bool = True, detect: bool = True, tau: float = 0.1, freeze="off",
-                 **tracker_options) -> None:  # fmt: skip
+    def __init__(
+        self,
+        probe="val",
+        *,
+        probe_size: int | None = None,
+        probe_seed: int = 0,
+        probe_inputs: Callable | None = None,
+        out=None,
+        config: Mapping | None = None,
+        force: bool = False,
+        log_every_n_steps: int | None = None,
+        log_sites: bool = False,
+        score: str | None = None,
+        higher_is_better: bool = True,
+        detect: bool = True,
+        tau: float = 0.1,
+        freeze="off",
+        **tracker_options,
+    ) -> None:
         self.probe, self.probe_size, self.probe_seed, self.probe_inputs = probe, probe_size, probe_seed, probe_inputs
         self.out, self.config, self.force = out, config, force
         self.log_every_n_steps, self.log_sites, self.score, self.higher_is_better = (
-            log_every_n_steps, log_sites, score, higher_is_better)  # fmt: skip
+            log_every_n_steps,
+            log_sites,
+            score,
+            higher_is_better,
+        )
         self.detect, self.tau, self.freeze = detect, tau, check_freeze(freeze, detect)
         self.tracker_options = tracker_options
         self.events_: list = []
@@ -109,17 +127,33 @@ class RegimesCallback(pl.Callback):
 
     def on_train_start(self, trainer, pl_module) -> None:
         warn_late_freeze(self.freeze, trainer.max_epochs)
-        session = TrackingSession(self.out or default_out(trainer.default_root_dir), host="lightning",
-                                  config=self.config, force=self.force, log_sites=self.log_sites,
-                                  score=self.score, higher_is_better=self.higher_is_better, detect=self.detect,
-                                  tau=self.tau, freeze=self.freeze)  # fmt: skip
+        session = TrackingSession(
+            self.out or default_out(trainer.default_root_dir),
+            host="lightning",
+            config=self.config,
+            force=self.force,
+            log_sites=self.log_sites,
+            score=self.score,
+            higher_is_better=self.higher_is_better,
+            detect=self.detect,
+            tau=self.tau,
+            freeze=self.freeze,
+        )
         session.load_state_dict(self.saved_ or {})
         loader = trainer.train_dataloader
-        session.describe.update(batch_size=self._samples_per_step(trainer), max_epochs=trainer.max_epochs,
-                                dataset=_dataset_name(getattr(loader, "dataset", None)))  # fmt: skip
-        self.tracker = session.start(pl_module, lambda: self._draw(trainer), step=trainer.global_step,
-                                     rank=trainer.global_rank, optimizer=next(iter(trainer.optimizers), None),
-                                     **self.tracker_options)  # fmt: skip
+        session.describe.update(
+            batch_size=self._samples_per_step(trainer),
+            max_epochs=trainer.max_epochs,
+            dataset=_dataset_name(getattr(loader, "dataset", None)),
+        )
+        self.tracker = session.start(
+            pl_module,
+            lambda: self._draw(trainer),
+            step=trainer.global_step,
+            rank=trainer.global_rank,
+            optimizer=next(iter(trainer.optimizers), None),
+            **self.tracker_options,
+        )
         session.open()
         self.session_ = session
         if self.tracker is not None:

@@ -56,9 +56,21 @@ from regimes.sites import unwrap_model
 from regimes.tracker import Tracker
 
 __all__ = [
-    "TrackingSession", "Roles", "StepGate", "draw_probe", "model_inputs", "default_probe_size", "process_rank",
-    "is_sharded", "check_freeze", "warn_late_freeze", "settled_metric", "default_out", "LOG_PREFIX", "LABEL_KEYS",
-]  # fmt: skip
+    "TrackingSession",
+    "Roles",
+    "StepGate",
+    "draw_probe",
+    "model_inputs",
+    "default_probe_size",
+    "process_rank",
+    "is_sharded",
+    "check_freeze",
+    "warn_late_freeze",
+    "settled_metric",
+    "default_out",
+    "LOG_PREFIX",
+    "LABEL_KEYS",
+]
 
 LOG_PREFIX = "regimes/"  # regimes/delta_w, regimes/delta_a, regimes/delta_a/<site>
 LABEL_KEYS = ("labels", "label", "label_ids")  # what a batch holds for the loss, not for the model's forward
@@ -115,7 +127,9 @@ class StepGate:
 
     def __init__(self, optimizers) -> None:
         self.stepped = False
-        self.handles = [innermost_optimizer(o).register_step_post_hook(self._on_step) for o in optimizers if o is not None]
+        self.handles = [
+            innermost_optimizer(o).register_step_post_hook(self._on_step) for o in optimizers if o is not None
+        ]
 
     def _on_step(self, optimizer, args, kwargs) -> None:
         self.stepped = True
@@ -205,20 +219,49 @@ class TrackingSession(Run):
     any, chooses rho's headline reading).
     """
 
-    def __init__(self, out, *, host: str, config: Mapping | None = None, force: bool = False,
-                 log_sites: bool = False, score: str | None = None, higher_is_better: bool = True,
-                 detect: bool = True, tau: float = 0.1, freeze="off") -> None:  # fmt: skip
+    def __init__(
+        self,
+        out,
+        *,
+        host: str,
+        config: Mapping | None = None,
+        force: bool = False,
+        log_sites: bool = False,
+        score: str | None = None,
+        higher_is_better: bool = True,
+        detect: bool = True,
+        tau: float = 0.1,
+        freeze="off",
+    ) -> None:
         config = dict(config or {})
-        super().__init__(out, config=config, host=host, force=force, log_sites=log_sites, score=score,
-                         higher_is_better=higher_is_better, detect=detect, tau=tau, freeze=freeze,
-                         weight_change=config.get("weight_change", "layerwise"))  # fmt: skip
+        super().__init__(
+            out,
+            config=config,
+            host=host,
+            force=force,
+            log_sites=log_sites,
+            score=score,
+            higher_is_better=higher_is_better,
+            detect=detect,
+            tau=tau,
+            freeze=freeze,
+            weight_change=config.get("weight_change", "layerwise"),
+        )
         self.host_config = config
         self.describe.update(score_name=score, seed=config.get("seed"))
         self.roles = Roles(tracks=False, writes=False)
         self.reported = 0  # the last iteration given to the host's loggers (`values`)
 
-    def start(self, model: nn.Module, draw: Callable[[], object], *, step: int = 0, rank: int | None = None,
-              optimizer=None, **tracker_options) -> Tracker | None:  # fmt: skip
+    def start(
+        self,
+        model: nn.Module,
+        draw: Callable[[], object],
+        *,
+        step: int = 0,
+        rank: int | None = None,
+        optimizer=None,
+        **tracker_options,
+    ) -> Tracker | None:
         """Build the tracker where this process tracks (`draw()` gives the probe; it is called
         only there). `step`: the host's optimizer step, for a fit resumed without our state."""
         self.roles = Roles.of(model, rank)

@@ -23,8 +23,24 @@ from regimes.records.summary import DONE, STATUSES, RunSummary, Status, software
 from regimes.records.sweep import SweepDirectory, find_runs, is_sweep_directory
 
 __all__ = [
-    "RunDirectory", "SweepDirectory", "RunSummary", "Status", "DONE", "STATUSES",
-    "RunDirectoryError", "RunLockedError", "DamagedRecordError",
-    "is_run_directory", "is_sweep_directory", "find_runs", "software_versions", "study_fields", "validity",
-    "atomic_write", "json_ready", "describe_difference", "load_state", "plain_state",
-]  # fmt: skip
+    "RunDirectory",
+    "SweepDirectory",
+    "RunSummary",
+    "Status",
+    "DONE",
+    "STATUSES",
+    "RunDirectoryError",
+    "RunLockedError",
+    "DamagedRecordError",
+    "is_run_directory",
+    "is_sweep_directory",
+    "find_runs",
+    "software_versions",
+    "study_fields",
+    "validity",
+    "atomic_write",
+    "json_ready",
+    "describe_difference",
+    "load_state",
+    "plain_state",
+]

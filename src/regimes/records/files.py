@@ -28,9 +28,20 @@ else:  # pragma: no cover
     import tomli as tomllib
 
 __all__ = [
-    "atomic_write", "json_ready", "toml_ready", "read_json", "write_json", "read_toml", "write_toml",
-    "toml_round_trip", "describe_difference", "plain_state", "RunDirectoryError", "refuse_link", "real_folder",
-]  # fmt: skip
+    "atomic_write",
+    "json_ready",
+    "toml_ready",
+    "read_json",
+    "write_json",
+    "read_toml",
+    "write_toml",
+    "toml_round_trip",
+    "describe_difference",
+    "plain_state",
+    "RunDirectoryError",
+    "refuse_link",
+    "real_folder",
+]
 
 
 class RunDirectoryError(RegimesError):

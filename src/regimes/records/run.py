@@ -55,7 +55,7 @@ from regimes.records.files import (
     toml_round_trip,
     write_json,
     write_toml,
-)  # fmt: skip
+)
 from regimes.records.summary import RunSummary
 
 try:
@@ -63,7 +63,14 @@ try:
 except ImportError:  # pragma: no cover - not POSIX: no lock, one writer is then up to the user
     fcntl = None
 
-__all__ = ["RunDirectory", "RunDirectoryError", "RunLockedError", "DamagedRecordError", "is_run_directory", "load_state"]
+__all__ = [
+    "RunDirectory",
+    "RunDirectoryError",
+    "RunLockedError",
+    "DamagedRecordError",
+    "is_run_directory",
+    "load_state",
+]
 
 
 class RunLockedError(RunDirectoryError):
@@ -318,13 +325,16 @@ class RunDirectory:
         if iterations.size == 0:
             return
         changes = np.asarray(changes, dtype=np.float64).reshape(iterations.size, len(names))
-        table = pa.table({
-            "iteration": np.repeat(iterations, len(names)),
-            "epoch": np.full(changes.size, epoch, dtype=np.int64),
-            "tensor": pa.DictionaryArray.from_arrays(np.tile(np.arange(len(names), dtype=np.int32), iterations.size),
-                                                     pa.array(names)),
-            "dw": changes.reshape(-1),
-        })  # fmt: skip
+        table = pa.table(
+            {
+                "iteration": np.repeat(iterations, len(names)),
+                "epoch": np.full(changes.size, epoch, dtype=np.int64),
+                "tensor": pa.DictionaryArray.from_arrays(
+                    np.tile(np.arange(len(names), dtype=np.int32), iterations.size), pa.array(names)
+                ),
+                "dw": changes.reshape(-1),
+            }
+        )
         chunks = _chunk_paths(self.tensors_dir)
         number = int(_CHUNK.match(chunks[-1].name).group(1)) + 1 if chunks else 1
         real_folder(self.tensors_dir)
@@ -334,8 +344,12 @@ class RunDirectory:
         """The per-tensor table: iteration, epoch, tensor (names), dw; empty when not written."""
         chunks = _chunk_paths(self.tensors_dir)
         if not chunks:
-            return {"iteration": np.zeros(0, np.int64), "epoch": np.zeros(0, np.int64),
-                    "tensor": np.zeros(0, object), "dw": np.zeros(0)}  # fmt: skip
+            return {
+                "iteration": np.zeros(0, np.int64),
+                "epoch": np.zeros(0, np.int64),
+                "tensor": np.zeros(0, object),
+                "dw": np.zeros(0),
+            }
         table = pa.concat_tables(_read(pq.read_table, p) for p in chunks)
         out = {name: table.column(name).to_numpy() for name in ("iteration", "epoch", "dw")}
         out["tensor"] = np.asarray(table.column("tensor").cast(pa.string()).to_pylist(), dtype=object)
@@ -502,7 +516,7 @@ def load_state(path, map_location="cpu") -> dict:
             raise DamagedRecordError(
                 f"{path} cannot be read without unpickling ({why}), which could run code, so regimes does not "
                 "load it; it is damaged, hostile, or from an older regimes. Only if you trust it, convert it once: "
-                f"python -c \"import torch; from regimes.records import plain_state as p; "
+                f'python -c "import torch; from regimes.records import plain_state as p; '
                 f"torch.save(p(torch.load('{path}', weights_only=False)), '{path}')\""
             ) from None
         first = text.strip().splitlines()[0] if text.strip() else ""
@@ -510,7 +524,6 @@ def load_state(path, map_location="cpu") -> dict:
     if not isinstance(state, dict):
         raise DamagedRecordError(f"{path} holds no checkpoint (a {type(state).__name__})")
     return state
-
 
 
 @contextlib.contextmanager

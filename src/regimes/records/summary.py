@@ -25,8 +25,18 @@ import numpy as np
 
 from regimes.errors import DamagedInputError
 
-__all__ = ["Status", "DONE", "STATUSES", "RunSummary", "software_versions", "STUDY_FIELDS", "study_fields", "validity",
-           "LEARNED_MARGIN", "LEARNED_IMPROVEMENT"]
+__all__ = [
+    "Status",
+    "DONE",
+    "STATUSES",
+    "RunSummary",
+    "software_versions",
+    "STUDY_FIELDS",
+    "study_fields",
+    "validity",
+    "LEARNED_MARGIN",
+    "LEARNED_IMPROVEMENT",
+]
 
 
 class Status(str, Enum):
@@ -219,9 +229,25 @@ def _check_type(key: str, value) -> None:
 
 
 # The summary fields that `regimes.analysis.summarize_run` computes: the study's numbers.
-STUDY_FIELDS = ("auc_w", "auc_p", "rho", "stabilization_w", "stabilization_p", "window", "rho_global", "rho_layerwise",
-                "rho_units", "rho_global_units", "rho_layerwise_units", "auc_w_global", "auc_w_layerwise", "auc_p_units",
-                "stabilization_w_global", "stabilization_w_layerwise", "stabilization_p_units")  # fmt: skip
+STUDY_FIELDS = (
+    "auc_w",
+    "auc_p",
+    "rho",
+    "stabilization_w",
+    "stabilization_p",
+    "window",
+    "rho_global",
+    "rho_layerwise",
+    "rho_units",
+    "rho_global_units",
+    "rho_layerwise_units",
+    "auc_w_global",
+    "auc_w_layerwise",
+    "auc_p_units",
+    "stabilization_w_global",
+    "stabilization_w_layerwise",
+    "stabilization_p_units",
+)
 
 
 def study_fields(numbers: Mapping) -> dict:
@@ -278,8 +304,15 @@ def validity(summary: Mapping, *, majority_score=None, first_score=None, every=N
             learned = best <= (1 - LEARNED_IMPROVEMENT) * float(reference) + 1e-12
 
     frozen = True if get("freeze_iteration") is not None else bool(get("frozen"))
-    flags = [word for word, flagged in (("not measured", measured is False), ("not learned", learned is False),
-                                        ("frozen", frozen)) if flagged]  # fmt: skip
+    flags = [
+        word
+        for word, flagged in (
+            ("not measured", measured is False),
+            ("not learned", learned is False),
+            ("frozen", frozen),
+        )
+        if flagged
+    ]
     return {"measured": measured, "learned": learned, "frozen": frozen, "flags": flags}
 
 

@@ -83,8 +83,10 @@ class SweepDirectory:
         (absolute, `..`, more parts) is a ValueError; a link on the way is refused (`refuse_link`)."""
         parts = PurePosixPath(str(name)).parts
         if len(parts) != 2 or parts[0] not in self.TABLES or parts[1] in ("..", ".") or "\\" in str(name):
-            raise DamagedInputError(f"{name!r} names no run of the sweep {self.path} (a run is {self.TRIALS}/<trial> "
-                             f"or {self.SEEDS}/seed<n>)")  # fmt: skip
+            raise DamagedInputError(
+                f"{name!r} names no run of the sweep {self.path} (a run is {self.TRIALS}/<trial> "
+                f"or {self.SEEDS}/seed<n>)"
+            )
         refuse_link(self.path / parts[0])
         return RunDirectory(refuse_link(self.path / parts[0] / parts[1]))
 
@@ -186,8 +188,7 @@ def find_runs(path) -> list[Path]:
     inside = []
     if path.is_dir():
         sweeps = sorted(p.parent for p in path.rglob(SweepDirectory.DESCRIPTION))
-        runs = sorted(p.parent for p in path.rglob(RunDirectory.SUMMARY)
-                      if not any(s in p.parents for s in sweeps))  # fmt: skip
+        runs = sorted(p.parent for p in path.rglob(RunDirectory.SUMMARY) if not any(s in p.parents for s in sweeps))
         inside = sorted(sweeps + runs)
     if not inside:
         raise NoRunError(

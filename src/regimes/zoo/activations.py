@@ -14,7 +14,9 @@ ACTIVATIONS = ("relu", "gelu", "silu")
 
 def check_activation(name: str) -> str:
     if name not in ACTIVATIONS:
-        raise ValueError(f"activation must be one of {', '.join(ACTIVATIONS)}, got {name!r}{suggestion(name, ACTIVATIONS)}")
+        raise ValueError(
+            f"activation must be one of {', '.join(ACTIVATIONS)}, got {name!r}{suggestion(name, ACTIVATIONS)}"
+        )
     return name
 
 

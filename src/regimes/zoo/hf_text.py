@@ -64,13 +64,17 @@ class Seq2SeqLM(nn.Module):
         decoder_attention_mask: torch.Tensor | None = None,
     ) -> torch.Tensor:
         return self.hf(
-            input_ids=input_ids, attention_mask=attention_mask, decoder_input_ids=decoder_input_ids,
-            decoder_attention_mask=decoder_attention_mask, use_cache=False,
-        ).logits  # fmt: skip
+            input_ids=input_ids,
+            attention_mask=attention_mask,
+            decoder_input_ids=decoder_input_ids,
+            decoder_attention_mask=decoder_attention_mask,
+            use_cache=False,
+        ).logits
 
 
 @register_model(
-    "xlnet", description="XLNet (HF XLNetConfig; default base) with ReLU feed-forwards, sequence classifier",
+    "xlnet",
+    description="XLNet (HF XLNetConfig; default base) with ReLU feed-forwards, sequence classifier",
     sites=XLNET_SITES,
 )
 def xlnet(
@@ -86,11 +90,22 @@ def xlnet(
 ) -> SequenceClassifier:
     transformers = import_transformers()
     config = transformers.XLNetConfig(
-        vocab_size=vocab_size, d_model=hidden_size, n_layer=num_layers, n_head=num_heads, d_inner=intermediate_size,
-        ff_activation=check_activation(activation), dropout=dropout, num_labels=num_classes, mem_len=None, use_mems_eval=False,
+        vocab_size=vocab_size,
+        d_model=hidden_size,
+        n_layer=num_layers,
+        n_head=num_heads,
+        d_inner=intermediate_size,
+        ff_activation=check_activation(activation),
+        dropout=dropout,
+        num_labels=num_classes,
+        mem_len=None,
+        use_mems_eval=False,
         # Right padding (the BPE tokenizers' layout): summarise the leading <s>, not the last position.
-        summary_type="first", pad_token_id=PAD_ID, bos_token_id=BOS_ID, eos_token_id=EOS_ID,
-    )  # fmt: skip
+        summary_type="first",
+        pad_token_id=PAD_ID,
+        bos_token_id=BOS_ID,
+        eos_token_id=EOS_ID,
+    )
     model = use_torch_activations(transformers.XLNetForSequenceClassification(config))
     # mask_emb serves only permutation language modelling (target_mapping), the segment
     # embeddings only inputs with token_type_ids: for single-segment classification they
@@ -103,7 +118,8 @@ def xlnet(
 
 
 @register_model(
-    "roberta", description="RoBERTa (HF RobertaConfig; default base) with ReLU feed-forwards, sequence classifier",
+    "roberta",
+    description="RoBERTa (HF RobertaConfig; default base) with ReLU feed-forwards, sequence classifier",
     sites=ROBERTA_SITES,
 )
 def roberta(
@@ -120,12 +136,22 @@ def roberta(
 ) -> SequenceClassifier:
     transformers = import_transformers()
     config = transformers.RobertaConfig(
-        vocab_size=vocab_size, hidden_size=hidden_size, num_hidden_layers=num_layers, num_attention_heads=num_heads,
-        intermediate_size=intermediate_size, hidden_act=check_activation(activation), hidden_dropout_prob=dropout,
+        vocab_size=vocab_size,
+        hidden_size=hidden_size,
+        num_hidden_layers=num_layers,
+        num_attention_heads=num_heads,
+        intermediate_size=intermediate_size,
+        hidden_act=check_activation(activation),
+        hidden_dropout_prob=dropout,
         # Positions start after the padding id.
-        attention_probs_dropout_prob=dropout, max_position_embeddings=max_length + PAD_ID + 1,
-        type_vocab_size=1, num_labels=num_classes, pad_token_id=PAD_ID, bos_token_id=BOS_ID, eos_token_id=EOS_ID,
-    )  # fmt: skip
+        attention_probs_dropout_prob=dropout,
+        max_position_embeddings=max_length + PAD_ID + 1,
+        type_vocab_size=1,
+        num_labels=num_classes,
+        pad_token_id=PAD_ID,
+        bos_token_id=BOS_ID,
+        eos_token_id=EOS_ID,
+    )
     return SequenceClassifier(use_torch_activations(transformers.RobertaForSequenceClassification(config)))
 
 
@@ -146,10 +172,19 @@ def t5(
 ) -> Seq2SeqLM:
     transformers = import_transformers()
     config = transformers.T5Config(
-        vocab_size=vocab_size, d_model=hidden_size, d_kv=head_size, d_ff=intermediate_size, num_layers=num_layers,
-        num_decoder_layers=num_decoder_layers or num_layers, num_heads=num_heads, feed_forward_proj=check_activation(activation),
-        dropout_rate=dropout, pad_token_id=PAD_ID, eos_token_id=EOS_ID, decoder_start_token_id=PAD_ID,
-    )  # fmt: skip
+        vocab_size=vocab_size,
+        d_model=hidden_size,
+        d_kv=head_size,
+        d_ff=intermediate_size,
+        num_layers=num_layers,
+        num_decoder_layers=num_decoder_layers or num_layers,
+        num_heads=num_heads,
+        feed_forward_proj=check_activation(activation),
+        dropout_rate=dropout,
+        pad_token_id=PAD_ID,
+        eos_token_id=EOS_ID,
+        decoder_start_token_id=PAD_ID,
+    )
     return Seq2SeqLM(use_torch_activations(transformers.T5ForConditionalGeneration(config)))
 
 
@@ -169,8 +204,17 @@ def gpt2(
 ) -> CausalLM:
     transformers = import_transformers()
     config = transformers.GPT2Config(
-        vocab_size=vocab_size, n_embd=hidden_size, n_layer=num_layers, n_head=num_heads, n_inner=intermediate_size,
-        n_positions=max_length, activation_function=_GPT2_ACTIVATION[check_activation(activation)], resid_pdrop=dropout, embd_pdrop=dropout,
-        attn_pdrop=dropout, bos_token_id=BOS_ID, eos_token_id=EOS_ID,
-    )  # fmt: skip
+        vocab_size=vocab_size,
+        n_embd=hidden_size,
+        n_layer=num_layers,
+        n_head=num_heads,
+        n_inner=intermediate_size,
+        n_positions=max_length,
+        activation_function=_GPT2_ACTIVATION[check_activation(activation)],
+        resid_pdrop=dropout,
+        embd_pdrop=dropout,
+        attn_pdrop=dropout,
+        bos_token_id=BOS_ID,
+        eos_token_id=EOS_ID,
+    )
     return CausalLM(use_torch_activations(transformers.GPT2LMHeadModel(config)))

@@ -64,9 +64,14 @@ def resnet34(
 ) -> ImageClassifier:
     transformers = import_transformers()
     config = transformers.ResNetConfig(
-        num_channels=in_channels, embedding_size=embedding_size, hidden_sizes=list(hidden_sizes),
-        depths=list(depths), layer_type="basic", hidden_act=check_activation(activation), num_labels=num_classes,
-    )  # fmt: skip
+        num_channels=in_channels,
+        embedding_size=embedding_size,
+        hidden_sizes=list(hidden_sizes),
+        depths=list(depths),
+        layer_type="basic",
+        hidden_act=check_activation(activation),
+        num_labels=num_classes,
+    )
     # The library's basic block hard-codes ReLU after its first convolution: that one too.
     return ImageClassifier(use_torch_activations(transformers.ResNetForImageClassification(config), relu_to=activation))
 
@@ -91,10 +96,14 @@ def efficientnet_b0(
     from transformers.models.efficientnet.modeling_efficientnet import round_filters
 
     config = transformers.EfficientNetConfig(
-        num_channels=in_channels, image_size=224, width_coefficient=width_coefficient,
-        depth_coefficient=depth_coefficient, dropout_rate=dropout_rate, hidden_act=check_activation(activation),
+        num_channels=in_channels,
+        image_size=224,
+        width_coefficient=width_coefficient,
+        depth_coefficient=depth_coefficient,
+        dropout_rate=dropout_rate,
+        hidden_act=check_activation(activation),
         num_labels=num_classes,
-    )  # fmt: skip
+    )
     config.hidden_dim = round_filters(config, 1280)  # the head's width: 1280 for B0
     model = use_torch_activations(transformers.EfficientNetForImageClassification(config))
     _torchvision_efficientnet_init(model)
@@ -143,15 +152,22 @@ def vit(
 ) -> ImageClassifier:
     transformers = import_transformers()
     config = transformers.ViTConfig(
-        num_channels=in_channels, image_size=image_size, patch_size=patch_size, hidden_size=hidden_size,
-        num_hidden_layers=num_layers, num_attention_heads=num_heads, intermediate_size=intermediate_size,
-        hidden_act=check_activation(activation), num_labels=num_classes,
-    )  # fmt: skip
+        num_channels=in_channels,
+        image_size=image_size,
+        patch_size=patch_size,
+        hidden_size=hidden_size,
+        num_hidden_layers=num_layers,
+        num_attention_heads=num_heads,
+        intermediate_size=intermediate_size,
+        hidden_act=check_activation(activation),
+        num_labels=num_classes,
+    )
     return ImageClassifier(use_torch_activations(transformers.ViTForImageClassification(config)), image_size)
 
 
 @register_model(
-    "swin", description="Swin Transformer (HF SwinConfig; default Swin-B at 224) with ReLU feed-forwards",
+    "swin",
+    description="Swin Transformer (HF SwinConfig; default Swin-B at 224) with ReLU feed-forwards",
     sites=SWIN_SITES,
 )
 def swin(
@@ -169,15 +185,23 @@ def swin(
 ) -> ImageClassifier:
     transformers = import_transformers()
     config = transformers.SwinConfig(
-        num_channels=in_channels, image_size=image_size, patch_size=patch_size, embed_dim=embed_dim,
-        depths=list(depths), num_heads=list(num_heads), window_size=window_size, mlp_ratio=mlp_ratio,
-        hidden_act=check_activation(activation), num_labels=num_classes,
-    )  # fmt: skip
+        num_channels=in_channels,
+        image_size=image_size,
+        patch_size=patch_size,
+        embed_dim=embed_dim,
+        depths=list(depths),
+        num_heads=list(num_heads),
+        window_size=window_size,
+        mlp_ratio=mlp_ratio,
+        hidden_act=check_activation(activation),
+        num_labels=num_classes,
+    )
     return ImageClassifier(use_torch_activations(transformers.SwinForImageClassification(config)), image_size)
 
 
 @register_model(
-    "pvt", description="Pyramid Vision Transformer v1 (HF PvtConfig; default PVT-Small at 224) with ReLU feed-forwards",
+    "pvt",
+    description="Pyramid Vision Transformer v1 (HF PvtConfig; default PVT-Small at 224) with ReLU feed-forwards",
     sites=PVT_SITES,
 )
 def pvt(
@@ -195,9 +219,17 @@ def pvt(
 ) -> ImageClassifier:
     transformers = import_transformers()
     config = transformers.PvtConfig(
-        num_channels=in_channels, image_size=image_size, depths=list(depths), hidden_sizes=list(hidden_sizes),
-        num_attention_heads=list(num_heads), mlp_ratios=list(mlp_ratios), patch_sizes=list(patch_sizes),
-        strides=list(patch_sizes), sequence_reduction_ratios=list(sequence_reduction_ratios),
-        num_encoder_blocks=len(depths), hidden_act=check_activation(activation), num_labels=num_classes,
-    )  # fmt: skip
+        num_channels=in_channels,
+        image_size=image_size,
+        depths=list(depths),
+        hidden_sizes=list(hidden_sizes),
+        num_attention_heads=list(num_heads),
+        mlp_ratios=list(mlp_ratios),
+        patch_sizes=list(patch_sizes),
+        strides=list(patch_sizes),
+        sequence_reduction_ratios=list(sequence_reduction_ratios),
+        num_encoder_blocks=len(depths),
+        hidden_act=check_activation(activation),
+        num_labels=num_classes,
+    )
     return ImageClassifier(use_torch_activations(transformers.PvtForImageClassification(config)), image_size)

@@ -58,7 +58,9 @@ class MLP(nn.Module):
         return self.head(x)  # [B, num_classes]
 
 
-def _hidden_block(fan_in: int, fan_out: int, dropout: float, batchnorm: bool, activation: str = "relu") -> nn.Sequential:
+def _hidden_block(
+    fan_in: int, fan_out: int, dropout: float, batchnorm: bool, activation: str = "relu"
+) -> nn.Sequential:
     layers = OrderedDict(linear=nn.Linear(fan_in, fan_out))
     if batchnorm:
         layers["norm"] = nn.BatchNorm1d(fan_out)

@@ -20,6 +20,7 @@ class ModelArgumentError(TypeError, ValueError):
     """A model argument the factory does not take, or one it needs and did not get (a user's
     mistake in a config: a ValueError to the CLI, a TypeError like a bad call in Python)."""
 
+
 ModelFactory = Callable[..., nn.Module]
 
 
