@@ -170,31 +170,31 @@ PRESETS: Registry[dict] = Registry(
         # every seed); text: 200 kB of the Jargon File (Debian's jargon-text, public domain).
         "resnet-fashion-mnist": dict(
             description="ResNet-8 (CIFAR-style, widths 16-32-64) on 3,000 Fashion-MNIST images (Debian, offline); "
-            "the ResNet34 row's Adam, lr 1e-2, wd 1e-4; up to 15 epochs (CPU)",
+            "the ResNet34 row's Adam, lr 1e-2, wd 1e-4; up to 30 epochs (CPU)",
             model="resnet_small", model_args={"in_channels": 1, "num_classes": 10}, dataset="fashion-mnist",
-            data_args=_FASHION_SUBSET, optimizer="adam", lr=1e-2, weight_decay=1e-4, batch_size=64, max_epochs=15,
+            data_args=_FASHION_SUBSET, optimizer="adam", lr=1e-2, weight_decay=1e-4, batch_size=64, max_epochs=30,
         ),
         "efficientnet-fashion-mnist": dict(
             description="small ReLU EfficientNet (MBConv + squeeze-excite, 4 stages) on 3,000 Fashion-MNIST images "
-            "(Debian, offline); the EfficientNetB0 row's AdamW, lr 2e-2, wd 1e-3; up to 12 epochs (CPU)",
+            "(Debian, offline); the EfficientNetB0 row's AdamW, lr 2e-2, wd 1e-3; up to 15 epochs (CPU)",
             model="efficientnet_small", model_args={"in_channels": 1, "num_classes": 10}, dataset="fashion-mnist",
-            data_args=_FASHION_SUBSET, optimizer="adamw", lr=2e-2, weight_decay=1e-3, batch_size=64, max_epochs=12,
+            data_args=_FASHION_SUBSET, optimizer="adamw", lr=2e-2, weight_decay=1e-3, batch_size=64, max_epochs=15,
         ),
         "vit-fashion-mnist": dict(
             description="ViT (4 layers, width 64, 7x7 patches, ReLU feed-forwards) on 3,000 Fashion-MNIST images "
-            "(Debian, offline); the ViT-B16 row's AdamW, lr 1e-4, wd 5e-2; up to 15 epochs (CPU)",
+            "(Debian, offline); the ViT-B16 row's AdamW, lr 1e-4, wd 5e-2; up to 30 epochs (CPU)",
             model="vit", model_args=dict(in_channels=1, num_classes=10, image_size=28, patch_size=7, hidden_size=64,
                                          num_layers=4, num_heads=4, intermediate_size=128),
             dataset="fashion-mnist", data_args=_FASHION_SUBSET,
-            optimizer="adamw", lr=1e-4, weight_decay=5e-2, batch_size=64, max_epochs=15, min_delta=0.0,
+            optimizer="adamw", lr=1e-4, weight_decay=5e-2, batch_size=64, max_epochs=30, min_delta=0.0,
         ),
         "gpt2-jargon": dict(
             description="GPT-2 shape (4 layers, width 128, ReLU feed-forwards) on 200 kB of the Jargon File "
             "(Debian's jargon-text, offline; BPE 4096, blocks of 128); the GPT-2 row's AdamW, lr 3e-4, wd 1e-2; "
-            "up to 12 epochs (CPU); score: perplexity",
+            "up to 20 epochs (CPU); score: perplexity",
             model="gpt2", model_args=dict(vocab_size=4096, hidden_size=128, num_layers=4, num_heads=4, max_length=128),
             dataset="jargon-file", data_args=dict(vocab_size=4096, max_length=128, train_chars=200_000, val_chars=50_000),
-            task="causal-lm", optimizer="adamw", lr=3e-4, weight_decay=1e-2, batch_size=16, max_epochs=12,
+            task="causal-lm", optimizer="adamw", lr=3e-4, weight_decay=1e-2, batch_size=16, max_epochs=20,
             min_delta=0.0,
         ),
     },
