@@ -33,7 +33,7 @@ from regimes.data.tabular import ADULT_CATEGORIES, ADULT_CONTINUOUS, ADULT_FEATU
 
 ALL_DATASETS = [
     "adult", "ag_news", "breast-cancer", "cifar10", "cifar100", "digits", "fashion-mnist", "food101", "har",
-    "mnist", "mnist1d",
+    "jargon-file", "mnist", "mnist1d",
     "squad", "sst2", "tinyimagenet", "wikitext103", "wikitext2",
 ]  # fmt: skip  (the text and large image sets are tested in test_study_transformers.py)
 EXTERNAL_DATASETS = ["adult", "cifar10", "cifar100", "har", "mnist"]
@@ -366,6 +366,171 @@ def test_read_idx_rejects_a_truncated_file(tmp_path):
     path.write_bytes(idx_bytes(np.arange(10))[:-1])
     with pytest.raises(ValueError, match="header says shape"):
         read_idx(path)
+
+
+def _system_fashion_mnist(tmp_path, monkeypatch, **kwargs):
+    """Fixtures in the Debian package's folder (all four gzipped); returns (folder, arrays)."""
+    from regimes.data import images
+
+    system = tmp_path / "system"
+    arrays = write_mnist(system, gzipped=("train", "t10k"), **kwargs)
+    monkeypatch.setattr(images, "DEBIAN_FASHION_MNIST", str(system))
+    return system, arrays
+
+
+def test_fashion_mnist_subset_is_drawn_once_with_the_split_seed(tmp_path, monkeypatch):
+    _system, arrays = _system_fashion_mnist(tmp_path, monkeypatch, n_train=20, n_test=12)
+    splits = load_dataset("fashion-mnist", train_size=6, val_size=4)
+    check_splits(splits, "fashion-mnist", (1, 28, 28), 10, n_train=6, n_val=4)
+    again = load_dataset("fashion-mnist", train_size=6, val_size=4)
+    assert torch.equal(splits.train.tensors[0], again.train.tensors[0])
+    # Each kept image keeps its own label, in the file's order.
+    x_train, y_train = tensors(splits.train)
+    full_x, full_y = tensors(load_dataset("fashion-mnist").train)
+    rows = [next(i for i in range(20) if torch.equal(full_x[i], x)) for x in x_train]
+    assert rows == sorted(rows) and len(set(rows)) == 6
+    assert y_train.tolist() == [int(full_y[i]) for i in rows]
+    other = load_dataset("fashion-mnist", split_seed=1, train_size=6)
+    assert not torch.equal(other.train.tensors[0], x_train)
+    assert len(load_dataset("fashion-mnist", train_size=1000).train) == 20  # more than there is: all
+
+
+def test_fashion_mnist_subset_of_nothing_is_refused(tmp_path, monkeypatch):
+    _system_fashion_mnist(tmp_path, monkeypatch)
+    with pytest.raises(ValueError, match="at least one example"):
+        load_dataset("fashion-mnist", train_size=0)
+
+
+def _damage(path, how: str) -> None:
+    data = gzip.decompress(path.read_bytes())
+    if how == "not gzip":
+        path.write_bytes(b"this is not gzip at all")
+    elif how == "cut gzip":
+        path.write_bytes(gzip.compress(data)[:-30])
+    elif how == "magic":
+        path.write_bytes(gzip.compress(b"\x00\x00\x0b\x01" + data[4:]))
+    elif how == "header":
+        path.write_bytes(gzip.compress(data[:6]))
+
+
+@pytest.mark.parametrize(
+    "how, message",
+    [
+        ("not gzip", "cannot be read as gzip"),
+        ("cut gzip", "cannot be read as gzip"),
+        ("magic", "expected unsigned bytes"),
+        ("header", "header is cut short"),
+    ],
+)
+def test_a_damaged_idx_file_is_a_one_line_value_error_naming_it(tmp_path, monkeypatch, how, message):
+    system, _arrays = _system_fashion_mnist(tmp_path, monkeypatch)
+    damaged = system / "t10k-labels-idx1-ubyte.gz"
+    _damage(damaged, how)
+    with pytest.raises(ValueError, match=message) as caught:
+        load_dataset("fashion-mnist")
+    assert str(damaged) in str(caught.value) and "\n" not in str(caught.value)
+
+
+def test_idx_magic_must_start_with_two_zero_bytes(tmp_path):
+    path = tmp_path / "labels"
+    path.write_bytes(b"\x01\x00\x08\x01" + struct.pack(">I", 2) + b"\x00\x01")
+    with pytest.raises(ValueError, match="is not an IDX file"):
+        read_idx(path)
+    path.write_bytes(b"\x00\x00")
+    with pytest.raises(ValueError, match="shorter than the magic number"):
+        read_idx(path)
+
+
+def test_labels_outside_the_ten_classes_are_refused_naming_the_file(tmp_path, monkeypatch):
+    system, _arrays = _system_fashion_mnist(tmp_path, monkeypatch)
+    (system / "train-labels-idx1-ubyte.gz").write_bytes(gzip.compress(idx_bytes(np.array([0, 1, 2, 3, 10]))))
+    with pytest.raises(ValueError, match=r"train-labels-idx1-ubyte.gz: label 10 is not a class 0..9"):
+        load_dataset("fashion-mnist")
+
+
+def test_labels_and_images_must_agree_in_number(tmp_path, monkeypatch):
+    system, _arrays = _system_fashion_mnist(tmp_path, monkeypatch)
+    (system / "t10k-labels-idx1-ubyte.gz").write_bytes(gzip.compress(idx_bytes(np.array([1, 2]))))
+    with pytest.raises(ValueError, match=r"t10k-labels-idx1-ubyte.gz: expected 3 labels"):
+        load_dataset("fashion-mnist")
+
+
+def test_images_must_be_28x28(tmp_path, monkeypatch):
+    system, _arrays = _system_fashion_mnist(tmp_path, monkeypatch)
+    (system / "t10k-images-idx3-ubyte.gz").write_bytes(gzip.compress(idx_bytes(np.zeros((3, 28, 27)))))
+    with pytest.raises(ValueError, match=r"t10k-images-idx3-ubyte.gz: expected images \[N, 28, 28\]"):
+        load_dataset("fashion-mnist")
+
+
+# ---- The Jargon File (Debian's jargon-text) ------------------------------------------------
+
+
+def _write_jargon(directory, paragraphs: int = 200, gzipped: bool = True):
+    """A small text in the Jargon File's layout: indented paragraphs between blank lines."""
+    directory.mkdir(parents=True, exist_ok=True)
+    rng = np.random.default_rng(0)
+    words = "the hacker wrote a kludge in the core and the bug went away for good".split()
+    parts = [f"   :term{i}: n.\n\n   " + "\n   ".join(" ".join(rng.choice(words, 8)) for _ in range(3))
+             for i in range(paragraphs)]  # fmt: skip
+    text = "                                The Jargon File\n\n" + "\n\n".join(parts) + "\n"
+    if gzipped:
+        (directory / "jargon.txt.gz").write_bytes(gzip.compress(text.encode()))
+    else:
+        (directory / "jargon.txt").write_text(text)
+    return text
+
+
+def _system_jargon(tmp_path, monkeypatch, **kwargs):
+    from regimes.data import text
+
+    system = tmp_path / "usr-share-doc-jargon-text"
+    _write_jargon(system, **kwargs)
+    monkeypatch.setattr(text, "DEBIAN_JARGON", str(system))
+    return system
+
+
+def test_jargon_file_reads_the_debian_package_folder_as_blocks_of_tokens(tmp_path, monkeypatch):
+    pytest.importorskip("tokenizers")
+    system = _system_jargon(tmp_path, monkeypatch)
+    splits = load_dataset("jargon-file", vocab_size=300, max_length=16)
+    assert splits.source == f"local: {system}"
+    (train,), (val,) = splits.train.tensors, splits.val.tensors
+    assert train.shape[1:] == val.shape[1:] == (16,) and train.dtype == torch.int64
+    assert splits.input_shape == (16,) and splits.num_classes == splits.vocab_size <= 300
+    assert 0 < len(val) < len(train) / 4  # about a tenth of the paragraphs
+    assert int(train.max()) < splits.vocab_size and (train == 2).any()  # </s> closes each paragraph
+    again = load_dataset("jargon-file", vocab_size=300, max_length=16)
+    assert torch.equal(again.train.tensors[0], train)
+    small = load_dataset("jargon-file", vocab_size=300, max_length=16, train_chars=2000, val_chars=500)
+    assert len(small.train) < len(train) / 3 and len(small.val) <= len(val)
+
+
+def test_jargon_file_paragraphs_are_one_line_each(tmp_path):
+    from regimes.data.text import read_paragraphs
+
+    text = _write_jargon(tmp_path, paragraphs=3, gzipped=False)
+    paragraphs = read_paragraphs(tmp_path / "jargon.txt")
+    assert paragraphs[0] == "The Jargon File" and paragraphs[1] == ":term0: n."
+    assert len(paragraphs) == 7 and all("\n" not in p and "  " not in p for p in paragraphs)
+    assert " ".join(paragraphs) == " ".join(text.split())
+
+
+def test_jargon_file_missing_says_how_to_install_it(tmp_path, monkeypatch):
+    from regimes.data import text
+
+    monkeypatch.setattr(text, "DEBIAN_JARGON", str(tmp_path / "absent"))
+    with pytest.raises(DataNotFoundError, match="apt-get install jargon-text"):
+        load_dataset("jargon-file")
+
+
+def test_a_damaged_jargon_file_is_a_value_error_naming_it(tmp_path, monkeypatch):
+    system = _system_jargon(tmp_path, monkeypatch)
+    (system / "jargon.txt.gz").write_bytes(gzip.compress(b"text")[:-6])
+    with pytest.raises(ValueError, match="jargon.txt.gz: not readable"):
+        load_dataset("jargon-file")
+    (system / "jargon.txt.gz").write_bytes(gzip.compress(b"\xff\xfe not utf-8"))
+    with pytest.raises(ValueError, match="jargon.txt.gz: not readable as UTF-8"):
+        load_dataset("jargon-file")
 
 
 # ---- CIFAR ------------------------------------------------------------------------

@@ -48,6 +48,14 @@ MODEL_CASES = {
     "mlp": ModelCase(dict(input_size=784, num_classes=10), (1, 28, 28), 10, num_relus=2),
     "lenet5": ModelCase(dict(in_channels=1, num_classes=10, input_size=28), (1, 28, 28), 10, num_relus=4),
     "alexnet": ModelCase(dict(in_channels=3, num_classes=100), (3, 32, 32), 100, num_relus=7),
+    # Small CNNs for small images (CPU-scale presets): every ReLU application is a site.
+    "resnet_small": ModelCase(  # stem + 2 per basic block
+        dict(in_channels=1, num_classes=10, depths=[1, 1], widths=[4, 8]), (1, 28, 28), 10, num_relus=5
+    ),
+    "efficientnet_small": ModelCase(  # stem + head + per MBConv: expand (not with expansion 1), depthwise, SE
+        dict(in_channels=1, num_classes=10, stem_channels=16, stages=[[1, 16, 1, 1, 3], [2, 16, 1, 2, 3]], head_channels=16),
+        (1, 28, 28), 10, num_relus=7,
+    ),
     # Hugging Face models at tiny sizes. CNNs: every ReLU is a site (ResNet: stem + 2 per basic block).
     "resnet34": ModelCase(
         dict(num_classes=5, depths=[1, 1], hidden_sizes=[8, 16], embedding_size=8), (3, 32, 32), 5,

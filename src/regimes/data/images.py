@@ -10,6 +10,7 @@ from __future__ import annotations
 import gzip
 import pickle
 import struct
+import zlib
 from pathlib import Path
 
 import numpy as np
@@ -93,10 +94,14 @@ DEBIAN_FASHION_MNIST = "/usr/share/datasets/fashion-mnist"
 
 
 @register("fashion-mnist", "Fashion-MNIST clothing images (IDX files; Debian's dataset-fashion-mnist): 1x28x28, 10 classes")
-def load_fashion_mnist(data_dir=None, split_seed: int = 0):
+def load_fashion_mnist(data_dir=None, split_seed: int = 0, train_size: int | None = None, val_size: int | None = None):
     """Fashion-MNIST from the four IDX files (MNIST's format and names); the official test set
     is the validation split. Found after the usual roots in Debian's package folder, so
-    `apt-get install dataset-fashion-mnist` is all it takes offline."""
+    `apt-get install dataset-fashion-mnist` is all it takes offline.
+
+    ``train_size`` / ``val_size``: keep that many examples of the split (drawn with
+    ``split_seed``, the same ones for every run seed), so that a CPU run fits; None keeps all.
+    """
     (train, val), source = fetch(
         "fashion-mnist",
         data_dir,
@@ -113,32 +118,79 @@ def load_fashion_mnist(data_dir=None, split_seed: int = 0):
         read_hub=lambda hub: tuple(_hub_images(hub[s], "image", "label") for s in ("train", "test")),
         system_dirs=(DEBIAN_FASHION_MNIST,),
     )
-    (x_train, y_train), (x_val, y_val) = train, val
+    (x_train, y_train), (x_val, y_val) = subset(train, train_size, split_seed), subset(val, val_size, split_seed + 1)
     x_train, x_val = (normalise_uint8(x, FASHION_MNIST_MEAN, FASHION_MNIST_STD) for x in (x_train, x_val))
     return make_splits("fashion-mnist", (x_train, y_train), (x_val, y_val), 10, source)
 
 
-def _read_mnist_dir(directory: Path):
-    images = [read_idx(directory / f) for f in MNIST_FILES]
-    train = images[0][:, None], images[1]  # [N, 28, 28] -> [N, 1, 28, 28]
-    test = images[2][:, None], images[3]
-    return train, test
+def subset(split: tuple[np.ndarray, np.ndarray], size: int | None, seed: int) -> tuple[np.ndarray, np.ndarray]:
+    """``size`` examples of ``(images, labels)`` drawn without replacement with ``seed``, in
+    their original order; the whole split when ``size`` is None or not smaller."""
+    images, labels = split
+    if size is None or size >= len(labels):
+        return images, labels
+    if size < 1:
+        raise ValueError(f"a subset needs at least one example, got size {size}")
+    keep = np.sort(np.random.default_rng(seed).permutation(len(labels))[:size])
+    return images[keep], labels[keep]
+
+
+def _read_mnist_dir(directory: Path, num_classes: int = 10):
+    """The four IDX files of MNIST or Fashion-MNIST, checked: images [N, 28, 28] and labels
+    [N] in 0..9 for the same N in each split; anything else is a ValueError naming the file."""
+    splits = []
+    for images_name, labels_name in (MNIST_FILES[:2], MNIST_FILES[2:]):
+        images, labels = read_idx(directory / images_name), read_idx(directory / labels_name)
+        if images.ndim != 3 or images.shape[1:] != (28, 28):
+            raise ValueError(f"{_present(directory / images_name)}: expected images [N, 28, 28], found {list(images.shape)}")
+        if labels.ndim != 1 or len(labels) != len(images):
+            raise ValueError(
+                f"{_present(directory / labels_name)}: expected {len(images)} labels (one per image), "
+                f"found shape {list(labels.shape)}"
+            )
+        if labels.size and int(labels.max()) >= num_classes:
+            raise ValueError(f"{_present(directory / labels_name)}: label {int(labels.max())} is not a class 0..{num_classes - 1}")
+        splits.append((images[:, None], labels.astype(np.int64)))  # [N, 28, 28] -> [N, 1, 28, 28]
+    return tuple(splits)
+
+
+def _present(path: Path) -> Path:
+    """``path``, or ``path.gz`` where only the gzipped file is there."""
+    return path if path.is_file() else path.with_name(path.name + ".gz")
+
+
+# IDX type codes (the third byte of the magic number) -> numpy big-endian dtypes.
+_IDX_DTYPES = {0x08: ">u1", 0x09: ">i1", 0x0B: ">i2", 0x0C: ">i4", 0x0D: ">f4", 0x0E: ">f8"}
 
 
 def read_idx(path: Path) -> np.ndarray:
-    """Read an unsigned-byte IDX file (``path`` or ``path.gz``) as a uint8 array of its shape."""
-    if not path.is_file():
-        path = path.with_name(path.name + ".gz")
+    """Read an unsigned-byte IDX file (``path`` or ``path.gz``) as a uint8 array of its shape.
+
+    The magic number (two zero bytes, type 0x08, the number of dimensions) and the size the
+    header announces are checked; a damaged file, gzipped or not, is a ValueError naming it.
+    """
+    path = _present(path)
     opener = gzip.open if path.suffix == ".gz" else open
-    with opener(path, "rb") as file:
-        data = bytearray(file.read())  # writable, so torch can share it without a copy
+    try:
+        with opener(path, "rb") as file:
+            data = bytearray(file.read())  # writable, so torch can share it without a copy
+    except (OSError, EOFError, zlib.error) as error:  # gzip.BadGzipFile is an OSError; EOFError: cut short
+        if isinstance(error, FileNotFoundError):
+            raise
+        raise ValueError(f"{path}: cannot be read as {'gzip' if path.suffix == '.gz' else 'a file'} ({error})") from None
+    if len(data) < 4:
+        raise ValueError(f"{path} is not an IDX file: {len(data)} bytes, shorter than the magic number")
     zeros, dtype_code, ndim = struct.unpack(">HBB", data[:4])
-    if zeros != 0 or dtype_code != 0x08:
-        raise ValueError(f"{path} is not an unsigned-byte IDX file")
+    if zeros != 0 or dtype_code not in _IDX_DTYPES or ndim == 0:
+        raise ValueError(f"{path} is not an IDX file (magic number 0x{bytes(data[:4]).hex()})")
+    if dtype_code != 0x08:
+        raise ValueError(f"{path}: IDX values of type 0x{dtype_code:02x}, expected unsigned bytes (0x08)")
+    if len(data) < 4 + 4 * ndim:
+        raise ValueError(f"{path}: the IDX header is cut short ({len(data)} bytes for {ndim} dimensions)")
     shape = struct.unpack(f">{ndim}I", data[4 : 4 + 4 * ndim])
     values = np.frombuffer(data, dtype=np.uint8, offset=4 + 4 * ndim)
     if values.size != int(np.prod(shape)):
-        raise ValueError(f"{path}: header says shape {shape}, found {values.size} values")
+        raise ValueError(f"{path}: header says shape {list(shape)}, found {values.size} values")
     return values.reshape(shape)
 
 

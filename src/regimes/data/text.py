@@ -13,6 +13,7 @@ attention mask marks real tokens. The same call gives the same tensors.
 from __future__ import annotations
 
 import csv
+import gzip
 import json
 from collections.abc import Iterable, Sequence
 from pathlib import Path
@@ -291,3 +292,89 @@ def load_wikitext2(data_dir=None, split_seed: int = 0, vocab_size: int = 16384, 
 @register("wikitext103", "WikiText-103 raw (files or hub), BPE token stream in blocks, for causal language modelling")
 def load_wikitext103(data_dir=None, split_seed: int = 0, vocab_size: int = 16384, max_length: int = 512):
     return _load_wikitext("103", data_dir, vocab_size, max_length)
+
+
+# ---- The Jargon File (English prose that a Debian package ships) -------------------------------
+
+# Where Debian's jargon-text package puts the Jargon File 4.4.7 (public domain, 1.7 MB of text).
+DEBIAN_JARGON = "/usr/share/doc/jargon-text"
+JARGON_VAL_FRACTION = 0.1
+
+
+@register(
+    "jargon-file",
+    "The Jargon File 4.4.7 (English prose, public domain; Debian's jargon-text), BPE token stream in blocks, "
+    "for causal language modelling",
+)
+def load_jargon_file(
+    data_dir=None,
+    split_seed: int = 0,
+    vocab_size: int = 4096,
+    max_length: int = 128,
+    train_chars: int | None = None,
+    val_chars: int | None = None,
+):
+    """The Jargon File as a language-modelling corpus, read offline from ``jargon.txt`` (or
+    ``jargon.txt.gz``, as `apt-get install jargon-text` installs it).
+
+    The text is cut into paragraphs (blank lines), each made one line; 10% of them, drawn with
+    ``split_seed``, are the validation split. ``train_chars`` / ``val_chars`` keep only the
+    first paragraphs of a split up to that many characters (None: all), so that a CPU run fits.
+    The BPE is trained on the kept training text each time (about a second), never cached,
+    since it depends on the cut. Then as WikiText: ``</s>`` after each paragraph, blocks of
+    ``max_length`` tokens.
+    """
+    paragraphs, source = fetch(
+        "jargon-file",
+        data_dir,
+        folders=("jargon-text", "jargon"),
+        required=("jargon.txt",),
+        read_local=lambda d: read_paragraphs(d / "jargon.txt"),
+        how_to_get=(
+            f"apt-get install jargon-text (Debian/Ubuntu: the file lands in {DEBIAN_JARGON}), or put the "
+            "Jargon File's plain text (jargon.txt, http://www.catb.org/jargon/) into <root>/jargon-file/."
+        ),
+        system_dirs=(DEBIAN_JARGON,),
+    )
+    val_mask = np.random.default_rng(split_seed).random(len(paragraphs)) < JARGON_VAL_FRACTION
+    train = _first_chars([p for p, v in zip(paragraphs, val_mask) if not v], train_chars)
+    val = _first_chars([p for p, v in zip(paragraphs, val_mask) if v], val_chars)
+    if not train or not val:
+        raise ValueError(f"{source}: too little text for a training and a validation split ({len(paragraphs)} paragraphs)")
+    tokenizer = cached_tokenizer(train, vocab_size, None)
+    blocks = [_blocks(tokenizer, lines, max_length) for lines in (train, val)]
+    return Splits(
+        "jargon-file", TensorDataset(blocks[0]), TensorDataset(blocks[1]), (max_length,), tokenizer.get_vocab_size(),
+        source, vocab_size=tokenizer.get_vocab_size(),
+    )  # fmt: skip
+
+
+def read_paragraphs(path: Path) -> list[str]:
+    """A plain-text file (``path`` or ``path.gz``, UTF-8) as paragraphs: blank-line separated,
+    each one line with its whitespace collapsed. A file that is not gzip or not UTF-8 text is a
+    ValueError naming it."""
+    if not path.is_file():
+        path = path.with_name(path.name + ".gz")
+    try:
+        if path.suffix == ".gz":
+            with gzip.open(path, "rt", encoding="utf-8") as file:
+                text = file.read()
+        else:
+            text = path.read_text(encoding="utf-8")
+    except (UnicodeDecodeError, EOFError, gzip.BadGzipFile) as error:
+        raise ValueError(f"{path}: not readable as UTF-8 text ({error})") from None
+    paragraphs = [" ".join(block.split()) for block in text.split("\n\n")]
+    return [p for p in paragraphs if p]
+
+
+def _first_chars(paragraphs: list[str], limit: int | None) -> list[str]:
+    """The leading paragraphs whose total length stays within ``limit`` characters (None: all)."""
+    if limit is None:
+        return paragraphs
+    kept, total = [], 0
+    for paragraph in paragraphs:
+        total += len(paragraph)
+        if total > limit:
+            break
+        kept.append(paragraph)
+    return kept

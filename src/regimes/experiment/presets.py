@@ -19,6 +19,8 @@ def _mlp(input_size, num_classes, hidden, dropout):
 
 # The study's protocol for Transformers: up to 50 epochs, any improvement counts.
 _TRANSFORMER = dict(max_epochs=50, min_delta=0.0, precision="bf16")
+# The CPU-scale image presets' subset of Fashion-MNIST (regimes.data.images.load_fashion_mnist).
+_FASHION_SUBSET = {"train_size": 3000, "val_size": 1000}
 
 PRESETS: Registry[dict] = Registry(
     "preset",
@@ -161,6 +163,39 @@ PRESETS: Registry[dict] = Registry(
             description="LeNet5 on Fashion-MNIST (Debian's dataset-fashion-mnist, offline); the MNIST row's config",
             model="lenet5", model_args={"in_channels": 1, "num_classes": 10, "input_size": 28},
             dataset="fashion-mnist", optimizer="sgd", lr=1e-2, weight_decay=1e-4, batch_size=128, max_epochs=30,
+        ),
+        # The study's families at CPU scale on real data that installs offline (SPEC section 4):
+        # each row's optimizer settings, sizes cut so that one run fits in 10 minutes on one CPU
+        # thread. Images: a 3,000 / 1,000 subset of Debian's Fashion-MNIST (drawn once, the same for
+        # every seed); text: 200 kB of the Jargon File (Debian's jargon-text, public domain).
+        "resnet-fashion-mnist": dict(
+            description="ResNet-8 (CIFAR-style, widths 16-32-64) on 3,000 Fashion-MNIST images (Debian, offline); "
+            "the ResNet34 row's Adam, lr 1e-2, wd 1e-4; up to 30 epochs (CPU)",
+            model="resnet_small", model_args={"in_channels": 1, "num_classes": 10}, dataset="fashion-mnist",
+            data_args=_FASHION_SUBSET, optimizer="adam", lr=1e-2, weight_decay=1e-4, batch_size=64, max_epochs=30,
+        ),
+        "efficientnet-fashion-mnist": dict(
+            description="small ReLU EfficientNet (MBConv + squeeze-excite, 4 stages) on 3,000 Fashion-MNIST images "
+            "(Debian, offline); the EfficientNetB0 row's AdamW, lr 2e-2, wd 1e-3; up to 15 epochs (CPU)",
+            model="efficientnet_small", model_args={"in_channels": 1, "num_classes": 10}, dataset="fashion-mnist",
+            data_args=_FASHION_SUBSET, optimizer="adamw", lr=2e-2, weight_decay=1e-3, batch_size=64, max_epochs=15,
+        ),
+        "vit-fashion-mnist": dict(
+            description="ViT (4 layers, width 64, 7x7 patches, ReLU feed-forwards) on 3,000 Fashion-MNIST images "
+            "(Debian, offline); the ViT-B16 row's AdamW, lr 1e-4, wd 5e-2; up to 30 epochs (CPU)",
+            model="vit", model_args=dict(in_channels=1, num_classes=10, image_size=28, patch_size=7, hidden_size=64,
+                                         num_layers=4, num_heads=4, intermediate_size=128),
+            dataset="fashion-mnist", data_args=_FASHION_SUBSET,
+            optimizer="adamw", lr=1e-4, weight_decay=5e-2, batch_size=64, max_epochs=30, min_delta=0.0,
+        ),
+        "gpt2-jargon": dict(
+            description="GPT-2 shape (4 layers, width 128, ReLU feed-forwards) on 200 kB of the Jargon File "
+            "(Debian's jargon-text, offline; BPE 4096, blocks of 128); the GPT-2 row's AdamW, lr 3e-4, wd 1e-2; "
+            "up to 20 epochs (CPU); score: perplexity",
+            model="gpt2", model_args=dict(vocab_size=4096, hidden_size=128, num_layers=4, num_heads=4, max_length=128),
+            dataset="jargon-file", data_args=dict(vocab_size=4096, max_length=128, train_chars=200_000, val_chars=50_000),
+            task="causal-lm", optimizer="adamw", lr=3e-4, weight_decay=1e-2, batch_size=16, max_epochs=20,
+            min_delta=0.0,
         ),
     },
 )

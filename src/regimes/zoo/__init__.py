@@ -9,15 +9,19 @@ level, so that ``list_models()`` works without them installed.
 # transformers only inside their factories).
 from regimes.zoo import hf_text, hf_vision  # noqa: F401
 from regimes.zoo.alexnet import AlexNetCIFAR
+from regimes.zoo.efficientnet import SmallEfficientNet
 from regimes.zoo.lenet import LeNet5
 from regimes.zoo.mlp import MLP, STUDY_DROPOUT
 from regimes.zoo.registry import create_model, describe_models, list_models, model_sites, register_model
+from regimes.zoo.resnet import SmallResNet
 
 __all__ = [
     "AlexNetCIFAR",
     "LeNet5",
     "MLP",
     "STUDY_DROPOUT",
+    "SmallEfficientNet",
+    "SmallResNet",
     "create_model",
     "describe_models",
     "list_models",
