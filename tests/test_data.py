@@ -32,9 +32,23 @@ from regimes.data.images import (
 from regimes.data.tabular import ADULT_CATEGORIES, ADULT_CONTINUOUS, ADULT_FEATURES
 
 ALL_DATASETS = [
-    "adult", "ag_news", "breast-cancer", "cifar10", "cifar100", "digits", "fashion-mnist", "food101", "har",
-    "jargon-file", "mnist", "mnist1d",
-    "squad", "sst2", "tinyimagenet", "wikitext103", "wikitext2",
+    "adult",
+    "ag_news",
+    "breast-cancer",
+    "cifar10",
+    "cifar100",
+    "digits",
+    "fashion-mnist",
+    "food101",
+    "har",
+    "jargon-file",
+    "mnist",
+    "mnist1d",
+    "squad",
+    "sst2",
+    "tinyimagenet",
+    "wikitext103",
+    "wikitext2",
 ]  # fmt: skip  (the text and large image sets are tested in test_study_transformers.py)
 EXTERNAL_DATASETS = ["adult", "cifar10", "cifar100", "har", "mnist"]
 
@@ -115,9 +129,7 @@ def test_digits_is_an_mnist_shaped_upsampling_of_sklearn_digits():
 
     # Slow, obvious reference: the same split, upsampled image by image.
     pixels, labels = load_digits(return_X_y=True)
-    p_train, p_val, _, l_val = train_test_split(
-        pixels, labels, test_size=0.2, stratify=labels, random_state=0
-    )
+    p_train, p_val, _, l_val = train_test_split(pixels, labels, test_size=0.2, stratify=labels, random_state=0)
 
     def upsample(p):
         image = torch.tensor(p, dtype=torch.float32).view(1, 1, 8, 8) / 16
@@ -470,8 +482,10 @@ def _write_jargon(directory, paragraphs: int = 200, gzipped: bool = True):
     directory.mkdir(parents=True, exist_ok=True)
     rng = np.random.default_rng(0)
     words = "the hacker wrote a kludge in the core and the bug went away for good".split()
-    parts = [f"   :term{i}: n.\n\n   " + "\n   ".join(" ".join(rng.choice(words, 8)) for _ in range(3))
-             for i in range(paragraphs)]  # fmt: skip
+    parts = [
+        f"   :term{i}: n.\n\n   " + "\n   ".join(" ".join(rng.choice(words, 8)) for _ in range(3))
+        for i in range(paragraphs)
+    ]
     text = "                                The Jargon File\n\n" + "\n\n".join(parts) + "\n"
     if gzipped:
         (directory / "jargon.txt.gz").write_bytes(gzip.compress(text.encode()))
@@ -617,7 +631,7 @@ def test_missing_data_names_every_place_searched(tmp_path, monkeypatch, name):
     assert "https://" in message.split("To get it: download")[1]
     assert "REGIMES_DATA" in message
     if name != "har":
-        assert "needs datasets, which is not installed: pip install 'regimes[hub]'" in message
+        assert "needs datasets, which is not installed: pip install -e '.[hub]' (in the regimes checkout)" in message
 
 
 def test_missing_data_lists_the_published_folder_names(tmp_path):
@@ -697,10 +711,22 @@ class _FakeTable(dict):
 
 def test_adult_from_a_fake_hub_holds_out_20_percent(tmp_path, monkeypatch):
     names = [
-        "age", "workclass", "fnlwgt", "education", "education.num", "marital.status",
-        "occupation", "relationship", "race", "sex", "capital.gain", "capital.loss",
-        "hours.per.week", "native.country", "income",
-    ]  # fmt: skip
+        "age",
+        "workclass",
+        "fnlwgt",
+        "education",
+        "education.num",
+        "marital.status",
+        "occupation",
+        "relationship",
+        "race",
+        "sex",
+        "capital.gain",
+        "capital.loss",
+        "hours.per.week",
+        "native.country",
+        "income",
+    ]
     rows = [line.split(", ") for line in ADULT_TRAIN.strip().splitlines()] * 4  # 24 rows, 4 with '?'
     table = _FakeTable({n: [int(v) if v.isdigit() else v for v in column] for n, column in zip(names, zip(*rows))})
     fake_hub(monkeypatch, lambda hub_id: {"train": table})

@@ -64,7 +64,12 @@ def _write_idx(path, array: np.ndarray) -> None:
 def test_each_family_has_its_rows_optimizer_and_the_studys_early_stopping(preset):
     _row, optimizer, weight_decay, lr, min_delta = FAMILIES[preset]
     config = get_preset(preset)
-    assert (config.optimizer, config.weight_decay, config.lr, config.min_delta) == (optimizer, weight_decay, lr, min_delta)
+    assert (config.optimizer, config.weight_decay, config.lr, config.min_delta) == (
+        optimizer,
+        weight_decay,
+        lr,
+        min_delta,
+    )
     assert config.early_stopping_patience == round(config.max_epochs / 3)
     assert config.precision == "fp32" and config.momentum == 0.0  # CPU: no bf16, no schedule
     assert config.dataset in ("fashion-mnist", "jargon-file")
@@ -100,7 +105,13 @@ def test_each_family_preset_runs_end_to_end_on_fixtures_in_the_packages_layout(p
     if config.dataset == "fashion-mnist":
         changes["data_args"] = {"train_size": 24, "val_size": 10}
     else:
-        changes["data_args"] = {**config.data_args, "vocab_size": 300, "max_length": 32, "train_chars": 5000, "val_chars": 2000}
+        changes["data_args"] = {
+            **config.data_args,
+            "vocab_size": 300,
+            "max_length": 32,
+            "train_chars": 5000,
+            "val_chars": 2000,
+        }
         changes["model_args"] = {**config.model_args, "vocab_size": 300, "max_length": 32}
     summary = train_run(config.replace(**changes), tmp_path / "run", device="cpu")
     assert summary["status"] == "finished" and summary["stop_epoch"] == 2

@@ -599,5 +599,5 @@ def test_an_adapter_without_its_library_is_one_clear_message(monkeypatch, module
 
     monkeypatch.setitem(sys.modules, blocked, None)
     monkeypatch.delitem(sys.modules, module, raising=False)
-    with pytest.raises(MissingExtraError, match=rf"pip install 'regimes\[{extra}\]'"):
+    with pytest.raises(MissingExtraError, match=rf"pip install -e '\.\[{extra}\]' \(in the regimes checkout\)"):
         importlib.import_module(module)

@@ -53,13 +53,24 @@ MODEL_CASES = {
         dict(in_channels=1, num_classes=10, depths=[1, 1], widths=[4, 8]), (1, 28, 28), 10, num_relus=5
     ),
     "efficientnet_small": ModelCase(  # stem + head + per MBConv: expand (not with expansion 1), depthwise, SE
-        dict(in_channels=1, num_classes=10, stem_channels=16, stages=[[1, 16, 1, 1, 3], [2, 16, 1, 2, 3]], head_channels=16),
-        (1, 28, 28), 10, num_relus=7,
+        dict(
+            in_channels=1,
+            num_classes=10,
+            stem_channels=16,
+            stages=[[1, 16, 1, 1, 3], [2, 16, 1, 2, 3]],
+            head_channels=16,
+        ),
+        (1, 28, 28),
+        10,
+        num_relus=7,
     ),
     # Hugging Face models at tiny sizes. CNNs: every ReLU is a site (ResNet: stem + 2 per basic block).
     "resnet34": ModelCase(
-        dict(num_classes=5, depths=[1, 1], hidden_sizes=[8, 16], embedding_size=8), (3, 32, 32), 5,
-        num_relus=5, needs=_HF,
+        dict(num_classes=5, depths=[1, 1], hidden_sizes=[8, 16], embedding_size=8),
+        (3, 32, 32),
+        5,
+        num_relus=5,
+        needs=_HF,
     ),
     "efficientnet_b0": ModelCase(  # stem + top + per MBConv block: expand (not block 1), depthwise, squeeze-excite
         dict(num_classes=5, width_coefficient=0.25, depth_coefficient=0.3), (3, 32, 32), 5, num_relus=25, needs=_HF
@@ -67,19 +78,41 @@ MODEL_CASES = {
     # Transformers: one site per feed-forward, nothing else is a ReLU.
     "vit": ModelCase(
         dict(
-            num_classes=5, image_size=16, patch_size=8, hidden_size=16, num_layers=2, num_heads=2,
+            num_classes=5,
+            image_size=16,
+            patch_size=8,
+            hidden_size=16,
+            num_layers=2,
+            num_heads=2,
             intermediate_size=32,
         ),
-        (3, 32, 32), 5, num_relus=2, needs=_HF,
+        (3, 32, 32),
+        5,
+        num_relus=2,
+        needs=_HF,
     ),
     "swin": ModelCase(
         dict(num_classes=5, image_size=16, patch_size=2, embed_dim=8, depths=[1, 2], num_heads=[1, 2], window_size=4),
-        (3, 32, 32), 5, num_relus=3, needs=_HF,
+        (3, 32, 32),
+        5,
+        num_relus=3,
+        needs=_HF,
     ),
     "pvt": ModelCase(
-        dict(num_classes=5, image_size=16, depths=[1, 2], hidden_sizes=[8, 16], num_heads=[1, 2], mlp_ratios=[2, 2],
-             sequence_reduction_ratios=[2, 1], patch_sizes=[4, 2]),
-        (3, 32, 32), 5, num_relus=3, needs=_HF,
+        dict(
+            num_classes=5,
+            image_size=16,
+            depths=[1, 2],
+            hidden_sizes=[8, 16],
+            num_heads=[1, 2],
+            mlp_ratios=[2, 2],
+            sequence_reduction_ratios=[2, 1],
+            patch_sizes=[4, 2],
+        ),
+        (3, 32, 32),
+        5,
+        num_relus=3,
+        needs=_HF,
     ),
     "xlnet": ModelCase(dict(num_classes=3, **_TEXT), (6,), 3, num_relus=2, inputs=_tokens, needs=_HF),
     "roberta": ModelCase(dict(num_classes=3, max_length=8, **_TEXT), (6,), 3, num_relus=2, inputs=_tokens, needs=_HF),
@@ -89,7 +122,7 @@ MODEL_CASES = {
     "t5": ModelCase(  # 2 encoder + 2 decoder feed-forwards
         dict(_TEXT, head_size=8), (6,), 40, num_relus=4, inputs=_seq2seq, logits_shape=(3, 40), needs=_HF
     ),
-}  # fmt: skip
+}
 
 BATCH = 4  # > 1: BatchNorm needs more than one example per batch in training
 

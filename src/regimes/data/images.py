@@ -62,9 +62,11 @@ def _upsample_digits(pixels: np.ndarray) -> torch.Tensor:
 # ---- MNIST --------------------------------------------------------------------------
 
 MNIST_FILES = (
-    "train-images-idx3-ubyte", "train-labels-idx1-ubyte",
-    "t10k-images-idx3-ubyte", "t10k-labels-idx1-ubyte",
-)  # fmt: skip
+    "train-images-idx3-ubyte",
+    "train-labels-idx1-ubyte",
+    "t10k-images-idx3-ubyte",
+    "t10k-labels-idx1-ubyte",
+)
 
 
 @register("mnist", "MNIST handwritten digits (IDX files or hub): 1x28x28, 10 classes")
@@ -77,7 +79,8 @@ def load_mnist(data_dir=None, split_seed: int = 0):
         required=MNIST_FILES,
         read_local=_read_mnist_dir,
         how_to_get=(
-            "download the four files " + ", ".join(f + ".gz" for f in MNIST_FILES)
+            "download the four files "
+            + ", ".join(f + ".gz" for f in MNIST_FILES)
             + " (e.g. from https://ossci-datasets.s3.amazonaws.com/mnist/, the mirror "
             "torchvision uses) into <root>/mnist/."
         ),
@@ -93,7 +96,9 @@ def load_mnist(data_dir=None, split_seed: int = 0):
 DEBIAN_FASHION_MNIST = "/usr/share/datasets/fashion-mnist"
 
 
-@register("fashion-mnist", "Fashion-MNIST clothing images (IDX files; Debian's dataset-fashion-mnist): 1x28x28, 10 classes")
+@register(
+    "fashion-mnist", "Fashion-MNIST clothing images (IDX files; Debian's dataset-fashion-mnist): 1x28x28, 10 classes"
+)
 def load_fashion_mnist(data_dir=None, split_seed: int = 0, train_size: int | None = None, val_size: int | None = None):
     """Fashion-MNIST from the four IDX files (MNIST's format and names); the official test set
     is the validation split. Found after the usual roots in Debian's package folder, so
@@ -142,14 +147,18 @@ def _read_mnist_dir(directory: Path, num_classes: int = 10):
     for images_name, labels_name in (MNIST_FILES[:2], MNIST_FILES[2:]):
         images, labels = read_idx(directory / images_name), read_idx(directory / labels_name)
         if images.ndim != 3 or images.shape[1:] != (28, 28):
-            raise ValueError(f"{_present(directory / images_name)}: expected images [N, 28, 28], found {list(images.shape)}")
+            raise ValueError(
+                f"{_present(directory / images_name)}: expected images [N, 28, 28], found {list(images.shape)}"
+            )
         if labels.ndim != 1 or len(labels) != len(images):
             raise ValueError(
                 f"{_present(directory / labels_name)}: expected {len(images)} labels (one per image), "
                 f"found shape {list(labels.shape)}"
             )
         if labels.size and int(labels.max()) >= num_classes:
-            raise ValueError(f"{_present(directory / labels_name)}: label {int(labels.max())} is not a class 0..{num_classes - 1}")
+            raise ValueError(
+                f"{_present(directory / labels_name)}: label {int(labels.max())} is not a class 0..{num_classes - 1}"
+            )
         splits.append((images[:, None], labels.astype(np.int64)))  # [N, 28, 28] -> [N, 1, 28, 28]
     return tuple(splits)
 
@@ -177,7 +186,9 @@ def read_idx(path: Path) -> np.ndarray:
     except (OSError, EOFError, zlib.error) as error:  # gzip.BadGzipFile is an OSError; EOFError: cut short
         if isinstance(error, FileNotFoundError):
             raise
-        raise ValueError(f"{path}: cannot be read as {'gzip' if path.suffix == '.gz' else 'a file'} ({error})") from None
+        raise ValueError(
+            f"{path}: cannot be read as {'gzip' if path.suffix == '.gz' else 'a file'} ({error})"
+        ) from None
     if len(data) < 4:
         raise ValueError(f"{path} is not an IDX file: {len(data)} bytes, shorter than the magic number")
     zeros, dtype_code, ndim = struct.unpack(">HBB", data[:4])

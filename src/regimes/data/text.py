@@ -45,9 +45,11 @@ def train_tokenizer(texts: Iterable[str], vocab_size: int):
     tokenizer.pre_tokenizer = byte_level(add_prefix_space=True)
     tokenizer.decoder = tokenizers.decoders.ByteLevel()
     trainer = tokenizers.trainers.BpeTrainer(
-        vocab_size=vocab_size, special_tokens=list(SPECIAL_TOKENS), show_progress=False,
+        vocab_size=vocab_size,
+        special_tokens=list(SPECIAL_TOKENS),
+        show_progress=False,
         initial_alphabet=byte_level.alphabet(),
-    )  # fmt: skip
+    )
     tokenizer.train_from_iterator(texts, trainer)
     assert [tokenizer.token_to_id(t) for t in SPECIAL_TOKENS] == [PAD_ID, BOS_ID, EOS_ID]
     return tokenizer
@@ -95,9 +97,14 @@ def _text_splits(
     x_val, m_val = encode(tokenizer, val_texts, max_length)
     y_train, y_val = (torch.as_tensor(np.asarray(y), dtype=torch.int64) for y in (train_labels, val_labels))
     return Splits(
-        name, TensorDataset(x_train, m_train, y_train), TensorDataset(x_val, m_val, y_val), (max_length,),
-        num_classes, source, vocab_size=tokenizer.get_vocab_size(),
-    )  # fmt: skip
+        name,
+        TensorDataset(x_train, m_train, y_train),
+        TensorDataset(x_val, m_val, y_val),
+        (max_length,),
+        num_classes,
+        source,
+        vocab_size=tokenizer.get_vocab_size(),
+    )
 
 
 # ---- SST-2 -------------------------------------------------------------------------------
@@ -201,9 +208,14 @@ def load_squad(
     x_val, m_val = encode(tokenizer, val_sources, max_length)
     t_train, t_val = (_targets(tokenizer, answers, target_length) for answers in (train_answers, val_answers))
     return Splits(
-        "squad", TensorDataset(x_train, m_train, t_train), TensorDataset(x_val, m_val, t_val), (max_length,),
-        tokenizer.get_vocab_size(), source, vocab_size=tokenizer.get_vocab_size(),
-    )  # fmt: skip
+        "squad",
+        TensorDataset(x_train, m_train, t_train),
+        TensorDataset(x_val, m_val, t_val),
+        (max_length,),
+        tokenizer.get_vocab_size(),
+        source,
+        vocab_size=tokenizer.get_vocab_size(),
+    )
 
 
 def _read_squad_json(path: Path) -> tuple[list[str], list[str]]:
@@ -264,9 +276,14 @@ def _load_wikitext(variant: str, data_dir, vocab_size: int, block_size: int) -> 
     tokenizer = cached_tokenizer(train, vocab_size, _cache_dir(source, name, data_dir))
     blocks = [_blocks(tokenizer, lines, block_size) for lines in (train, val)]
     return Splits(
-        name, TensorDataset(blocks[0]), TensorDataset(blocks[1]), (block_size,), tokenizer.get_vocab_size(),
-        source, vocab_size=tokenizer.get_vocab_size(),
-    )  # fmt: skip
+        name,
+        TensorDataset(blocks[0]),
+        TensorDataset(blocks[1]),
+        (block_size,),
+        tokenizer.get_vocab_size(),
+        source,
+        vocab_size=tokenizer.get_vocab_size(),
+    )
 
 
 def _lines(lines: Iterable[str]) -> list[str]:
@@ -340,13 +357,20 @@ def load_jargon_file(
     train = _first_chars([p for p, v in zip(paragraphs, val_mask) if not v], train_chars)
     val = _first_chars([p for p, v in zip(paragraphs, val_mask) if v], val_chars)
     if not train or not val:
-        raise ValueError(f"{source}: too little text for a training and a validation split ({len(paragraphs)} paragraphs)")
+        raise ValueError(
+            f"{source}: too little text for a training and a validation split ({len(paragraphs)} paragraphs)"
+        )
     tokenizer = cached_tokenizer(train, vocab_size, None)
     blocks = [_blocks(tokenizer, lines, max_length) for lines in (train, val)]
     return Splits(
-        "jargon-file", TensorDataset(blocks[0]), TensorDataset(blocks[1]), (max_length,), tokenizer.get_vocab_size(),
-        source, vocab_size=tokenizer.get_vocab_size(),
-    )  # fmt: skip
+        "jargon-file",
+        TensorDataset(blocks[0]),
+        TensorDataset(blocks[1]),
+        (max_length,),
+        tokenizer.get_vocab_size(),
+        source,
+        vocab_size=tokenizer.get_vocab_size(),
+    )
 
 
 def read_paragraphs(path: Path) -> list[str]:

@@ -60,7 +60,9 @@ class SmallResNet(nn.Module):
         super().__init__()
         check_activation(activation)
         if len(depths) != len(widths) or not depths or min(depths) < 1 or min(widths) < 1:
-            raise ValueError(f"depths and widths need one positive entry per stage, got {list(depths)} and {list(widths)}")
+            raise ValueError(
+                f"depths and widths need one positive entry per stage, got {list(depths)} and {list(widths)}"
+            )
         self.stem = nn.Sequential(
             OrderedDict(
                 conv=nn.Conv2d(in_channels, widths[0], 3, padding=1, bias=False),
