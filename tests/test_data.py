@@ -49,7 +49,7 @@ ALL_DATASETS = [
     "tinyimagenet",
     "wikitext103",
     "wikitext2",
-]  # fmt: skip  (the text and large image sets are tested in test_study_transformers.py)
+]  # the text and large image sets are tested in test_study_transformers.py
 EXTERNAL_DATASETS = ["adult", "cifar10", "cifar100", "har", "mnist"]
 
 
