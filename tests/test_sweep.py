@@ -99,6 +99,8 @@ def test_family_from_the_model_name():
         "alexnet": "cnn",
         "resnet34": "cnn",
         "efficientnet_b0": "cnn",
+        "resnet_small": "cnn",
+        "efficientnet_small": "cnn",
     }
     assert family_of("gpt2") == family_of("vit") == "transformer"
     assert set(GRID_FAMILIES) == set(list_models())  # every registered model has its grid

@@ -647,33 +647,16 @@ def build_parser() -> argparse.ArgumentParser:
 
 def main(argv=None) -> int:
     args = build_parser().parse_args(argv)
-    from regimes.data import DataNotFoundError
-    from regimes.experiment import ConfigError
-    from regimes.experiment.engines import EngineError
-    from regimes.extras import MissingExtraError
-    from regimes.records import RunDirectoryError
-    from regimes.tracker import ProbeError
 
-    # A user's mistake, or a file system that refuses (permissions, a file where a folder
-    # should be, a full disk), is one line; anything else is a bug of ours and keeps its traceback.
+    # A user's mistake or a damaged input (regimes.errors.RegimesError), or a file system that
+    # refuses (permissions, a file where a folder should be, a full disk), is one line; anything
+    # else is a bug of ours and keeps its traceback.
     try:
         return args.func(args)
     except BrokenPipeError:  # the reader stopped reading (`| head`): not an error
         os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())  # no second error at exit
         return 0
-    except (
-        RegimesError,
-        ConfigError,
-        DataNotFoundError,
-        EngineError,
-        FileExistsError,
-        FileNotFoundError,
-        MissingExtraError,
-        NotADirectoryError,
-        ProbeError,
-        RunDirectoryError,
-        ValueError,
-    ) as error:
+    except (RegimesError, NotADirectoryError) as error:  # regimes.errors: a mistake, or a damaged input
         return _one_line(str(error))
     except OSError as error:
         if not isinstance(error, PermissionError) and error.errno not in _REFUSED_BY_THE_FILE_SYSTEM:

@@ -39,6 +39,8 @@ MODEL_LABELS = {
     "vit": "ViT-B16",
     "swin": "Swin",
     "pvt": "PyramidViT",
+    "resnet_small": "ResNet (small)",
+    "efficientnet_small": "EfficientNet (small, ReLU)",
 }
 DATASET_LABELS = {
     "adult": "Adult",
@@ -57,6 +59,7 @@ DATASET_LABELS = {
     "digits": "Digits",
     "mnist1d": "MNIST-1D",
     "fashion-mnist": "Fashion-MNIST",
+    "jargon-file": "Jargon File",
 }
 OPTIMIZER_LABELS = {"sgd": "SGD", "adam": "Adam", "adamw": "AdamW"}
 
@@ -89,6 +92,8 @@ GRID_FAMILIES = {
     "alexnet": "cnn",
     "resnet34": "cnn",
     "efficientnet_b0": "cnn",
+    "resnet_small": "cnn",  # the CPU-scale families (docs/families.md)
+    "efficientnet_small": "cnn",
     "xlnet": "transformer",
     "roberta": "transformer",
     "t5": "transformer",

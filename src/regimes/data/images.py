@@ -19,6 +19,7 @@ import torch.nn.functional as F
 
 from regimes.data.registry import holdout, make_splits, register
 from regimes.data.sources import fetch
+from regimes.errors import DamagedInputError, UsageError
 from regimes.extras import require
 
 MNIST_MEAN, MNIST_STD = (0.1307,), (0.3081,)
@@ -135,7 +136,7 @@ def subset(split: tuple[np.ndarray, np.ndarray], size: int | None, seed: int) ->
     if size is None or size >= len(labels):
         return images, labels
     if size < 1:
-        raise ValueError(f"a subset needs at least one example, got size {size}")
+        raise UsageError(f"a subset needs at least one example, got size {size}")
     keep = np.sort(np.random.default_rng(seed).permutation(len(labels))[:size])
     return images[keep], labels[keep]
 
@@ -147,16 +148,16 @@ def _read_mnist_dir(directory: Path, num_classes: int = 10):
     for images_name, labels_name in (MNIST_FILES[:2], MNIST_FILES[2:]):
         images, labels = read_idx(directory / images_name), read_idx(directory / labels_name)
         if images.ndim != 3 or images.shape[1:] != (28, 28):
-            raise ValueError(
+            raise UsageError(
                 f"{_present(directory / images_name)}: expected images [N, 28, 28], found {list(images.shape)}"
             )
         if labels.ndim != 1 or len(labels) != len(images):
-            raise ValueError(
+            raise UsageError(
                 f"{_present(directory / labels_name)}: expected {len(images)} labels (one per image), "
                 f"found shape {list(labels.shape)}"
             )
         if labels.size and int(labels.max()) >= num_classes:
-            raise ValueError(
+            raise UsageError(
                 f"{_present(directory / labels_name)}: label {int(labels.max())} is not a class 0..{num_classes - 1}"
             )
         splits.append((images[:, None], labels.astype(np.int64)))  # [N, 28, 28] -> [N, 1, 28, 28]
@@ -186,22 +187,22 @@ def read_idx(path: Path) -> np.ndarray:
     except (OSError, EOFError, zlib.error) as error:  # gzip.BadGzipFile is an OSError; EOFError: cut short
         if isinstance(error, FileNotFoundError):
             raise
-        raise ValueError(
+        raise DamagedInputError(
             f"{path}: cannot be read as {'gzip' if path.suffix == '.gz' else 'a file'} ({error})"
         ) from None
     if len(data) < 4:
-        raise ValueError(f"{path} is not an IDX file: {len(data)} bytes, shorter than the magic number")
+        raise DamagedInputError(f"{path} is not an IDX file: {len(data)} bytes, shorter than the magic number")
     zeros, dtype_code, ndim = struct.unpack(">HBB", data[:4])
     if zeros != 0 or dtype_code not in _IDX_DTYPES or ndim == 0:
-        raise ValueError(f"{path} is not an IDX file (magic number 0x{bytes(data[:4]).hex()})")
+        raise DamagedInputError(f"{path} is not an IDX file (magic number 0x{bytes(data[:4]).hex()})")
     if dtype_code != 0x08:
-        raise ValueError(f"{path}: IDX values of type 0x{dtype_code:02x}, expected unsigned bytes (0x08)")
+        raise DamagedInputError(f"{path}: IDX values of type 0x{dtype_code:02x}, expected unsigned bytes (0x08)")
     if len(data) < 4 + 4 * ndim:
-        raise ValueError(f"{path}: the IDX header is cut short ({len(data)} bytes for {ndim} dimensions)")
+        raise DamagedInputError(f"{path}: the IDX header is cut short ({len(data)} bytes for {ndim} dimensions)")
     shape = struct.unpack(f">{ndim}I", data[4 : 4 + 4 * ndim])
     values = np.frombuffer(data, dtype=np.uint8, offset=4 + 4 * ndim)
     if values.size != int(np.prod(shape)):
-        raise ValueError(f"{path}: header says shape {list(shape)}, found {values.size} values")
+        raise DamagedInputError(f"{path}: header says shape {list(shape)}, found {values.size} values")
     return values.reshape(shape)
 
 

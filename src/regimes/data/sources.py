@@ -13,13 +13,14 @@ from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import TypeVar
 
+from regimes.errors import RegimesError
 from regimes.extras import MissingExtraError, require
 
 DATA_ENV_VAR = "REGIMES_DATA"
 T = TypeVar("T")
 
 
-class DataNotFoundError(FileNotFoundError):
+class DataNotFoundError(RegimesError, FileNotFoundError):
     """A data set is neither on disk nor on the hub; the message says where we looked
     and how to get it."""
 

@@ -8,6 +8,7 @@ import numpy as np
 
 from regimes.data.registry import holdout, make_splits, register, standardise
 from regimes.data.sources import fetch
+from regimes.errors import DamagedInputError, UsageError
 from regimes.extras import require
 
 # ---- Breast Cancer --------------------------------------------------------------
@@ -196,7 +197,7 @@ def read_adult_file(path: Path) -> list[list[str]]:
             continue
         fields = [field.strip() for field in line.split(",")]
         if len(fields) != len(ADULT_COLUMNS):
-            raise ValueError(f"{path}:{number}: expected {len(ADULT_COLUMNS)} fields, got {len(fields)}")
+            raise DamagedInputError(f"{path}:{number}: expected {len(ADULT_COLUMNS)} fields, got {len(fields)}")
         if "?" in fields:
             continue
         fields[-1] = fields[-1].rstrip(".")
@@ -216,7 +217,7 @@ def encode_adult(rows: list[list[str]]) -> tuple[np.ndarray, np.ndarray]:
         for r, row in enumerate(rows):
             value = row[position[column]]
             if value not in index:
-                raise ValueError(f"Adult: unknown {column} {value!r}; known: {', '.join(values)}")
+                raise DamagedInputError(f"Adult: unknown {column} {value!r}; known: {', '.join(values)}")
             inputs[r, offset + index[value]] = 1.0
         offset += len(values)
     labels = np.array([_adult_label(row[-1]) for row in rows], dtype=np.int64)
@@ -225,7 +226,7 @@ def encode_adult(rows: list[list[str]]) -> tuple[np.ndarray, np.ndarray]:
 
 def _adult_label(income: str) -> int:
     if income not in ("<=50K", ">50K"):
-        raise ValueError(f"Adult: unknown income label {income!r}")
+        raise DamagedInputError(f"Adult: unknown income label {income!r}")
     return int(income == ">50K")
 
 
@@ -274,7 +275,7 @@ def _read_har(directory: Path, part: str) -> tuple[np.ndarray, np.ndarray]:
     inputs = np.loadtxt(directory / part / f"X_{part}.txt", dtype=np.float32, ndmin=2)
     labels = np.loadtxt(directory / part / f"y_{part}.txt", dtype=np.int64, ndmin=1) - 1
     if inputs.shape[1] != HAR_FEATURES or len(inputs) != len(labels):
-        raise ValueError(
+        raise UsageError(
             f"HAR {part}: expected [N, {HAR_FEATURES}] inputs and N labels, got {inputs.shape} and {labels.shape}"
         )
     return inputs, labels

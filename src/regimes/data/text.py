@@ -24,6 +24,7 @@ from torch.utils.data import TensorDataset
 
 from regimes.data.registry import Splits, register
 from regimes.data.sources import fetch, search_roots
+from regimes.errors import DamagedInputError, UsageError
 from regimes.extras import require
 
 SPECIAL_TOKENS = ("<pad>", "<s>", "</s>")
@@ -75,7 +76,7 @@ def encode(tokenizer, texts: Sequence[str], max_length: int) -> tuple[torch.Tens
     """``<s> tokens </s>`` cut to ``max_length`` and right-padded:
     (input_ids, attention_mask), int64 [N, max_length]."""
     if max_length < 3:
-        raise ValueError(f"max_length must be >= 3 (<s>, a token, </s>), got {max_length}")
+        raise UsageError(f"max_length must be >= 3 (<s>, a token, </s>), got {max_length}")
     ids = np.full((len(texts), max_length), PAD_ID, dtype=np.int64)
     for row, encoding in enumerate(tokenizer.encode_batch(list(texts), add_special_tokens=False)):
         tokens = [BOS_ID, *encoding.ids[: max_length - 2], EOS_ID]
@@ -186,7 +187,7 @@ def load_squad(
     The dev set is the validation split."""
     if target_length >= max_length:
         # The tracker tells encoder from decoder padding by the masks' lengths.
-        raise ValueError(f"target_length ({target_length}) must be shorter than max_length ({max_length})")
+        raise UsageError(f"target_length ({target_length}) must be shorter than max_length ({max_length})")
     files = ("train-v1.1.json", "dev-v1.1.json")
     (train, val), source = fetch(
         "squad",
@@ -297,7 +298,7 @@ def _blocks(tokenizer, lines: list[str], block_size: int) -> torch.Tensor:
         stream.append(EOS_ID)
     n = len(stream) // block_size
     if n == 0:
-        raise ValueError(f"the split has {len(stream)} tokens, fewer than one block of {block_size}")
+        raise UsageError(f"the split has {len(stream)} tokens, fewer than one block of {block_size}")
     return torch.tensor(stream[: n * block_size], dtype=torch.int64).view(n, block_size)  # the rest is dropped
 
 
@@ -357,7 +358,7 @@ def load_jargon_file(
     train = _first_chars([p for p, v in zip(paragraphs, val_mask) if not v], train_chars)
     val = _first_chars([p for p, v in zip(paragraphs, val_mask) if v], val_chars)
     if not train or not val:
-        raise ValueError(
+        raise UsageError(
             f"{source}: too little text for a training and a validation split ({len(paragraphs)} paragraphs)"
         )
     tokenizer = cached_tokenizer(train, vocab_size, None)
@@ -386,7 +387,7 @@ def read_paragraphs(path: Path) -> list[str]:
         else:
             text = path.read_text(encoding="utf-8")
     except (UnicodeDecodeError, EOFError, gzip.BadGzipFile) as error:
-        raise ValueError(f"{path}: not readable as UTF-8 text ({error})") from None
+        raise DamagedInputError(f"{path}: not readable as UTF-8 text ({error})") from None
     paragraphs = [" ".join(block.split()) for block in text.split("\n\n")]
     return [p for p in paragraphs if p]
 

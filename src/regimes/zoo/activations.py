@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import torch.nn as nn
 
+from regimes.errors import UsageError
 from regimes.registry import suggestion
 
 ACTIVATIONS = ("relu", "gelu", "silu")
@@ -14,7 +15,7 @@ ACTIVATIONS = ("relu", "gelu", "silu")
 
 def check_activation(name: str) -> str:
     if name not in ACTIVATIONS:
-        raise ValueError(
+        raise UsageError(
             f"activation must be one of {', '.join(ACTIVATIONS)}, got {name!r}{suggestion(name, ACTIVATIONS)}"
         )
     return name

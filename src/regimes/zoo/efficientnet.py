@@ -24,6 +24,7 @@ from collections import OrderedDict
 import torch
 import torch.nn as nn
 
+from regimes.errors import UsageError
 from regimes.zoo.activations import activation_module, check_activation
 from regimes.zoo.registry import register_model
 
@@ -140,7 +141,7 @@ def efficientnet_small(
     """``stages``: one ``[expansion, channels, blocks, stride, kernel]`` per stage."""
     stages = tuple(tuple(int(v) for v in stage) for stage in stages)
     if not stages or any(len(stage) != 5 or min(stage) < 1 for stage in stages):
-        raise ValueError(
+        raise UsageError(
             f"stages: one [expansion, channels, blocks, stride, kernel] of positive numbers each, got {stages}"
         )
     return SmallEfficientNet(in_channels, num_classes, stem_channels, stages, head_channels, dropout, activation)

@@ -7,6 +7,7 @@ from collections import OrderedDict
 import torch
 import torch.nn as nn
 
+from regimes.errors import UsageError
 from regimes.zoo.activations import activation_module, check_activation
 from regimes.zoo.registry import register_model
 
@@ -29,7 +30,7 @@ class LeNet5(nn.Module):
         super().__init__()
         check_activation(activation)
         if input_size not in _PADDING_FOR_INPUT_SIZE:
-            raise ValueError(
+            raise UsageError(
                 f"LeNet5 takes 28x28 or 32x32 inputs, got input_size={input_size!r}; "
                 "resize other images to one of these"
             )

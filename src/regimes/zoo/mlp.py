@@ -8,6 +8,7 @@ from collections.abc import Sequence
 import torch
 import torch.nn as nn
 
+from regimes.errors import UsageError
 from regimes.zoo.activations import activation_module, check_activation
 from regimes.zoo.registry import register_model
 
@@ -37,13 +38,13 @@ class MLP(nn.Module):
     ):
         super().__init__()
         if isinstance(hidden, (str, bytes)) or not isinstance(hidden, Sequence):
-            raise ValueError(f"hidden must be a list of positive integers (e.g. [64, 32]), got {hidden!r}")
+            raise UsageError(f"hidden must be a list of positive integers (e.g. [64, 32]), got {hidden!r}")
         check_activation(activation)
         hidden = tuple(hidden)  # presets come from TOML, where this is a list
         _check_positive(input_size=input_size, num_classes=num_classes)
         _check_positive(**{f"hidden[{i}]": width for i, width in enumerate(hidden)})
         if not 0.0 <= dropout < 1.0:
-            raise ValueError(f"dropout must be in [0, 1), got {dropout}")
+            raise UsageError(f"dropout must be in [0, 1), got {dropout}")
 
         blocks = []
         widths = (input_size, *hidden)
@@ -73,7 +74,7 @@ def _hidden_block(
 def _check_positive(**values: int) -> None:
     for name, value in values.items():
         if isinstance(value, bool) or not (isinstance(value, int) and value > 0):
-            raise ValueError(f"{name} must be a positive integer, got {value!r}")
+            raise UsageError(f"{name} must be a positive integer, got {value!r}")
 
 
 @register_model("mlp", description="MLP with BatchNorm and optional dropout (the study's Table I MLPs)")

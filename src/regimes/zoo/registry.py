@@ -13,10 +13,11 @@ from dataclasses import dataclass
 
 import torch.nn as nn
 
+from regimes.errors import UsageError
 from regimes.registry import Registry, suggestion
 
 
-class ModelArgumentError(TypeError, ValueError):
+class ModelArgumentError(UsageError, TypeError):
     """A model argument the factory does not take, or one it needs and did not get (a user's
     mistake in a config: a ValueError to the CLI, a TypeError like a bad call in Python)."""
 

@@ -19,6 +19,7 @@ from collections import OrderedDict
 import torch
 import torch.nn as nn
 
+from regimes.errors import UsageError
 from regimes.zoo.activations import activation_module, check_activation
 from regimes.zoo.registry import register_model
 
@@ -60,7 +61,7 @@ class SmallResNet(nn.Module):
         super().__init__()
         check_activation(activation)
         if len(depths) != len(widths) or not depths or min(depths) < 1 or min(widths) < 1:
-            raise ValueError(
+            raise UsageError(
                 f"depths and widths need one positive entry per stage, got {list(depths)} and {list(widths)}"
             )
         self.stem = nn.Sequential(
