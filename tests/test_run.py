@@ -501,3 +501,32 @@ def test_a_frozen_runs_figure_says_so(tmp_path, monkeypatch):
     summary = train_run(get_preset("mlp-breast-cancer").replace(max_epochs=2, freeze=1), tmp_path / "run")
     _, ax = plot_run(tmp_path / "run")
     assert f"FROZEN from iteration {summary['freeze_iteration']}" in ax.get_title()
+
+
+def test_mistakes_in_data_args_classes_and_checkpoints_are_one_line(tmp_path, monkeypatch, capsys):
+    from regimes.cli import main
+    from regimes.experiment import Callback
+
+    monkeypatch.setenv("REGIMES_DATA", str(tmp_path / "data"))
+    base = ["run", "mlp-breast-cancer", "--quiet", "--set", "max_epochs=2"]
+    for wrong, says in (("data_args.bogus=1", "data_args 'bogus'"), ("model_args.num_classes=1", "has 2 classes")):
+        assert main([*base, "--set", wrong, "--out", str(tmp_path / "x")]) == 2
+        err = capsys.readouterr().err
+        assert says in err and len(err.strip().splitlines()) == 1
+        assert not (tmp_path / "x").exists()
+
+    class StopAtOne(Callback):
+        def on_epoch_end(self, run, **kwargs):
+            raise KeyboardInterrupt
+
+    out = tmp_path / "run"
+    with pytest.raises(KeyboardInterrupt):
+        train_run(get_preset("mlp-breast-cancer").replace(max_epochs=3), out, callbacks=[StopAtOne()])
+    run = RunDirectory(out)
+    other = torch.load(run.checkpoint_path, weights_only=True)
+    other["model"] = {k: v[:1] if v.dim() else v for k, v in other["model"].items()}  # another model's weights
+    run.write_checkpoint(other)
+    before = {p.name: p.read_bytes() for p in out.rglob("*") if p.is_file() and p.name != ".lock"}
+    assert main(["run", "--resume", str(out)]) == 2
+    assert "does not fit the run its config describes" in capsys.readouterr().err
+    assert {p.name: p.read_bytes() for p in out.rglob("*") if p.is_file() and p.name != ".lock"} == before

@@ -6,6 +6,7 @@ the run directory exists, so that a failed start leaves nothing behind.
 
 from __future__ import annotations
 
+import inspect
 import math
 import random
 from typing import TYPE_CHECKING
@@ -87,6 +88,7 @@ def setup_run(config: RunConfig, device: torch.device, data_dir=None, parallel: 
     """Data, model, optimizer and tracker, all seeded from the config."""
     task = get_task(config.task)
     seed_everything(config.seed)
+    _check_data_options(config)
     splits = load_dataset(config.dataset, data_dir, **config.data_args)
     task.setup(splits)
     _check_vocabulary(config, splits)
@@ -144,6 +146,21 @@ def _check_vocabulary(config: RunConfig, splits) -> None:
         )
 
 
+def _check_data_options(config: RunConfig) -> None:
+    """The config's data_args are options the data set's loader takes."""
+    loader = DATASETS.get(config.dataset).loader
+    parameters = inspect.signature(loader).parameters
+    if any(p.kind is inspect.Parameter.VAR_KEYWORD for p in parameters.values()):
+        return
+    known = [name for name in parameters if name not in ("data_dir", "split_seed")]
+    unknown = sorted(set(config.data_args) - set(known))
+    if unknown:
+        raise UsageError(
+            f"data_args {', '.join(map(repr, unknown))}: data set {config.dataset!r} takes "
+            f"{', '.join(known) or 'no options'}; remove it from the config's [data_args] table"
+        )
+
+
 def _check_data_arguments(config: RunConfig, splits) -> None:
     """A model argument the data set fixes (input size, classes) that the config leaves out is
     an error that gives the data set's values, so that the config stays the whole record."""
@@ -155,4 +172,10 @@ def _check_data_arguments(config: RunConfig, splits) -> None:
         raise ModelArgumentError(
             f"model {config.model!r} needs {', '.join(missing)}; for data set {config.dataset!r} that is {values}: "
             f"add them to the config's [model_args] table, or pass {sets}"
+        )
+    classes = config.model_args.get("num_classes")
+    if isinstance(classes, int) and splits.num_classes and classes < splits.num_classes:
+        raise ModelArgumentError(
+            f"model_args.num_classes = {classes}, and data set {config.dataset!r} has {splits.num_classes} classes: "
+            f"set model_args.num_classes = {splits.num_classes}"
         )

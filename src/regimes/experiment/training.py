@@ -15,7 +15,7 @@ import math
 from collections.abc import Sequence
 from pathlib import Path
 
-from regimes.errors import NoRunError, UnsupportedError
+from regimes.errors import NoRunError, RegimesError, UnsupportedError
 from regimes.experiment.callbacks import Callback, Checkpoint, EarlyStopping, EpochRecords, check_unique_names, notify
 from regimes.experiment.config import RunConfig
 from regimes.experiment.distributed import DataParallel, follow_run
@@ -24,7 +24,7 @@ from regimes.experiment.geometry import GeometryRecorder
 from regimes.experiment.setup import resolve_device, setup_run
 from regimes.experiment.state import RunState
 from regimes.loggers import make_loggers
-from regimes.records import RunDirectory, RunSummary, Status
+from regimes.records import DamagedRecordError, RunDirectory, RunSummary, Status
 from regimes.run import Run, warn_late_freeze
 
 __all__ = ["train_run"]
@@ -110,7 +110,7 @@ def train_run(
             if checkpoint is None:
                 state.run.open()  # refuses a different run there unless force
             else:
-                state.load_state_dict(checkpoint, run_dir.read_epochs())
+                _resume(state, checkpoint, run_dir)
             _train(state)
         except KeyboardInterrupt:  # Ctrl-C, or SIGTERM in the CLI: resumable from the last epoch
             notify(state.callbacks, "on_interrupt", state)
@@ -131,6 +131,21 @@ def train_run(
         if parallel is not None:
             parallel.close()
         return state.run.summary
+
+
+def _resume(state: RunState, checkpoint: dict, run_dir: RunDirectory) -> None:
+    """Restore the checkpoint into the run set up from its config; one that does not fit it
+    (another model, missing keys: a file from elsewhere) is a DamagedRecordError."""
+    try:
+        state.load_state_dict(checkpoint, run_dir.read_epochs())
+    except RegimesError:
+        raise
+    except (KeyError, RuntimeError, TypeError, ValueError) as error:
+        raise DamagedRecordError(
+            f"{run_dir.checkpoint_path} does not fit the run its config describes ({type(error).__name__}: "
+            f"{str(error)[:300]}); nothing was changed. Start the run again with "
+            f"`regimes run {run_dir.config_path} --out {run_dir.path} --force`, or with another --out"
+        ) from None
 
 
 def _train(state: RunState) -> None:
