@@ -530,3 +530,20 @@ def test_mistakes_in_data_args_classes_and_checkpoints_are_one_line(tmp_path, mo
     assert main(["run", "--resume", str(out)]) == 2
     assert "does not fit the run its config describes" in capsys.readouterr().err
     assert {p.name: p.read_bytes() for p in out.rglob("*") if p.is_file() and p.name != ".lock"} == before
+
+
+def test_a_model_too_big_and_a_name_too_long_are_one_line_and_write_nothing(tmp_path, monkeypatch, capsys):
+    from regimes.cli import main
+
+    monkeypatch.setenv("REGIMES_DATA", str(tmp_path / "data"))
+    huge = ["run", "mlp-breast-cancer", "--quiet", "--set", "model_args.hidden=[1000000, 1000000]"]
+    assert main([*huge, "--out", str(tmp_path / "big")]) == 2  # 4 TB of float32 weights
+    assert "does not fit in this machine's memory" in capsys.readouterr().err
+    assert not (tmp_path / "big").exists()
+    long = tmp_path / ("x" * 300)
+    assert main(["run", "mlp-breast-cancer", "--quiet", "--out", str(long)]) == 2
+    err = capsys.readouterr().err
+    assert "File name too long" in err and len(err.strip().splitlines()) == 1
+    assert list(tmp_path.iterdir()) == [tmp_path / "data"] or not any(
+        p.name.startswith("x") for p in tmp_path.iterdir()
+    )

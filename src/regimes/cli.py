@@ -673,7 +673,15 @@ def _one_line(message: str) -> int:
     return 2
 
 
-_REFUSED_BY_THE_FILE_SYSTEM = {errno.EACCES, errno.EPERM, errno.EROFS, errno.ENOSPC, errno.EDQUOT, errno.EFBIG}
+_REFUSED_BY_THE_FILE_SYSTEM = {
+    errno.EACCES,
+    errno.EPERM,
+    errno.EROFS,
+    errno.ENOSPC,
+    errno.EDQUOT,
+    errno.EFBIG,
+    errno.ENAMETOOLONG,
+}
 
 
 if __name__ == "__main__":

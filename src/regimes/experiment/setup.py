@@ -93,7 +93,7 @@ def setup_run(config: RunConfig, device: torch.device, data_dir=None, parallel: 
     task.setup(splits)
     _check_vocabulary(config, splits)
     _check_data_arguments(config, splits)
-    model = create_model(config.model, **config.model_args).to(device)
+    model = _build_model(config, device)
     if parallel is not None:
         parallel.wrap(model)
     optimizer = make_optimizer(config, model)
@@ -144,6 +144,24 @@ def _check_vocabulary(config: RunConfig, splits) -> None:
             f"model_args.vocab_size = {vocab} is smaller than the tokenizer's vocabulary ({splits.vocab_size}) "
             f"for {config.dataset}: set model_args.vocab_size = data_args.vocab_size"
         )
+
+
+def _build_model(config: RunConfig, device: torch.device) -> torch.nn.Module:
+    """The config's model on its device; one too big for this machine's memory is a UsageError."""
+    try:
+        return create_model(config.model, **config.model_args).to(device)
+    except (MemoryError, torch.OutOfMemoryError) as error:
+        raise UsageError(
+            f"model {config.model!r} with {config.model_args} does not fit in memory ({error}); "
+            "make it smaller (model_args) or use a device with more memory"
+        ) from None
+    except RuntimeError as error:
+        if "can't allocate memory" not in str(error):  # the CPU allocator's words: anything else is a bug
+            raise
+        raise UsageError(
+            f"model {config.model!r} with model_args {config.model_args} does not fit in this "
+            "machine's memory: make it smaller (model_args)"
+        ) from None
 
 
 def _check_data_options(config: RunConfig) -> None:
