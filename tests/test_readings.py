@@ -149,3 +149,46 @@ def test_the_report_and_a_sweeps_seed_statistics_carry_the_pooled_readings(tmp_p
         assert statistics[key] == pytest.approx(np.mean([s[key] for s in summaries]), rel=1e-12)
     table = format_table(study_table(load_runs([tmp_path / "s0"])))
     assert "rho layerwise units" in table and f"{summaries[0]['rho_layerwise_units']:.2f}" in table
+
+
+@pytest.mark.parametrize("every", [1, 3])
+def test_summarize_takes_a_tracker_and_its_reading(every):
+    """`regimes.summarize(tracker, ...)` reads as a run does: the layerwise headline by default,
+    `weight_change="global"` on request, every reading beside it, `every` applied to the window."""
+    model, probe, data, loss_fn = make_case("mlp")
+    opt = torch.optim.SGD(model.parameters(), lr=0.5, momentum=0.9)
+    tracker = regimes.Tracker(model, probe, every=every)
+    batches_per_epoch = 12
+    for _ in range(4 * batches_per_epoch):
+        x, y = data()
+        opt.zero_grad()
+        loss_fn(run_forward(model, x), y).backward()
+        opt.step()
+        tracker.step()
+    per_epoch = batches_per_epoch // every
+    # by hand: the curves a user would pass, each reading on its own
+    layerwise = analysis.summarize(tracker.delta_w_layerwise, tracker.delta_a, per_epoch)
+    global_ = analysis.summarize(tracker.delta_w, tracker.delta_a, per_epoch)
+    pooled = analysis.summarize(tracker.delta_w_layerwise, tracker.records()["da_units"], per_epoch)
+    headline = regimes.summarize(tracker, batches_per_epoch=batches_per_epoch)
+    assert headline["window"] == analysis.smoothing_window(per_epoch)
+    assert headline["rho"] == layerwise["rho"] and headline["auc_w"] == layerwise["auc_w"]
+    assert headline["rho_layerwise"] == layerwise["rho"] and headline["rho_global"] == global_["rho"]
+    assert headline["rho_units"] == pooled["rho"]
+    assert regimes.summarize(tracker, batches_per_epoch) == headline  # positional, as with curves
+    other = regimes.summarize(tracker, batches_per_epoch=batches_per_epoch, weight_change="global")
+    assert other["rho"] == global_["rho"] and other["rho_layerwise"] == layerwise["rho"]
+    assert layerwise["rho"] != global_["rho"], "the test should tell the readings apart"
+    tracker.close()
+
+
+def test_summarize_refuses_a_reading_it_cannot_apply():
+    tracker_free = curves()
+    with pytest.raises(ValueError, match="weight_change picks a tracker's curve"):
+        regimes.summarize(tracker_free["dw"], tracker_free["da"], 10, weight_change="global")
+    with pytest.raises(ValueError, match="weight_change must be one of"):
+        model, probe, _, _ = make_case("mlp")
+        with regimes.Tracker(model, probe) as tracker:
+            regimes.summarize(tracker, batches_per_epoch=5, weight_change="per-tensor")
+    with pytest.raises(ValueError, match="needs delta_w, delta_a and batches_per_epoch"):
+        regimes.summarize(tracker_free["dw"], tracker_free["da"])

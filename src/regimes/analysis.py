@@ -16,6 +16,7 @@ True
 from __future__ import annotations
 
 import math
+import numbers
 
 import numpy as np
 
@@ -169,21 +170,46 @@ def normalized_curve(x, batches_per_epoch: int) -> np.ndarray:
     return robust_minmax(sma(x, smoothing_window(batches_per_epoch)))
 
 
-def summarize(delta_w, delta_a, batches_per_epoch: int, tau: float = 0.1) -> dict:
+def summarize(
+    delta_w, delta_a=None, batches_per_epoch: int | None = None, tau: float = 0.1, *, weight_change=None
+) -> dict:
     """The study's numbers for one run: AUC_W, AUC_P, rho and the stabilisation times.
 
+    Two forms. `summarize(delta_w, delta_a, batches_per_epoch)` compares the two curves
+    given. `summarize(tracker, batches_per_epoch=...)` takes them from a `regimes.Tracker`
+    and reads them as a run does: `weight_change` ("layerwise", the headline, or
+    "global") picks the weight curve, and the result also holds every other reading
+    (`rho_global`, `rho_layerwise`, `rho_units`, ...: `summarize_run`).
+
+    >>> import numpy as np
+    >>> t = np.arange(100)
+    >>> summarize(np.exp(-t / 50), np.exp(-t / 5), batches_per_epoch=10)["rho"] > 1
+    True
+
     Args:
-        delta_w: the weight-change curve, one value per measurement (`tracker.delta_w`).
-        delta_a: the pattern-change curve, as long (`tracker.delta_a`).
-        batches_per_epoch: sets the smoothing window (0.3 epoch) in measurements: for a
-            tracker built with `every=k`, pass `batches_per_epoch // k`.
+        delta_w: the weight-change curve, one value per measurement (`tracker.delta_w_layerwise`
+            for the headline reading, `tracker.delta_w` for the global one), or the tracker.
+        delta_a: the pattern-change curve, as long (`tracker.delta_a`); not with a tracker.
+        batches_per_epoch: sets the smoothing window (0.3 epoch). With curves it counts
+            measurements: for a tracker built with `every=k`, pass `batches_per_epoch // k`.
+            With a tracker it counts optimizer steps, and the tracker's `every` is applied.
         tau: the threshold of the stabilisation times, a fraction of each curve's range.
+        weight_change: the reading of a tracker's weight change; with curves, pass the curve.
 
     Returns:
         A dict with `auc_w`, `auc_p`, `rho` (`auc_w / auc_p`; inf when only the pattern
         curve is flat, NaN when both are), `stabilization_w`, `stabilization_p`, `tau`,
         `window` and `steps`.
     """
+    if hasattr(delta_w, "delta_w_layerwise"):  # a Tracker (duck-typed: this module loads without torch)
+        return _summarize_tracker(delta_w, delta_a, batches_per_epoch, tau, weight_change or "layerwise")
+    if weight_change is not None:
+        raise ValueError(
+            "weight_change picks a tracker's curve: pass the tracker (summarize(tracker, batches_per_epoch=...)), "
+            "or pass the curve you want (tracker.delta_w_layerwise or tracker.delta_w)"
+        )
+    if delta_a is None or batches_per_epoch is None:
+        raise ValueError("summarize needs delta_w, delta_a and batches_per_epoch (or a tracker and batches_per_epoch)")
     delta_w = _as_curve(delta_w, "delta_w")
     delta_a = _as_curve(delta_a, "delta_a")
     if delta_w.shape != delta_a.shape:
@@ -215,6 +241,30 @@ def summarize(delta_w, delta_a, batches_per_epoch: int, tau: float = 0.1) -> dic
 WEIGHT_CHANGES = ("layerwise", "global")
 PATTERN_CHANGES = ("sites", "units")  # da (mean over sites, eq. 3), da_units (pooled over units)
 READING_CURVES = {"global": "dw", "layerwise": "dw_layerwise", "sites": "da", "units": "da_units"}
+
+
+def _summarize_tracker(tracker, delta_a, batches_per_epoch, tau: float, weight_change: str) -> dict:
+    if weight_change not in WEIGHT_CHANGES:
+        raise ValueError(f"weight_change must be one of {', '.join(WEIGHT_CHANGES)}, got {weight_change!r}")
+    if batches_per_epoch is None and isinstance(delta_a, numbers.Integral) and not isinstance(delta_a, bool):
+        delta_a, batches_per_epoch = None, delta_a  # summarize(tracker, batches_per_epoch)
+    if delta_a is not None:
+        raise ValueError(
+            "with a tracker, summarize reads delta_a from it: call summarize(tracker, batches_per_epoch=...)"
+        )
+    if batches_per_epoch is None:
+        raise ValueError("summarize(tracker, ...) needs batches_per_epoch: the optimizer steps in one epoch")
+    every = getattr(tracker, "every", 1)
+    measurements = max(1, int(batches_per_epoch) // every)  # the run's rule: measurements per epoch
+    curves = {
+        "dw": tracker.delta_w,
+        "dw_layerwise": tracker.delta_w_layerwise,
+        "da": tracker.delta_a,
+        "da_units": tracker.delta_a_units,
+    }
+    if len(curves["da"]) == 0:
+        raise ValueError("summarize needs at least one recorded step; call tracker.step() after optimizer.step()")
+    return summarize_run(curves, measurements, weight_change, tau)
 
 
 def summarize_run(curves: dict, batches_per_epoch: int, weight_change: str = "layerwise", tau: float = 0.1) -> dict:

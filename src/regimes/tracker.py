@@ -217,6 +217,11 @@ class Tracker:
         return self._column("da")
 
     @property
+    def delta_a_units(self) -> np.ndarray:
+        """Fraction of all probe units that flipped, pooled over sites (each unit counted once): (T,)."""
+        return self._column("da_units")
+
+    @property
     def delta_a_layers(self) -> np.ndarray:
         """The flipped fraction per site, columns in the order of `sites`: (T, L)."""
         self._read_back()
