@@ -13,6 +13,7 @@ import struct
 import sys
 
 import numpy as np
+import pandas as pd
 import pytest
 import torch
 
@@ -117,5 +118,14 @@ def test_each_family_preset_runs_end_to_end_on_fixtures_in_the_packages_layout(p
     assert summary["status"] == "finished" and summary["stop_epoch"] == 2
     assert math.isfinite(summary["rho"]) and math.isfinite(summary["rho_global"])
     assert summary["data_source"].startswith("local: ")
+    # the best epoch in the score's own direction (a perplexity's best is its lowest)
+    scores = pd.read_parquet(tmp_path / "run" / "epochs.parquet").set_index("epoch").val_score
+    best = scores.max() if summary["higher_is_better"] else scores.min()
+    assert summary["higher_is_better"] is (config.task != "causal-lm")
+    assert (summary["best_score"], summary["best_epoch"]) == (
+        best,
+        scores.idxmax() if summary["higher_is_better"] else scores.idxmin(),
+    )
+    assert scores.nunique() == 2, "two epochs with different scores tell max from min"
     if config.dataset == "fashion-mnist":
         assert (summary["train_size"], summary["val_size"]) == (24, 10)

@@ -98,6 +98,7 @@ def train_run(
             force=force,
             resume=checkpoint is not None,
             weight_change=config.weight_change,
+            higher_is_better=state.task.higher_is_better,  # the best epoch of a perplexity is its lowest
             batches_per_epoch=state.batches_per_epoch,
             freeze=config.freeze,
             describe=_describe(state),
