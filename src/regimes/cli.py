@@ -179,6 +179,14 @@ def cmd_run(args) -> int:
         else:
             print("\ninterrupted before the run started: nothing was written", file=sys.stderr)
         return 130
+    except OSError as error:  # a full disk or a file-size limit mid-run: the last finished epoch is kept
+        if error.errno not in _NO_ROOM or not RunDirectory(out).has_checkpoint():
+            raise
+        return _one_line(
+            f"no room to write {error.filename or 'the records'} ({error.strerror}); the records up to the last "
+            f"finished epoch are in {out}: free space (or raise the file-size limit), then continue with "
+            f"`regimes run --resume {out}`"
+        )
     if summary is None:  # a DDP process other than the first (torchrun): the first one reports
         return 0
     if not args.quiet:
@@ -661,6 +669,11 @@ def main(argv=None) -> int:
     except OSError as error:
         if not isinstance(error, PermissionError) and error.errno not in _REFUSED_BY_THE_FILE_SYSTEM:
             raise
+        if error.errno in _NO_ROOM:
+            return _one_line(
+                f"no room to write {error.filename or 'a file'} ({error.strerror}): free space (or raise the "
+                "file-size limit), or choose another place"
+            )
         return _one_line(
             f"cannot write {error.filename or 'a file'}: {error.strerror}; choose a place you can write to"
         )
@@ -673,6 +686,7 @@ def _one_line(message: str) -> int:
     return 2
 
 
+_NO_ROOM = {errno.ENOSPC, errno.EDQUOT, errno.EFBIG}  # a full disk, a quota, a file-size limit
 _REFUSED_BY_THE_FILE_SYSTEM = {
     errno.EACCES,
     errno.EPERM,

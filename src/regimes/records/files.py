@@ -85,7 +85,7 @@ def atomic_write(path: Path, data: bytes) -> None:
     except BaseException as error:
         with contextlib.suppress(OSError):
             tmp.unlink(missing_ok=True)
-        if isinstance(error, OSError) and error.errno is not None and error.filename == str(tmp):
+        if isinstance(error, OSError) and error.errno is not None and error.filename in (None, str(tmp)):
             # The message names the file the caller asked for, not our hidden temporary one.
             raise type(error)(error.errno, error.strerror, str(path)) from None
         raise
