@@ -247,8 +247,9 @@ def test_fsdp2_every_process_tracks_and_the_weight_change_sums_the_shards(tmp_pa
 
 def torchrun(*args, processes=2):
     """`torchrun --standalone --nproc-per-node N -m regimes run ...` with this checkout's regimes."""
-    import subprocess
     import sys
+
+    import processes
 
     import regimes
 
@@ -268,7 +269,7 @@ def torchrun(*args, processes=2):
         *args,
         "--quiet",
     ]
-    done = subprocess.run(command, env=env, capture_output=True, text=True, timeout=300)
+    done = processes.run(command, timeout=300, env=env)  # torchrun's workers are reaped whatever happens
     assert done.returncode == 0, done.stderr[-3000:]
 
 
