@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import gzip
 import pickle
+import re
 import struct
 import sys
 import types
@@ -30,6 +31,7 @@ from regimes.data.images import (
     read_idx,
 )
 from regimes.data.tabular import ADULT_CATEGORIES, ADULT_CONTINUOUS, ADULT_FEATURES
+from regimes.errors import DamagedInputError
 
 ALL_DATASETS = [
     "adult",
@@ -608,8 +610,61 @@ def test_cifar_pickles_may_not_run_code(tmp_path):
     path = tmp_path / "data_batch_1"
     with open(path, "wb") as file:
         pickle.dump({b"data": _RunsCode(), b"labels": [0]}, file, protocol=2)
-    with pytest.raises(pickle.UnpicklingError, match="refusing"):
+    with pytest.raises(DamagedInputError, match="refusing to load posix.getcwd"):
         read_cifar_batch(path, b"labels")
+
+
+def _cifar10_folder(tmp_path, damage):
+    """A CIFAR-10 folder of two-image batches, data_batch_3 damaged as `damage` says."""
+    directory = tmp_path / "cifar-10-batches-py"
+    directory.mkdir()
+    images = np.zeros((2, 3, 32, 32), dtype=np.uint8)
+    for name in [f"data_batch_{i}" for i in range(1, 6)] + ["test_batch"]:
+        write_cifar_pickle(directory / name, images, [1, 2], b"labels")
+    damaged = directory / "data_batch_3"
+    if damage == "truncated":
+        damaged.write_bytes(damaged.read_bytes()[:100])
+    elif damage == "not a pickle":
+        damaged.write_bytes(b"<html>404 Not Found</html>")
+    elif damage == "no labels":
+        write_cifar_pickle(damaged, images, [1, 2], b"fine_labels")
+    elif damage == "fewer labels":
+        write_cifar_pickle(damaged, images, [1], b"labels")
+    elif damage == "image of another size":
+        with open(damaged, "wb") as file:
+            pickle.dump({b"data": np.zeros((2, 1000), dtype=np.uint8), b"labels": [1, 2]}, file, protocol=2)
+    elif damage == "label out of range":
+        write_cifar_pickle(damaged, images, [1, 10], b"labels")
+    return directory
+
+
+@pytest.mark.parametrize(
+    "damage, says",
+    [
+        ("truncated", "data_batch_3 is not a CIFAR python batch"),
+        ("not a pickle", "data_batch_3 is not a CIFAR python batch"),
+        ("no labels", "data_batch_3 is not a CIFAR python batch (KeyError"),
+        ("fewer labels", "data_batch_3 holds 2 images but 1 labels"),
+        ("image of another size", "data_batch_3 is not a CIFAR python batch (ValueError"),
+        ("label out of range", "a training label is 10, not a class 0..9"),
+    ],
+)
+def test_a_damaged_cifar_file_is_named_in_one_error(tmp_path, damage, says):
+    _cifar10_folder(tmp_path, damage)
+    with pytest.raises(DamagedInputError, match=re.escape(says)):
+        load_dataset("cifar10", data_dir=tmp_path)
+
+
+def test_a_damaged_cifar_file_is_one_line_on_the_command_line(tmp_path, capsys, monkeypatch):
+    from regimes.cli import main
+
+    (tmp_path / "data").mkdir()
+    _cifar10_folder(tmp_path / "data", "truncated")
+    monkeypatch.chdir(tmp_path)
+    assert main(["run", "lenet5-cifar10", "--data-dir", str(tmp_path / "data"), "--out", "run"]) == 2
+    err = capsys.readouterr().err.strip()
+    assert err.startswith("regimes: error: ") and "data_batch_3 is not a CIFAR python batch" in err
+    assert len(err.splitlines()) == 1 and not (tmp_path / "run").exists()
 
 
 # ---- missing data and the hub -----------------------------------------------------------

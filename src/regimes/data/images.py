@@ -253,17 +253,38 @@ def load_cifar100(data_dir=None, split_seed: int = 0):
 
 def _cifar_splits(name, train, val, num_classes, mean, std, source):
     (x_train, y_train), (x_val, y_val) = train, val
+    for split, labels in (("training", y_train), ("test", y_val)):
+        if labels.size and (labels.min() < 0 or labels.max() >= num_classes):
+            bad = int(labels.max()) if labels.max() >= num_classes else int(labels.min())
+            raise DamagedInputError(
+                f"{source}: a {split} label is {bad}, not a class 0..{num_classes - 1}; download and extract "
+                "the archive again"
+            )
     x_train, x_val = (normalise_uint8(x, mean, std) for x in (x_train, x_val))
     return make_splits(name, (x_train, y_train), (x_val, y_val), num_classes, source)
 
 
 def read_cifar_batch(path: Path, label_key: bytes) -> tuple[np.ndarray, np.ndarray]:
-    """One CIFAR python pickle -> (uint8 images [N, 3, 32, 32], int64 labels [N])."""
-    with open(path, "rb") as file:
-        batch = _NumpyOnlyUnpickler(file, encoding="bytes").load()
-    # Each row is 1024 red, then 1024 green, then 1024 blue values, row-major.
-    images = np.asarray(batch[b"data"], dtype=np.uint8).reshape(-1, 3, 32, 32)
-    return images, np.asarray(batch[label_key], dtype=np.int64)
+    """One CIFAR python pickle -> (uint8 images [N, 3, 32, 32], int64 labels [N]).
+
+    A file that is not one (truncated, another pickle, a global other than numpy's array
+    rebuilders) is a DamagedInputError naming it."""
+    try:
+        with open(path, "rb") as file:
+            batch = _NumpyOnlyUnpickler(file, encoding="bytes").load()
+        # Each row is 1024 red, then 1024 green, then 1024 blue values, row-major.
+        images = np.asarray(batch[b"data"], dtype=np.uint8).reshape(-1, 3, 32, 32)
+        labels = np.asarray(batch[label_key], dtype=np.int64).reshape(-1)
+    except (pickle.UnpicklingError, EOFError, KeyError, TypeError, ValueError, AttributeError, IndexError) as error:
+        raise DamagedInputError(
+            f"{path} is not a CIFAR python batch ({type(error).__name__}: {str(error)[:200]}); "
+            "download and extract the archive again"
+        ) from None
+    if len(images) != len(labels):
+        raise DamagedInputError(
+            f"{path} holds {len(images)} images but {len(labels)} labels; download and extract the archive again"
+        )
+    return images, labels
 
 
 class _NumpyOnlyUnpickler(pickle.Unpickler):
