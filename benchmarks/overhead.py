@@ -78,9 +78,15 @@ def bench(name: str, device: torch.device, batch: int, probe_size: int, steps: i
             train_step()
             after()
     # Variants take turns step by step, so slow phases of a shared machine hit all three
-    # alike; the median per-step time of each is robust to the remaining outliers.
-    for _ in range(rounds * steps):
-        for variant, after in variants.items():
+    # alike; the median per-step time of each is robust to the remaining outliers. The
+    # order alternates (plain, floor, tracker / plain, tracker, floor), so floor and tracker
+    # each follow plain and each other equally often: a step runs faster after a light one
+    # than after a heavy one, whose work left less of it in cache (on the MLP, the floor
+    # measured 50 us slower after the tracker than after plain).
+    orders = (["plain", "floor", "tracker"], ["plain", "tracker", "floor"])
+    for turn in range(rounds * steps):
+        for variant in orders[turn % 2]:
+            after = variants[variant]
             synchronize(device)
             start = time.perf_counter()
             train_step()
