@@ -169,6 +169,13 @@ class PatternLayout:
             return _cumulative_flips_numpy(previous.numpy(), current.numpy(), self._segment_starts)
         return _cumulative_flips_torch(previous, current, self._segment_ends)
 
+    def cumulative_flips_rows(self, previous: np.ndarray, current: np.ndarray) -> np.ndarray:
+        """`cumulative_flips` of many pairs at once: packed patterns [N, bytes] (NumPy, uint8)
+        -> [N, L] int64, row n the counts between previous[n] and current[n]."""
+        flipped = np.bitwise_xor(previous, current)
+        np.bitwise_count(flipped, out=flipped)  # popcount in place: a byte holds at most 8
+        return np.add.reduceat(flipped, self._segment_starts, axis=1, dtype=np.int64).cumsum(axis=1)
+
     @staticmethod
     def flips_per_site(cumulative: np.ndarray) -> np.ndarray:
         """Per-site flip counts from `cumulative_flips` rows ([N, L] -> [N, L], float64)."""
