@@ -49,6 +49,7 @@ __all__ = [
     "COLUMNS",
     "GEOMETRY_COLUMNS",
     "UNITS_COLUMNS",
+    "NEURON_COLUMNS",
     "FORMATS",
 ]
 
@@ -77,6 +78,15 @@ COLUMNS = (
 UNITS_COLUMNS = (
     ("rho_global_units", "rho global units", "$\\rho_{\\mathrm{global,units}}$"),
     ("rho_layerwise_units", "rho layerwise units", "$\\rho_{\\mathrm{layer,units}}$"),
+)
+# Added when the runs recorded their neurons (regimes.neurons): over the last epoch's
+# measurements, the fractions of dead and always-on neurons (mean over sites) and of the
+# units in them (SPEC "Neurons, dead and always on": what makes a pattern look settled).
+NEURON_COLUMNS = (
+    ("dead", "dead", "Dead"),
+    ("dead_units", "dead units", "Dead units"),
+    ("always_on", "always on", "Always on"),
+    ("always_on_units", "always on units", "Always-on units"),
 )
 # Added after rho when a row comes from a sweep with several seeds (rho is then their mean).
 SEED_COLUMNS = {
@@ -146,6 +156,8 @@ def study_table(runs) -> list[dict]:
             rows[-1].update({key: as_float(run.get(key)) for key, _, _ in GEOMETRY_COLUMNS})
         if run.get("rho_units") is not None:
             rows[-1].update({key: as_float(run.get(key)) for key, _, _ in UNITS_COLUMNS})
+        if run.get("dead") is not None:
+            rows[-1].update({key: as_float(run.get(key)) for key, _, _ in NEURON_COLUMNS})
     return rows
 
 
@@ -168,6 +180,7 @@ def format_table(rows, fmt: str = "markdown") -> str:
         at = [key for key, _, _ in columns].index("status") + 1
         columns = columns[:at] + (FLAGS_COLUMN,) + columns[at:]
     columns += UNITS_COLUMNS if any("rho_layerwise_units" in row for row in rows) else ()
+    columns += NEURON_COLUMNS if any("dead" in row for row in rows) else ()
     columns += SEED_COLUMNS[fmt] if any(row.get("seeds") for row in rows) else ()
     columns += GEOMETRY_COLUMNS if any("no_flip_observed" in row for row in rows) else ()
     if _ambiguous(rows):  # rows that the other columns do not tell apart: name their directories
@@ -245,6 +258,8 @@ def _cell(value, key: str, fmt: str) -> str:
         return str(int(value))
     if key in ("no_flip_guaranteed", "no_flip_observed"):
         return f"{value:.2f}"
+    if key in ("dead", "dead_units", "always_on", "always_on_units"):
+        return f"{value:.3f}"
     if key in ("distance_median", "certified_median", "step_over_radius"):
         return f"{value:.3g}"
     return str(value)

@@ -67,6 +67,7 @@ from regimes.tracker import Tracker
 __all__ = ["Run", "CURVES", "check_freeze", "warn_late_freeze", "measurements_per_epoch"]
 
 CURVES = ("dw", "dw_layerwise", "da", "da_units")  # what the summary is computed from
+NEURON_FIELDS = ("dead", "always_on", "dead_units", "always_on_units")  # regimes.neurons, last epoch
 
 
 def check_freeze(freeze, detect: bool = True):
@@ -170,6 +171,7 @@ class Run:
         self.logged = 0  # the last iteration told to the loggers
         self._epoch_start = 0  # the iteration the first epoch began at (to learn batches_per_epoch)
         self._curves: dict[str, list[np.ndarray]] = {name: [] for name in CURVES}
+        self._neurons: dict[str, float] = {}
         self._saved: dict | None = None  # a checkpoint's state, until the tracker exists
         self._opened = False
         self._lock = None
@@ -282,6 +284,8 @@ class Run:
         self.written = int(iterations[-1])
         for name in CURVES:
             self._curves[name].append(new[name])
+        # The neurons as the last epoch left them (one flush is one epoch's records).
+        self._neurons = {k: float(np.nanmean(new[k])) for k in NEURON_FIELDS if k in new and np.isfinite(new[k]).any()}
         self._log(new)
         if not self.writes:
             return
@@ -486,6 +490,7 @@ class Run:
             "seconds": self._seconds_before + time.time() - self._started,
             "versions": software_versions(),
             "threads": torch.get_num_threads(),
+            **self._neurons,
         }
         fields.update(self.describe)
         for contributor in self.contributors:

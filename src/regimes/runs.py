@@ -324,7 +324,7 @@ def seed_statistics(runs, confidence: float = 0.95, resamples: int = 10_000) -> 
 
     `runs` are summaries or rows (mappings with status, rho, best_score, ...). Keys: seeds,
     best_score, stop_epoch (rounded mean), auc_w, auc_p, rho and, where the runs have them,
-    rho_global, rho_layerwise, rho_units, rho_global_units, rho_layerwise_units (the means, so
+    rho_global, rho_layerwise, rho_units, rho_global_units, rho_layerwise_units and the neurons' dead, always_on, dead_units, always_on_units (the means, so
     that every rho of a sweep's row is over the same seeds), rho_low, rho_high,
     rho_upper, rho_lower, rhos (each run's, in order).
     """
@@ -340,6 +340,7 @@ def seed_statistics(runs, confidence: float = 0.95, resamples: int = 10_000) -> 
     low, high = bootstrap_interval(rhos, confidence, resamples)
     stop = mean("stop_epoch")
     readings = ("rho_global", "rho_layerwise", "rho_units", "rho_global_units", "rho_layerwise_units")
+    readings += ("dead", "always_on", "dead_units", "always_on_units")  # the neurons, last epoch
     pooled = {key: mean(key) for key in readings if any(r.get(key) is not None for r in finished)}
     return {
         **pooled,

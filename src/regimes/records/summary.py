@@ -144,6 +144,13 @@ class RunSummary(Mapping):
     stabilization_w_global: float | None = None  # t_tau of dw
     stabilization_w_layerwise: float | None = None  # t_tau of dw_layerwise
     stabilization_p_units: float | None = None  # t_tau of da_units
+    # SPEC "Neurons, dead and always on", over the last epoch's measurements (regimes.neurons;
+    # None when not recorded): the fractions of dead and of always-on neurons, averaged over
+    # sites, and the fractions of all units that belong to such neurons.
+    dead: float | None = None
+    always_on: float | None = None
+    dead_units: float | None = None
+    always_on_units: float | None = None
     extra: dict = field(default_factory=dict)
 
     def __post_init__(self):
