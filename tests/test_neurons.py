@@ -123,3 +123,29 @@ def test_flattened_tokens_count_valid_tokens_only():
     assert records["on:act"][-1] == pytest.approx(kept.float().mean().item())
     assert records["dead:act"][-1] == pytest.approx((~kept.any(0)).float().mean().item())
     assert records["always_on:act"][-1] == pytest.approx(kept.all(0).float().mean().item())
+
+
+def test_a_runs_summary_and_report_carry_the_last_epochs_neurons(tmp_path):
+    """summary.json's dead / always_on (site means) and *_units are the means of the steps
+    table's columns over the last epoch; `regimes report` shows them, a seed group averages them."""
+    pytest.importorskip("pyarrow")
+    import pandas as pd
+
+    from regimes.experiment import get_preset, train_run
+    from regimes.report import NEURON_COLUMNS, format_table, study_table
+    from regimes.runs import read_run, seed_statistics
+
+    config = get_preset("mlp-breast-cancer").replace(max_epochs=3)
+    summaries = [train_run(config.replace(seed=seed), tmp_path / f"seed{seed}") for seed in (0, 1)]
+    for seed, summary in enumerate(summaries):
+        steps = pd.read_parquet(tmp_path / f"seed{seed}" / "steps")
+        last = steps[steps.epoch == steps.epoch.max()]
+        for key, _, _ in NEURON_COLUMNS:
+            assert summary[key] == pytest.approx(last[key].mean(), rel=1e-12), key
+    assert 0 < summaries[0]["dead"] < 1 or 0 < summaries[0]["always_on"] < 1, "the test should see such neurons"
+    rows = [read_run(tmp_path / f"seed{seed}") for seed in (0, 1)]
+    table = format_table(study_table(rows))
+    header = [cell.strip() for cell in table.splitlines()[0].split("|")]
+    assert {"dead", "dead units", "always on", "always on units"} <= set(header)
+    assert f"{summaries[0]['dead']:.3f}" in table.splitlines()[2]
+    assert seed_statistics(rows)["dead"] == pytest.approx((summaries[0]["dead"] + summaries[1]["dead"]) / 2)
