@@ -2,6 +2,7 @@
 
 import csv
 import io
+import json
 import math
 import os
 import sys
@@ -367,3 +368,36 @@ def test_save_run_figure(tmp_path):
     fresh = RunDirectory(tmp_path / "fresh")
     fresh.create({"model": "mlp", "dataset": "digits"})
     assert save_run_figure(fresh.path).read_bytes()[:8] == PNG
+
+
+def test_report_intervals_give_every_mean_of_seeds_its_bootstrap_interval(tmp_path, capsys, monkeypatch):
+    """`regimes report --intervals` on a `regimes run --seeds` folder: each mean over the seeds
+    carries the bootstrap interval of the seeds' values (the analysis function, by hand here);
+    CSV gets `<column>_low` / `<column>_high` columns."""
+    import csv
+    import io
+
+    from regimes.analysis import bootstrap_interval
+    from regimes.cli import main
+
+    monkeypatch.chdir(tmp_path)
+    base = ["run", "mlp-breast-cancer", "--seeds", "3", "--set", "max_epochs=2", "--quiet", "--out", "three"]
+    assert main(base) == 0
+    seeds = [json.loads(p.read_text()) for p in sorted((tmp_path / "three" / "seeds").glob("*/summary.json"))]
+    assert len(seeds) == 3
+    capsys.readouterr()
+    assert main(["report", "--intervals", "three"]) == 0
+    table = capsys.readouterr().out.splitlines()
+    header = [c.strip() for c in table[0].split("|")]
+    row = [c.strip() for c in table[2].split("|")]
+    for key, column, digits in [("auc_w", "AUC_W", 3), ("rho_global", "rho global", 2), ("dead", "dead", 3)]:
+        values = [s[key] for s in seeds]
+        low, high = bootstrap_interval(values, 0.95, 10_000)
+        expected = f"{sum(values) / 3:.{digits}f} [{low:.{digits}f}, {high:.{digits}f}]"
+        assert row[header.index(column)] == expected, column
+    assert main(["report", "--intervals", "--format", "csv", "three"]) == 0
+    (line,) = list(csv.DictReader(io.StringIO(capsys.readouterr().out)))
+    low, high = bootstrap_interval([s["auc_p"] for s in seeds], 0.95, 10_000)
+    assert (line["auc_p_low"], line["auc_p_high"]) == (f"{low:.3f}", f"{high:.3f}")
+    assert main(["report", "three"]) == 0  # without the option: means only
+    assert "[" not in capsys.readouterr().out.splitlines()[2].split("|")[10]

@@ -281,7 +281,7 @@ def cmd_report(args) -> int:
         print(f"regimes: skipped {path}, which cannot be read: {reason} (--strict stops instead)", file=sys.stderr)
     if not runs:
         raise UsageError(f"no readable run in {', '.join(args.dirs)}")
-    print(render(runs, args.format, unreadable=len(skipped), include_flagged=args.all))
+    print(render(runs, args.format, unreadable=len(skipped), include_flagged=args.all, intervals=args.intervals))
     if args.figure:
         from regimes.plots import plot_grid
 
@@ -587,6 +587,11 @@ def build_parser() -> argparse.ArgumentParser:
     report.add_argument("dirs", nargs="+", help="run directories, or folders holding them")
     report.add_argument("--format", choices=["markdown", "csv", "latex"], default="markdown")
     report.add_argument("--figure", help="also draw the grid figure to this file (.png, .svg, .pdf)")
+    report.add_argument(
+        "--intervals",
+        action="store_true",
+        help="show every mean over seeds with its 95%% bootstrap interval (a row of a --seeds run or sweep)",
+    )
     report.add_argument(
         "--strict", action="store_true", help="stop at a run that cannot be read (default: name it and skip it)"
     )

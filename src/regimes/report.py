@@ -148,6 +148,7 @@ def study_table(runs) -> list[dict]:
             rows[-1].update(
                 rho_low=as_float(run.get("rho_low")), rho_high=as_float(run.get("rho_high")), seeds=int(run["seeds"])
             )
+            rows[-1]["intervals"] = dict(run.get("intervals") or {})
         if run.get("members"):
             rows[-1]["members"] = [
                 {**m, "flags": list((m.get("validity") or {}).get("flags", ()))} for m in run["members"]
@@ -171,8 +172,11 @@ def _integer(value) -> int | None:
 # -- formatting ------------------------------------------------------------------------------
 
 
-def format_table(rows, fmt: str = "markdown") -> str:
-    """The table as Markdown (default), CSV or a LaTeX booktabs tabular."""
+def format_table(rows, fmt: str = "markdown", *, intervals: bool = False) -> str:
+    """The table as Markdown (default), CSV or a LaTeX booktabs tabular.
+
+    `intervals`: a row of several seeds shows every mean with its 95% bootstrap interval,
+    "0.240 [0.217, 0.263]" (CSV: a `<column>_low` and a `<column>_high` column each)."""
     if fmt not in FORMATS:
         raise UsageError(f"unknown table format {fmt!r}; choose one of {', '.join(FORMATS)}")
     columns = COLUMNS
@@ -189,6 +193,19 @@ def format_table(rows, fmt: str = "markdown") -> str:
         [_cell(row.get(key), key, fmt) if key != "rho_ci" else _interval(row, fmt) for key, _, _ in columns]
         for row in rows
     ]
+    keys = [key for key, _, _ in columns]
+    with_interval = [key for key in keys if any(key in (row.get("intervals") or {}) for row in rows)]
+    if intervals and fmt == "csv":
+        for line, row in zip(cells, rows):
+            bounds = (row.get("intervals") or {}).get
+            line += [_cell(as_float((bounds(k) or [None, None])[i]), k, fmt) for k in with_interval for i in (0, 1)]
+        columns += tuple((f"{k}_{end}", "", "") for k in with_interval for end in ("low", "high"))
+    elif intervals:
+        for line, row in zip(cells, rows):
+            for key, (low, high) in (row.get("intervals") or {}).items():
+                if key in keys and math.isfinite(as_float(low)) and math.isfinite(as_float(high)):
+                    at = keys.index(key)
+                    line[at] += f" [{_cell(as_float(low), key, fmt)}, {_cell(as_float(high), key, fmt)}]"
     if fmt == "csv":
         out = io.StringIO()
         writer = csv.writer(out, lineterminator="\n")
@@ -385,12 +402,15 @@ def _left_out_because(run, include_flagged: bool = False) -> str | None:
     return None if include_flagged or not flags else flags[0]
 
 
-def render(runs, fmt: str = "markdown", unreadable: int = 0, *, include_flagged: bool = False) -> str:
+def render(
+    runs, fmt: str = "markdown", unreadable: int = 0, *, include_flagged: bool = False, intervals: bool = False
+) -> str:
     """The table and, except for CSV (which must stay one table), the aggregate line under it
     (`unreadable`: directories `load_runs` skipped, which the line counts as left out;
-    `include_flagged`: count runs flagged not measured, not learned or frozen in the mean)."""
+    `include_flagged`: count runs flagged not measured, not learned or frozen in the mean;
+    `intervals`: every mean of several seeds with its 95% interval, `format_table`)."""
     rows = study_table(runs)
-    text = format_table(rows, fmt)
+    text = format_table(rows, fmt, intervals=intervals)
     if fmt != "csv":
         text += "\n" + aggregate_line(rows, fmt, unreadable, include_flagged=include_flagged) + "\n"
     return text

@@ -152,6 +152,7 @@ _DERIVED = frozenset(
         "rho_upper",
         "rho_lower",
         "rhos",
+        "intervals",
         "directory",
         "validity",
         *_GEOMETRY_READ,
@@ -326,7 +327,8 @@ def seed_statistics(runs, confidence: float = 0.95, resamples: int = 10_000) -> 
     best_score, stop_epoch (rounded mean), auc_w, auc_p, rho and, where the runs have them,
     rho_global, rho_layerwise, rho_units, rho_global_units, rho_layerwise_units and the neurons' dead, always_on, dead_units, always_on_units (the means, so
     that every rho of a sweep's row is over the same seeds), rho_low, rho_high,
-    rho_upper, rho_lower, rhos (each run's, in order).
+    rho_upper, rho_lower, rhos (each run's, in order), and `intervals`: the bootstrap interval
+    of every other mean (best_score, auc_w, auc_p and the readings and neurons above), by key.
     """
     finished = [r for r in runs if r.get("status") == Status.FINISHED]
 
@@ -342,8 +344,16 @@ def seed_statistics(runs, confidence: float = 0.95, resamples: int = 10_000) -> 
     readings = ("rho_global", "rho_layerwise", "rho_units", "rho_global_units", "rho_layerwise_units")
     readings += ("dead", "always_on", "dead_units", "always_on_units")  # the neurons, last epoch
     pooled = {key: mean(key) for key in readings if any(r.get(key) is not None for r in finished)}
+
+    def interval(key):
+        values = [v for v in (as_float(r.get(key)) for r in finished) if math.isfinite(v)]
+        return list(bootstrap_interval(values, confidence, resamples)) if values else [math.nan, math.nan]
+
+    # Every mean's bootstrap interval, by key (`regimes report --intervals`).
+    intervals = {key: interval(key) for key in ("best_score", "auc_w", "auc_p", *pooled)}
     return {
         **pooled,
+        "intervals": intervals,
         "seeds": len(finished),
         "best_score": mean("best_score"),
         "stop_epoch": round(stop) if math.isfinite(stop) else None,

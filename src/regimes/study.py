@@ -36,7 +36,7 @@ MODEL_LABELS = {
     "roberta": "RoBERTa",
     "t5": "T5",
     "gpt2": "GPT-2",
-    "vit": "ViT-B16",
+    "vit": "ViT",  # any size: the study's ViT-B16 and the CPU-scale one alike
     "swin": "Swin",
     "pvt": "PyramidViT",
     "resnet_small": "ResNet (small)",
