@@ -325,8 +325,9 @@ def seed_statistics(runs, confidence: float = 0.95, resamples: int = 10_000) -> 
 
     `runs` are summaries or rows (mappings with status, rho, best_score, ...). Keys: seeds,
     best_score, stop_epoch (rounded mean), auc_w, auc_p, rho and, where the runs have them,
-    rho_global, rho_layerwise, rho_units, rho_global_units, rho_layerwise_units and the neurons' dead, always_on, dead_units, always_on_units (the means, so
-    that every rho of a sweep's row is over the same seeds), rho_low, rho_high,
+    rho_global, rho_layerwise, rho_units, rho_global_units, rho_layerwise_units and the
+    neurons' dead, always_on, dead_units, always_on_units (the means, so that every rho of
+    a sweep's row is over the same seeds), rho_low, rho_high,
     rho_upper, rho_lower, rhos (each run's, in order), and `intervals`: the bootstrap interval
     of every other mean (best_score, auc_w, auc_p and the readings and neurons above), by key.
     """
