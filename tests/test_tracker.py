@@ -344,7 +344,9 @@ def test_probe_does_not_change_training():
 
 
 def all_hooks(model):
-    return [h for m in model.modules() for h in (*m._forward_hooks.values(), *m._forward_pre_hooks.values())]
+    """Every hook on the model's modules, and every forward set on a module instance."""
+    hooks = [h for m in model.modules() for h in (*m._forward_hooks.values(), *m._forward_pre_hooks.values())]
+    return hooks + [m.__dict__["forward"] for m in model.modules() if "forward" in m.__dict__]
 
 
 @pytest.mark.parametrize("name", CASES)
@@ -375,6 +377,27 @@ class Exploding(nn.Module):
         if self.explode:
             raise RuntimeError("boom")
         return self.out(h)
+
+
+def test_a_forward_set_on_the_instance_is_kept_and_still_runs():
+    """A module whose forward was replaced on the instance (accelerate's hooks do this) is
+    tracked through that forward, which is there again after every probe."""
+    torch.manual_seed(0)
+    model = nn.Sequential(nn.Linear(4, 6), nn.ReLU(), nn.Linear(6, 2))
+    relu, calls = model[1], []
+
+    def instance_forward(x):  # what a host library puts there: it must still run
+        calls.append(x.shape)
+        return torch.relu(x)
+
+    relu.forward = instance_forward
+    probe = torch.randn(3, 4)
+    with regimes.Tracker(model, probe) as tracker:
+        assert relu.__dict__["forward"] is instance_forward
+        tracker.step()
+        assert relu.__dict__["forward"] is instance_forward
+        assert torch.equal(tracker.pattern("1"), model[0](probe) > 0)
+    assert calls and relu.__dict__["forward"] is instance_forward
 
 
 def test_exception_inside_probe_removes_hooks_and_restores_state():
