@@ -249,7 +249,7 @@ def torchrun(*args, processes=2):
     """`torchrun --standalone --nproc-per-node N -m regimes run ...` with this checkout's regimes."""
     import sys
 
-    import processes
+    from processes import run as run_reaped
 
     import regimes
 
@@ -269,7 +269,7 @@ def torchrun(*args, processes=2):
         *args,
         "--quiet",
     ]
-    done = processes.run(command, timeout=300, env=env)  # torchrun's workers are reaped whatever happens
+    done = run_reaped(command, timeout=300, env=env)  # torchrun's workers are reaped whatever happens
     assert done.returncode == 0, done.stderr[-3000:]
 
 
