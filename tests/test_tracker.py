@@ -837,3 +837,29 @@ def test_two_quantities_of_one_name_are_refused():
     first.name = second.name = "counter"
     with pytest.raises(regimes.tracker.QuantityCollisionError, match="named 'counter'"):
         regimes.Tracker(MLP(), torch.randn(4, 12), quantities=[first, second])
+
+
+@pytest.mark.parametrize("name", ["mlp", "cnn_shared_inplace", "dict_attention_mask"])
+def test_flips_counted_at_read_back_equal_flips_counted_per_step(name):
+    """On the CPU small patterns are queued and their flips counted at read-back; when the
+    queued patterns would pass the budget they are counted per step. Same records, exactly."""
+    from regimes.quantities import PatternChange
+
+    model, probe, data, loss_fn = make_case(name)
+    opt = torch.optim.SGD(model.parameters(), lr=0.5, momentum=0.9)
+    deferred = regimes.Tracker(model, probe, sync_every=3)
+    per_step = regimes.Tracker(model, probe, sync_every=PatternChange.DEFERRED_BYTES)  # over the budget
+    assert deferred.quantities[1].deferred and not per_step.quantities[1].deferred
+    for _ in range(8):
+        x, y = data()
+        opt.zero_grad()
+        loss_fn(run_forward(model, x), y).backward()
+        opt.step()
+        deferred.step()
+        per_step.step()
+    a, b = deferred.records(), per_step.records()
+    for column in [c for c in a if c == "da" or c.startswith("da")]:
+        np.testing.assert_array_equal(a[column], b[column], err_msg=column)
+    assert a["da"].max() > 0, "the test should move the pattern"
+    deferred.close()
+    per_step.close()

@@ -240,8 +240,9 @@ class PatternChange(Quantity):
     measurement, per site (da:<site>), averaged over sites (da) and pooled over units
     (da_units: every flip over every unit, each unit counted once)."""
 
-    # Patterns of at most this many bytes are counted at read-back on the CPU (see bind).
-    DEFERRED_BYTES = 1 << 16
+    # On the CPU, flips are counted at read-back while the patterns queued until then (one
+    # per measurement, `sync_every` of them) fit in this many bytes (see bind).
+    DEFERRED_BYTES = 32 << 20
 
     def bind(self, tracker) -> None:
         super().bind(tracker)
@@ -252,7 +253,7 @@ class PatternChange(Quantity):
         self.deferred = (
             tracker.last_pattern.is_cpu
             and bits.numpy_ok(tracker.last_pattern)
-            and tracker.layout.stored_bytes <= self.DEFERRED_BYTES
+            and tracker.layout.stored_bytes * (tracker.sync_every + 1) <= self.DEFERRED_BYTES
         )
 
     def columns(self) -> list[str]:
