@@ -414,6 +414,25 @@ def test_killing_the_sweep_loses_only_unfinished_epochs(tmp_path, grid_file):
         assert list(steps.iteration) == list(range(1, reference["steps"] + 1))
 
 
+def test_a_trial_killed_before_its_first_checkpoint_starts_again(tmp_path, grid_file):
+    """The race a killed `--workers 2` sweep can leave: a trial wrote its first epoch's records
+    and summary (status running), but not yet its checkpoint. The rerun starts that trial
+    again and gets the uninterrupted numbers (it used to fail: "already holds this run")."""
+    out = tmp_path / "sweep"
+    args = ["sweep", "mlp-breast-cancer", "--grid", str(grid_file), "--set", "max_epochs=2"]
+    args += ["--workers", "1", "--threads", "1", "--out", str(out), "--quiet"]
+    assert main(args) == 0
+    trial = RunDirectory(out / "trials" / "adam-lr1e-2-wd1e-4")
+    expected = trial.read_summary()
+    trial.checkpoint_path.unlink()  # as if killed between the epoch's records and its checkpoint
+    trial.write_summary(expected.replace(status="running"))
+    (out / "selected.json").unlink()
+    assert main(args) == 0
+    again = trial.read_summary()
+    assert again["status"] == "finished" and trial.has_checkpoint()
+    assert {k: again[k] for k in NUMBERS} == {k: expected[k] for k in NUMBERS}
+
+
 # -- the command --------------------------------------------------------------------------------
 
 

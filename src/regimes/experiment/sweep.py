@@ -78,8 +78,13 @@ def run_job(job: Job, device: str = "cpu", data_dir=None) -> RunSummary:
 
     run = RunDirectory(job.out)
     started = time.time()
+    resume = run.has_checkpoint()
+    # A trial stopped before its first checkpoint (killed between writing its first epoch's
+    # records and its checkpoint) has nothing to resume: the sweep starts it again, in the
+    # folder it owns (the config was checked to match; --force removes only regimes' files).
+    restart = not resume and run.has_config()
     try:
-        summary = train_run(job.config, run.path, device=device, data_dir=data_dir, resume=run.has_checkpoint())
+        summary = train_run(job.config, run.path, device=device, data_dir=data_dir, resume=resume, force=restart)
         run.clear_error()
         return summary
     except KeyboardInterrupt:
