@@ -35,7 +35,7 @@ def process_group(command, **popen):
             with contextlib.suppress(psutil.NoSuchProcess):
                 child.kill()
         process.wait()
-        psutil.wait_procs(family, timeout=30)
+        psutil.wait_procs(family, timeout=10)  # killed; a zombie nobody reaps needs no longer wait
 
 
 def run(command, timeout: float, **popen) -> subprocess.CompletedProcess:

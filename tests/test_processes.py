@@ -86,7 +86,14 @@ def test_a_stopped_test_run_leaves_no_torchrun_worker(tmp_path, stop):
             assert time.time() < deadline, "the run did not write its first epoch within 120 s"
             time.sleep(0.2)
         inner.send_signal(stop)  # the test run alone, as a CI timeout stops it
-        inner.wait(timeout=60)
+        try:
+            inner.communicate(timeout=120)  # read its output as it ends: a full pipe would block it
+        except subprocess.TimeoutExpired:
+            inner.kill()
+            left = [" ".join(p.info["cmdline"] or ())[:120] for p in processes_naming(str(out))]
+            pytest.fail(
+                f"the test run did not end within 120 s of {stop.name}: {inner.communicate()[0][-2000:]} {left}"
+            )
         time.sleep(1)  # an orphaned worker would still be training now
         assert processes_naming(str(out)) == [], f"left behind after {stop.name}"
     finally:
