@@ -35,6 +35,12 @@ INNER = textwrap.dedent(
 )
 
 
+RUN_PYTEST_AS_FROM_A_TERMINAL = (
+    "import signal, sys; signal.signal(signal.SIGINT, signal.default_int_handler); "
+    "import pytest; sys.exit(pytest.main(sys.argv[1:]))"
+)
+
+
 def processes_naming(marker: str) -> list[psutil.Process]:
     """The live processes whose command line holds `marker`."""
     found = []
@@ -57,19 +63,11 @@ def test_a_stopped_test_run_leaves_no_torchrun_worker(tmp_path, stop):
         "OMP_NUM_THREADS": "1",
     }
     inner = subprocess.Popen(
-        [
-            sys.executable,
-            "-m",
-            "pytest",
-            "-q",
-            "-p",
-            "no:cacheprovider",
-            "-c",
-            os.devnull,
-            "-p",
-            "conftest",
-            "test_inner.py",
-        ],
+        # A test run as a terminal starts it: Ctrl-C raises KeyboardInterrupt. (Started in the
+        # background by a shell, as CI may be, a process inherits SIGINT ignored, and Python
+        # then leaves it ignored.)
+        [sys.executable, "-c", RUN_PYTEST_AS_FROM_A_TERMINAL, "-q", "-p", "no:cacheprovider", "-c", os.devnull]
+        + ["-p", "conftest", "test_inner.py"],
         cwd=tmp_path,
         env=env,
         stdout=subprocess.PIPE,
