@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import math
 
 import numpy as np
@@ -209,6 +210,10 @@ def test_cli_run_report_and_errors(tmp_path, capsys):
     assert main(["run", "--resume", str(out)]) == 0  # finished: prints its result
     printed = capsys.readouterr().out
     assert "rho" in printed and "best accuracy" in printed
+    summary = json.loads((out / "summary.json").read_text())
+    neurons = next(line for line in printed.splitlines() if line.startswith("neurons, last epoch"))
+    assert f"dead {summary['dead']:.3f}, always on {summary['always_on']:.3f}" in neurons
+    assert f"holding {summary['dead_units']:.3f} / {summary['always_on_units']:.3f} of the units" in neurons
     assert main(["report", str(tmp_path), "--format", "csv", "--figure", str(tmp_path / "grid.png")]) == 0
     csv_text = capsys.readouterr().out
     assert csv_text.splitlines()[0].startswith("model,dataset,optimizer")

@@ -92,6 +92,15 @@ def _print_result(summary: dict, out: Path) -> None:
         ),
         ("settled (w / a)", f"{_settled(summary['stabilization_w'])} / {_settled(summary['stabilization_p'])}"),
     ]
+    if summary.get("dead") is not None:  # the neurons that cannot flip, as the last epoch left them
+        rows.append(
+            (
+                "neurons, last epoch",
+                f"dead {_fmt(summary['dead'], '.3f')}, always on {_fmt(summary.get('always_on'), '.3f')} "
+                f"(holding {_fmt(summary.get('dead_units'), '.3f')} / {_fmt(summary.get('always_on_units'), '.3f')} "
+                "of the units)",
+            )
+        )
     geometry = RunDirectory(out).read_geometry()
     if geometry:
         from regimes.runs import geometry_numbers
