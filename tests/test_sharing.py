@@ -87,6 +87,28 @@ def test_an_older_checkpoint_is_refused_with_a_conversion_that_works(tmp_path):
     random.setstate(converted["rng"]["python"])
 
 
+def test_the_conversion_command_is_quoted_whatever_the_folder_is_named(tmp_path):
+    """The command the refusal gives, pasted into a shell as it stands, converts the file and
+    runs nothing that a quote or `$(...)` in the run folder's name would smuggle in."""
+    import random
+    import subprocess
+    import sys
+
+    run = RunDirectory(tmp_path / "it's $(touch PWNED) `touch PWNED2` run")
+    run.path.mkdir()
+    buffer = io.BytesIO()
+    torch.save({"epoch": 3, "rng": {"numpy": np.random.get_state(), "python": random.getstate()}}, buffer)
+    run.checkpoint_path.write_bytes(buffer.getvalue())
+    with pytest.raises(DamagedRecordError) as caught:
+        run.read_checkpoint()
+    command = str(caught.value).split("convert it once: `", 1)[1].rsplit("`; the run cannot continue", 1)[0]
+    command = command.replace("python -c", f"{sys.executable} -c", 1)
+    done = subprocess.run(["bash", "-c", command], cwd=tmp_path, capture_output=True, text=True, timeout=120)
+    assert done.returncode == 0, done.stderr
+    assert run.read_checkpoint()["epoch"] == 3
+    assert not any(tmp_path.rglob("PWNED*")), "the folder's name ran as code"
+
+
 # ------------------------------------------------- nothing written follows a link or leaves the folder
 
 

@@ -32,6 +32,7 @@ import errno
 import io
 import os
 import re
+import shlex
 import shutil
 import time
 from collections.abc import Mapping
@@ -516,8 +517,7 @@ def load_state(path, map_location="cpu") -> dict:
             raise DamagedRecordError(
                 f"{path} cannot be read without unpickling ({why}), which could run code, so regimes does not "
                 "load it; it is damaged, hostile, or from an older regimes. Only if you trust it, convert it once: "
-                f'python -c "import torch; from regimes.records import plain_state as p; '
-                f"torch.save(p(torch.load('{path}', weights_only=False)), '{path}')\""
+                f"`{_conversion_command(path)}`"
             ) from None
         first = text.strip().splitlines()[0] if text.strip() else ""
         raise DamagedRecordError(f"{path} cannot be read ({type(error).__name__}: {first})") from None
@@ -672,3 +672,14 @@ def _plain(value):
     if isinstance(value, np.generic):
         return value.item()
     return value
+
+
+def _conversion_command(path: Path) -> str:
+    """The shell command that rewrites a trusted older checkpoint as plain state. The path is a
+    Python literal inside a shell-quoted argument, so no name a run folder may have (quotes,
+    `$(...)`) becomes code when the command is pasted."""
+    code = (
+        "import torch; from regimes.records import plain_state as p; "
+        f"torch.save(p(torch.load({str(path)!r}, weights_only=False)), {str(path)!r})"
+    )
+    return f"python -c {shlex.quote(code)}"
