@@ -30,6 +30,7 @@ __all__ = [
     "aggregate",
     "bootstrap_interval",
     "smoothing_window",
+    "measurements_per_epoch",
     "normalized_curve",
     "summarize",
 ]
@@ -165,6 +166,11 @@ def bootstrap_interval(values, confidence: float = 0.95, resamples: int = 10_000
     return float(low), float(high)
 
 
+def measurements_per_epoch(batches_per_epoch: int, every: int) -> int:
+    """The measurements of a whole epoch: `batches_per_epoch // every`, at least 1."""
+    return max(1, int(batches_per_epoch) // int(every))
+
+
 def normalized_curve(x, batches_per_epoch: int) -> np.ndarray:
     """`robust_minmax(sma(x, window))` with the study's window: the curve the figures show."""
     return robust_minmax(sma(x, smoothing_window(batches_per_epoch)))
@@ -254,8 +260,7 @@ def _summarize_tracker(tracker, delta_a, batches_per_epoch, tau: float, weight_c
         )
     if batches_per_epoch is None:
         raise ValueError("summarize(tracker, ...) needs batches_per_epoch: the optimizer steps in one epoch")
-    every = getattr(tracker, "every", 1)
-    measurements = max(1, int(batches_per_epoch) // every)  # the run's rule: measurements per epoch
+    measurements = measurements_per_epoch(batches_per_epoch, getattr(tracker, "every", 1))  # the run's rule
     curves = {
         "dw": tracker.delta_w,
         "dw_layerwise": tracker.delta_w_layerwise,

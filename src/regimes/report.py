@@ -29,7 +29,7 @@ from pathlib import Path
 
 from regimes.analysis import aggregate, bootstrap_interval
 from regimes.errors import UsageError
-from regimes.records import Status, is_sweep_directory, validity
+from regimes.records import NEURON_FIELDS, Status, is_sweep_directory, validity
 from regimes.runs import as_float, config_value, load_runs, optimizer_text, seed_statistics, seed_text
 from regimes.study import dataset_label, model_label
 
@@ -275,7 +275,7 @@ def _cell(value, key: str, fmt: str) -> str:
         return str(int(value))
     if key in ("no_flip_guaranteed", "no_flip_observed"):
         return f"{value:.2f}"
-    if key in ("dead", "dead_units", "always_on", "always_on_units"):
+    if key in NEURON_FIELDS:
         return f"{value:.3f}"
     if key in ("distance_median", "certified_median", "step_over_radius"):
         return f"{value:.3g}"

@@ -46,11 +46,12 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from regimes.analysis import summarize_run
+from regimes.analysis import measurements_per_epoch, summarize_run
 from regimes.detect import RegimeChangeDetector, RegimeEvent
 from regimes.errors import RunExistsError, UsageError
 from regimes.extras import available
 from regimes.records import (
+    NEURON_FIELDS,
     DamagedRecordError,
     RunDirectory,
     RunSummary,
@@ -67,7 +68,6 @@ from regimes.tracker import Tracker
 __all__ = ["Run", "CURVES", "check_freeze", "warn_late_freeze", "measurements_per_epoch"]
 
 CURVES = ("dw", "dw_layerwise", "da", "da_units")  # what the summary is computed from
-NEURON_FIELDS = ("dead", "always_on", "dead_units", "always_on_units")  # regimes.neurons, last epoch
 
 
 def check_freeze(freeze, detect: bool = True):
@@ -87,11 +87,6 @@ def warn_late_freeze(freeze, max_epochs) -> None:
             "Set freeze below the number of epochs.",
             stacklevel=3,
         )
-
-
-def measurements_per_epoch(batches_per_epoch: int, every: int) -> int:
-    """The measurements of a whole epoch: `batches_per_epoch // every`, at least 1."""
-    return max(1, int(batches_per_epoch) // int(every))
 
 
 class Run:

@@ -25,7 +25,16 @@ import numpy as np
 
 from regimes.analysis import aggregate, bootstrap_interval
 from regimes.errors import DamagedInputError
-from regimes.records import RunDirectory, RunSummary, Status, SweepDirectory, find_runs, is_sweep_directory, validity
+from regimes.records import (
+    NEURON_FIELDS,
+    RunDirectory,
+    RunSummary,
+    Status,
+    SweepDirectory,
+    find_runs,
+    is_sweep_directory,
+    validity,
+)
 from regimes.study import optimizer_label, row_rank
 
 __all__ = [
@@ -343,7 +352,7 @@ def seed_statistics(runs, confidence: float = 0.95, resamples: int = 10_000) -> 
     low, high = bootstrap_interval(rhos, confidence, resamples)
     stop = mean("stop_epoch")
     readings = ("rho_global", "rho_layerwise", "rho_units", "rho_global_units", "rho_layerwise_units")
-    readings += ("dead", "always_on", "dead_units", "always_on_units")  # the neurons, last epoch
+    readings += NEURON_FIELDS  # the neurons, last epoch
     pooled = {key: mean(key) for key in readings if any(r.get(key) is not None for r in finished)}
 
     def interval(key):

@@ -182,8 +182,8 @@ class capture:
     its input for an activation whose rule `reads_input`.
 
     With `site_modules`, only those activation modules are watched, their forward wrapped
-    for the probe (cheap: no per-op dispatch, no hooks). Without, a TorchFunctionMode sees every functional call as well, and a
-    module stack names it after the module it happens in. Inside, every module is in
+    for the probe (cheap: no per-op dispatch, no hooks). Without, a TorchFunctionMode sees
+    every functional call as well, and a module stack names it after the module it happens in. Inside, every module is in
     eval mode and gradients are off; `__exit__` undoes all of it, also after an
     exception. A plain class rather than a generator: this runs on every probe.
     """

@@ -19,13 +19,23 @@ from regimes.records.run import (
     is_run_directory,
     load_state,
 )
-from regimes.records.summary import DONE, STATUSES, RunSummary, Status, software_versions, study_fields, validity
+from regimes.records.summary import (
+    DONE,
+    NEURON_FIELDS,
+    STATUSES,
+    RunSummary,
+    Status,
+    software_versions,
+    study_fields,
+    validity,
+)
 from regimes.records.sweep import SweepDirectory, find_runs, is_sweep_directory
 
 __all__ = [
     "RunDirectory",
     "SweepDirectory",
     "RunSummary",
+    "NEURON_FIELDS",
     "Status",
     "DONE",
     "STATUSES",

@@ -61,6 +61,10 @@ class Status(str, Enum):
         return self in DONE
 
 
+# The summary's neuron fields (regimes.neurons, the last epoch's means), as the run writes them
+# and the report and seed statistics read them.
+NEURON_FIELDS = ("dead", "always_on", "dead_units", "always_on_units")
+
 DONE = (Status.FINISHED, Status.DIVERGED)  # a sweep rerun leaves these alone; anything else runs (again)
 STATUSES = tuple(Status)
 
